@@ -1,0 +1,16 @@
+"""protomdm: where does a prototype network look?
+
+ProtoPNet and XProtoNet models, activation selectors, and the Multiple Dynamic Mask (MDM) localizer beside the
+networks' own upsampling search.
+"""
+
+from .config import MDMConfig, ModelConfig
+from .errors import UserError
+from .explain import Localization, LogitSelector, MDMLocalizer, PrototypeSelector, UpsampleLocalizer
+from .models import ProtoPNet, XProtoNet, build_model, load_model, save_checkpoint
+
+__version__ = "0.1.0"
+
+__all__ = ["Localization", "LogitSelector", "MDMConfig", "MDMLocalizer", "ModelConfig", "ProtoPNet",
+           "PrototypeSelector", "UpsampleLocalizer", "UserError", "XProtoNet", "build_model", "load_model",
+           "save_checkpoint"]

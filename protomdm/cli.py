@@ -1,0 +1,140 @@
+"""The ``protomdm`` command: argument parsing only; each subcommand calls one library function.
+
+A user mistake (missing file, bad index, invalid setting) prints one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Callable, Sequence
+
+from .errors import UserError
+
+EXAMPLES = """examples:
+  protomdm demo                                   # train a small synthetic ProtoPNet and compare MDM with upsampling
+  protomdm init-model --model protopnet --backbone resnet18 --classes cat,dog --out model.pt
+  protomdm localize --model protopnet --ckpt model.pt --image bird.jpg --prototype 3 --out results/
+"""
+
+
+def _parse_classes(text: str) -> list[str]:
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one class name, comma-separated")
+    return names
+
+
+def _add_mdm_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("MDM settings (defaults: configs/mdm.yaml's values, the paper's)")
+    g.add_argument("--mdm-config", metavar="YAML", help="read MDM settings from a YAML file; flags below override it")
+    g.add_argument("--steps", type=int, help="most Adam steps per mask (paper: 2000)")
+    g.add_argument("--lambda", dest="lambda_l1", type=float, help="weight of the L1 mask-area term")
+    g.add_argument("--gamma", type=float, help="heatmap = sum of masks, zero where the sum < gamma (default 5)")
+    g.add_argument("--lr", type=float, help="Adam learning rate (default 3e-3)")
+    g.add_argument("--baseline", choices=("zero", "blur", "mean"), help="what masked-out pixels become")
+    g.add_argument("--tol", type=float, help="stop a mask once it changes less than this (0: never stop early)")
+    g.add_argument("--batch-masks", type=int, help="most masked images per forward pass (halved on out-of-memory)")
+    g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="autocast precision of the forward passes")
+
+
+def _mdm_config(args: argparse.Namespace):
+    from .config import MDMConfig, load_mdm_config
+
+    cfg = load_mdm_config(args.mdm_config) if args.mdm_config else MDMConfig()
+    overrides = {k: getattr(args, k) for k in ("steps", "lambda_l1", "gamma", "lr", "baseline", "batch_masks",
+                                                "precision") if getattr(args, k) is not None}
+    if args.tol is not None:
+        overrides["tol"] = args.tol if args.tol > 0 else None
+    return dataclasses.replace(cfg, **overrides)
+
+
+def _cmd_localize(args: argparse.Namespace) -> int:
+    from .pipeline import localize_file
+
+    res = localize_file(args.ckpt, args.image, args.out, architecture=args.model, method=args.method,
+                        prototype=args.prototype, class_name=args.class_name, percentile=args.percentile,
+                        mdm=_mdm_config(args), device=args.device, overwrite=args.overwrite,
+                        progress=not args.quiet)
+    r = res.record
+    print(f"prototype {r['prototype']} ({r['class_name']}), score {r['score']:.4g}, {r['method']} box {r['box']} "
+          f"in {r['seconds']:.1f}s on {r['device']}")
+    for f in res.files.values():
+        print(f"wrote {f}")
+    return 0
+
+
+def _cmd_init_model(args: argparse.Namespace) -> int:
+    from .pipeline import init_model
+
+    path = init_model(args.out, args.model, args.backbone, args.classes, args.prototypes_per_class, args.img_size,
+                      args.prototype_dim, 1 if args.grey else 3, args.pretrained, args.overwrite, args.seed)
+    print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="protomdm", description="Where does a prototype network look? ProtoPNet/XProtoNet with Multiple "
+        "Dynamic Mask (MDM) localisation.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"protomdm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("localize", help="localize a prototype in an image with MDM or the upsampling search",
+                       description="Localize one prototype in one image; writes an overlay PNG, the binary mask PNG "
+                       "and a JSON with the box in the original image's pixels.")
+    p.add_argument("--model", choices=("protopnet", "xprotonet"), help="refuse a checkpoint of another architecture")
+    p.add_argument("--ckpt", required=True, help="protomdm checkpoint (see init-model / train)")
+    p.add_argument("--image", required=True, help="PNG, JPEG, NPY or DICOM image")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--prototype", type=int, help="prototype index (default: the most activated prototype of "
+                     "--class, or of the predicted class)")
+    who.add_argument("--class", dest="class_name", help="class name: explain its most activated prototype")
+    p.add_argument("--method", default="mdm", choices=("mdm", "upsample"), help="default: mdm")
+    p.add_argument("--percentile", type=float, default=90.0, help="keep the top (100-p)%% of the heatmap (default 90)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace outputs already in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_mdm_options(p)
+    p.set_defaults(func=_cmd_localize)
+
+    p = sub.add_parser("init-model", help="write an untrained checkpoint (smoke tests, your own training loop)")
+    p.add_argument("--model", required=True, choices=("protopnet", "xprotonet"))
+    p.add_argument("--backbone", default="resnet18", help="resnet18/34/50, vgg11/16/19, densenet121/161, "
+                   "monai_densenet121, tiny (default resnet18)")
+    p.add_argument("--classes", required=True, type=_parse_classes, help="comma-separated class names")
+    p.add_argument("--prototypes-per-class", type=int, default=10)
+    p.add_argument("--prototype-dim", type=int, default=None, help="prototype depth D (default 128)")
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--grey", action="store_true", help="one input channel (chest X-rays)")
+    p.add_argument("--pretrained", action="store_true", help="ImageNet backbone weights (downloads once)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="checkpoint file to write")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_init_model)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except UserError as e:
+        print(f"protomdm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"protomdm {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

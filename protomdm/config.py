@@ -1,0 +1,217 @@
+"""Typed configs: small dataclasses that round-trip through plain dicts and YAML.
+
+Every config validates itself in ``__post_init__`` and :func:`from_dict` rejects unknown keys, so a typo in a YAML
+file is one clear :class:`~protomdm.errors.ConfigError` before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+ARCHITECTURES = ("protopnet", "xprotonet")
+BASELINES = ("zero", "blur", "mean")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert a plain YAML value to the annotated type ``tp`` (nested dataclasses, tuples, Optional)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        return from_dict(tp, value, where)
+    if origin in (tuple, list):
+        _check(isinstance(value, (list, tuple)), f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        item_tp = args[0] if args else Any
+        items = [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or tp is dict:
+        _check(isinstance(value, dict), f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is float:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        _check(isinstance(value, bool), f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        _check(isinstance(value, str), f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
+    """Build dataclass ``cls`` from a plain dict, rejecting unknown keys and wrong types."""
+    _check(isinstance(data, dict), f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    _check(not unknown, f"{where}: unknown key(s) {', '.join(map(str, unknown))}; valid keys: {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a missing required key
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """Plain-dict (YAML/JSON-safe) form of a config dataclass; tuples become lists."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(obj)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with one clear error for a missing or malformed file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if data is None:
+        data = {}
+    _check(isinstance(data, dict), f"{p}: the top level must be a mapping of keys to values")
+    return data
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model from its ``state_dict``; stored in every checkpoint.
+
+    ``img_size`` is (H, W) of the model input; ``mean``/``std`` the per-channel input normalisation.
+    """
+
+    architecture: str = "protopnet"
+    backbone: str = "resnet18"
+    class_names: tuple[str, ...] = ("class0", "class1")
+    prototypes_per_class: int = 10
+    prototype_dim: int = 128
+    add_on: str = "bottleneck"  # ProtoPNet add-on layers: bottleneck | shallow
+    activation: str = "log"  # ProtoPNet similarity: log | linear
+    epsilon: float = 1e-4
+    img_size: tuple[int, int] = (224, 224)
+    in_channels: int = 3
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    pretrained: bool = False
+
+    def __post_init__(self) -> None:
+        self.class_names = tuple(self.class_names)
+        self.img_size = tuple(self.img_size)  # type: ignore[assignment]
+        self.mean, self.std = tuple(self.mean), tuple(self.std)
+        _check(self.architecture in ARCHITECTURES, f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
+        _check(len(self.class_names) >= 1, "class_names must name at least one class")
+        _check(len(set(self.class_names)) == len(self.class_names), "class_names must be unique")
+        _check(self.prototypes_per_class >= 1, "prototypes_per_class must be >= 1")
+        _check(self.prototype_dim >= 1, "prototype_dim must be >= 1")
+        _check(self.add_on in ("bottleneck", "shallow"), f"add_on must be bottleneck or shallow, got {self.add_on!r}")
+        _check(self.activation in ("log", "linear"), f"activation must be log or linear, got {self.activation!r}")
+        _check(len(self.img_size) == 2 and min(self.img_size) >= 8, f"img_size must be [H, W] >= 8, got {self.img_size}")
+        _check(self.in_channels in (1, 3), f"in_channels must be 1 or 3, got {self.in_channels}")
+        _check(len(self.mean) == self.in_channels and len(self.std) == self.in_channels,
+               "mean and std need one value per input channel")
+        _check(all(s > 0 for s in self.std), "std values must be > 0")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def num_prototypes(self) -> int:
+        return self.num_classes * self.prototypes_per_class
+
+
+@dataclass
+class MDMConfig:
+    """Settings of the Multiple Dynamic Mask search (Peng et al.).
+
+    The defaults follow the paper (27 masks of 6..32 cells, init 0.5, Adam lr 3e-3, gamma 5) except the stopping
+    rule: by default a mask stops when it has converged (``tol``), capped at ``steps``; ``tol: null`` runs every
+    mask the full ``steps`` as the paper does.
+    """
+
+    sizes: tuple[int, ...] = tuple(range(6, 33))
+    lambda_l1: float = 0.05
+    gamma: float = 5.0
+    lr: float = 3e-3
+    steps: int = 2000
+    init: float = 0.5
+    baseline: str = "zero"  # what masked-out pixels become: zero | blur | mean (in the model's input space)
+    blur_sigma: float = 10.0
+    upsample: str = "bilinear"  # bilinear keeps an upsampled [0, 1] mask inside [0, 1]
+    tol: float | None = None
+    patience: int = 50
+    min_steps: int = 100
+    batch_masks: int | None = None  # most masked images per forward pass; None: all at once
+    precision: str = "fp32"
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        self.sizes = tuple(self.sizes)
+        _check(len(self.sizes) >= 1 and all(a >= 1 for a in self.sizes), "sizes must be a non-empty list of positive ints")
+        _check(self.lambda_l1 >= 0, f"lambda_l1 must be >= 0, got {self.lambda_l1}")
+        _check(self.gamma >= 0, f"gamma must be >= 0, got {self.gamma}")
+        _check(self.gamma < len(self.sizes), f"gamma ({self.gamma}) must be below the number of masks ({len(self.sizes)})")
+        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        _check(0.0 <= self.init <= 1.0, f"init must lie in [0, 1], got {self.init}")
+        _check(self.baseline in BASELINES, f"baseline must be one of {BASELINES}, got {self.baseline!r}")
+        _check(self.blur_sigma > 0, "blur_sigma must be > 0")
+        _check(self.upsample in ("bilinear", "nearest"), f"upsample must be bilinear or nearest, got {self.upsample!r}")
+        _check(self.tol is None or self.tol > 0, f"tol must be > 0 or null, got {self.tol}")
+        _check(self.patience >= 1 and self.min_steps >= 0, "patience must be >= 1 and min_steps >= 0")
+        _check(self.batch_masks is None or self.batch_masks >= 1, "batch_masks must be >= 1 or null")
+        _check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+
+def load_mdm_config(path: str | Path) -> MDMConfig:
+    """Read an :class:`MDMConfig` from YAML (keys at top level, or under ``mdm:``)."""
+    data = load_yaml(path)
+    if set(data) == {"mdm"}:
+        data = data["mdm"]
+    return from_dict(MDMConfig, data, where=str(path))

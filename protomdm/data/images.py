@@ -1,0 +1,159 @@
+"""Reading images (PNG, JPEG, NPY; DICOM in :mod:`protomdm.data.dicom`) and turning them into model inputs."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import ModelConfig
+from ..errors import ImageError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".npy", ".bmp", ".tif", ".tiff"}
+MAX_PIXELS = 8192 * 8192  # larger inputs are refused before decoding (chest X-rays are at most ~4k x 4k)
+
+
+@dataclass
+class LoadedImage:
+    """An image as read from disk.
+
+    Attributes:
+        pixels: ``(H, W)`` grey or ``(H, W, 3)`` RGB, float32 in [0, 1].
+        source: the file it came from.
+        pixel_spacing: (row, column) spacing in mm when the file says so (DICOM), else None.
+        metadata: format-specific extras (never patient identifiers).
+    """
+
+    pixels: np.ndarray
+    source: Path
+    pixel_spacing: tuple[float, float] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) of the original image."""
+        return int(self.pixels.shape[0]), int(self.pixels.shape[1])
+
+
+def _to_unit(a: np.ndarray, name: str) -> np.ndarray:
+    """Scale an array to float32 [0, 1]: uint8 by 255, uint16 by 65535, others by their own min-max."""
+    if a.size == 0 or min(a.shape[:2]) == 0:
+        raise ImageError(f"{name}: the image is empty (size {a.shape})")
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 255.0
+    if a.dtype == np.uint16:
+        return a.astype(np.float32) / 65535.0
+    if a.dtype == bool:
+        return a.astype(np.float32)
+    if not np.issubdtype(a.dtype, np.number):
+        raise ImageError(f"{name}: unsupported pixel type {a.dtype}")
+    a = a.astype(np.float64)
+    if not np.all(np.isfinite(a)):
+        raise ImageError(f"{name}: the image contains NaN or infinite values")
+    lo, hi = float(a.min()), float(a.max())
+    if lo >= 0.0 and hi <= 1.0:
+        return a.astype(np.float32)
+    return ((a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)).astype(np.float32)
+
+
+def _channels_last(a: np.ndarray, name: str) -> np.ndarray:
+    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
+        a = np.moveaxis(a, 0, -1)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim == 3 and a.shape[-1] == 4:
+        a = a[..., :3]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] != 3):
+        raise ImageError(f"{name}: expected a 2-D grey or 3-channel image, got an array of shape {a.shape}")
+    return a
+
+
+def read_image(path: str | Path) -> LoadedImage:
+    """Read a PNG, JPEG, BMP, TIFF or NPY file (and DICOM, see :func:`protomdm.data.dicom.read_dicom`).
+
+    Raises:
+        ImageError: missing, unreadable, empty or over-large files, with the reason in one line.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ImageError(f"image not found: {p}")
+    if not p.is_file():
+        raise ImageError(f"not a file: {p}")
+    if p.stat().st_size == 0:
+        raise ImageError(f"{p}: the file is empty")
+    if p.suffix.lower() == ".dcm" or _looks_like_dicom(p):
+        from .dicom import read_dicom
+
+        return read_dicom(p)
+    if p.suffix.lower() == ".npy":
+        try:
+            a = np.load(p, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise ImageError(f"{p}: not a readable .npy array ({str(e).splitlines()[0][:120]})") from None
+        if a.size > MAX_PIXELS * 3:
+            raise ImageError(f"{p}: the array is too large ({a.shape}); downsample it first")
+        return LoadedImage(_to_unit(_channels_last(a, str(p)), str(p)), p)
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p) as im:
+                w, h = im.size
+                if w * h > MAX_PIXELS:
+                    raise ImageError(f"{p}: the image is too large ({w}x{h} pixels); downsample it first")
+                if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                    a = np.asarray(im)
+                    a = a.astype(np.uint16) if im.mode.startswith("I;16") else a
+                elif im.mode in ("L", "1"):
+                    a = np.asarray(im.convert("L"))
+                else:
+                    a = np.asarray(im.convert("RGB"))
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise ImageError(f"{p}: not a readable image ({str(e).splitlines()[0][:120]})") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{p}: the image is truncated or corrupt ({str(e).splitlines()[0][:120]})") from None
+    return LoadedImage(_to_unit(_channels_last(a, str(p)), str(p)), p)
+
+
+def _looks_like_dicom(p: Path) -> bool:
+    try:
+        with open(p, "rb") as f:
+            head = f.read(132)
+        return len(head) == 132 and head[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def to_model_input(image: LoadedImage | np.ndarray, config: ModelConfig) -> torch.Tensor:
+    """Resize (bilinear, antialiased) to ``config.img_size``, match channels and normalise: ``(1, C, H, W)``."""
+    a = image.pixels if isinstance(image, LoadedImage) else np.asarray(image, dtype=np.float32)
+    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+    t = t[None] if t.dim() == 2 else t.permute(2, 0, 1)
+    if config.in_channels == 3 and t.shape[0] == 1:
+        t = t.expand(3, -1, -1)
+    elif config.in_channels == 1 and t.shape[0] == 3:
+        t = (t * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(0, keepdim=True)
+    t = F.interpolate(t[None], size=tuple(config.img_size), mode="bilinear", align_corners=False, antialias=True)
+    mean = torch.tensor(config.mean).view(1, -1, 1, 1)
+    std = torch.tensor(config.std).view(1, -1, 1, 1)
+    return (t.clamp(0, 1) - mean) / std
+
+
+def box_to_original(box: tuple[int, int, int, int], input_size: tuple[int, int],
+                    original_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Map a box (x0, y0, x1, y1; exclusive ends) from model-input pixels to the original image's pixels.
+
+    Rounds outwards, so the original box covers every original pixel the input box touches.
+    """
+    sy, sx = original_size[0] / input_size[0], original_size[1] / input_size[1]
+    x0, y0, x1, y1 = box
+    return (int(np.floor(x0 * sx)), int(np.floor(y0 * sy)),
+            min(original_size[1], int(np.ceil(x1 * sx))), min(original_size[0], int(np.ceil(y1 * sy))))

@@ -1,0 +1,313 @@
+"""Multiple Dynamic Mask (MDM) localisation (Peng et al.).
+
+For each of N mask sizes ``a_i`` a mask vector ``d_i`` of ``a_i x a_i`` cells starts at 0.5, is upsampled to the
+input (``M_i``, kept in [0, 1]) and trained with Adam, the network frozen, to minimise
+
+    ||f_t(X) - f_t(M_i * X + (1 - M_i) * B)||^2 + lambda * mean|d_i|
+
+(``B`` the masking baseline: zeros as in the paper, a blurred or a mean image). The heatmap is ``sum_i M_i``, set to
+zero where that sum is below ``gamma``, and normalised to [0, 1].
+
+The masks are independent, so all of them (and those of several images and targets) train together, one batch
+per step; :meth:`MDMLocalizer.localize_sequential` is the paper's one-mask-at-a-time schedule, kept as the
+reference that the batched engine must reproduce.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..config import MDMConfig
+from ..errors import UserError
+from .localization import Localization
+from .selectors import Selector
+
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e))
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``x: (B, C, H, W)`` with reflect padding."""
+    radius = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-(t**2) / (2 * sigma**2))
+    k = k / k.sum()
+    c = x.shape[1]
+    pad_h, pad_w = min(radius, x.shape[2] - 1), min(radius, x.shape[3] - 1)
+    y = F.pad(x, (pad_w, pad_w, 0, 0), mode="reflect") if pad_w else x
+    y = F.conv2d(y, k[radius - pad_w:radius + pad_w + 1].view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    y = F.pad(y, (0, 0, pad_h, pad_h), mode="reflect") if pad_h else y
+    return F.conv2d(y, k[radius - pad_h:radius + pad_h + 1].view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+
+
+def masking_baseline(x: torch.Tensor, kind: str, blur_sigma: float = 10.0) -> torch.Tensor:
+    """What masked-out pixels become, for ``x: (B, C, H, W)`` in the model's input space."""
+    if kind == "zero":
+        return torch.zeros_like(x)
+    if kind == "mean":
+        return x.mean((2, 3), keepdim=True).expand_as(x)
+    return gaussian_blur(x, blur_sigma)
+
+
+def masks_to_heatmap(masks: np.ndarray | torch.Tensor, gamma: float) -> np.ndarray:
+    """MDM heatmap from upsampled masks ``(N, H, W)``: their sum, zero where the sum < gamma, scaled to [0, 1]."""
+    m = masks.detach().cpu().numpy() if isinstance(masks, torch.Tensor) else np.asarray(masks)
+    s = m.astype(np.float64).sum(0)
+    s[s < gamma] = 0.0
+    peak = s.max()
+    return (s / peak if peak > 0 else s).astype(np.float32)
+
+
+@dataclass
+class MaskFit:
+    """Raw result of the mask search for T tasks (image x target pairs).
+
+    Attributes:
+        masks: ``(T, N, H, W)`` upsampled masks in [0, 1].
+        steps: ``(T, N)`` Adam steps each mask took.
+        targets: the activation on the unmasked images, one ``(...)`` tensor per task.
+        seconds: wall time of the whole search.
+        batch_masks: the batch size finally used (smaller than asked after an out-of-memory).
+    """
+
+    masks: torch.Tensor
+    steps: torch.Tensor
+    targets: list[torch.Tensor]
+    seconds: float
+    batch_masks: int
+
+
+@contextlib.contextmanager
+def _frozen_eval(model: torch.nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _model_device(selector: Selector) -> torch.device:
+    p = next(iter(selector.model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+class MDMLocalizer:
+    """Multiple Dynamic Mask localizer.
+
+    Args:
+        config: an :class:`~protomdm.config.MDMConfig` (defaults: the paper's settings).
+        progress: show a progress bar over the optimisation steps.
+        **overrides: any :class:`MDMConfig` field, e.g. ``steps=500``.
+
+    Example:
+        >>> loc = MDMLocalizer(steps=300).localize(x, PrototypeSelector(model, prototype=3))
+        >>> loc.heatmap.shape, loc.box(90)
+    """
+
+    def __init__(self, config: MDMConfig | None = None, progress: bool = False, **overrides) -> None:
+        self.config = dataclasses.replace(config or MDMConfig(), **overrides)
+        self.progress = progress
+
+    # ------------------------------------------------------------------ public API
+    def localize(self, image: torch.Tensor, selector: Selector) -> Localization:
+        """Localize one target of ``selector`` in one ``image: (C, H, W)`` or ``(1, C, H, W)``."""
+        x = image[None] if image.dim() == 3 else image
+        if x.shape[0] != 1 or selector.num_targets != 1:
+            raise UserError("localize() takes one image and one target; use localize_many() for batches")
+        return self.localize_many(x, selector)[0][0]
+
+    def localize_many(self, images: torch.Tensor, selector: Selector) -> list[list[Localization]]:
+        """Localize every target of ``selector`` in every image of ``images: (B, C, H, W)``, all in one search.
+
+        Returns:
+            ``result[b][k]``: the localisation of target ``k`` in image ``b``. Each one's ``seconds`` is its share
+            of the batched search's wall time.
+        """
+        fit = self.fit_masks(images, selector)
+        k = selector.num_targets
+        return [[self._to_localization(fit, b * k + j, selector.single(j)) for j in range(k)]
+                for b in range(images.shape[0])]
+
+    def localize_sequential(self, image: torch.Tensor, selector: Selector) -> Localization:
+        """The paper's schedule: each mask trained alone with ``torch.optim.Adam`` for the full ``steps``.
+
+        The reference for tests and ``protomdm bench``; ignores ``tol``, ``batch_masks`` and ``precision``.
+        """
+        cfg = self.config
+        x = (image[None] if image.dim() == 3 else image).to(_model_device(selector))
+        h, w = x.shape[-2:]
+        t0 = time.perf_counter()
+        with _frozen_eval(selector.model):
+            with torch.no_grad():
+                target = selector(x)
+            base = masking_baseline(x, cfg.baseline, cfg.blur_sigma)
+            masks = []
+            bar = tqdm(total=len(cfg.sizes) * cfg.steps, disable=not self.progress, desc="MDM (sequential)",
+                       unit="step", leave=False)
+            for a in cfg.sizes:
+                d = torch.full((1, 1, a, a), cfg.init, device=x.device, requires_grad=True)
+                opt = torch.optim.Adam([d], lr=cfg.lr, betas=ADAM_BETAS, eps=ADAM_EPS)
+                for _ in range(cfg.steps):
+                    m = self._upsample(d, (h, w))
+                    out = selector(m * x + (1 - m) * base)
+                    loss = ((out - target) ** 2).sum() + cfg.lambda_l1 * d.abs().mean()
+                    (d.grad,) = torch.autograd.grad(loss, d)
+                    opt.step()
+                    with torch.no_grad():
+                        d.clamp_(0, 1)
+                    bar.update()
+                masks.append(self._upsample(d.detach(), (h, w))[0, 0])
+            bar.close()
+        steps = torch.full((1, len(cfg.sizes)), cfg.steps)
+        fit = MaskFit(torch.stack(masks)[None], steps, [target[0]], time.perf_counter() - t0, 1)
+        loc = self._to_localization(fit, 0, selector)
+        loc.settings["schedule"] = "sequential"
+        return loc
+
+    # ------------------------------------------------------------------ engine
+    def _upsample(self, d: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        mode = self.config.upsample
+        kwargs = {"align_corners": False} if mode == "bilinear" else {}
+        return F.interpolate(d, size=size, mode=mode, **kwargs).clamp(0, 1)
+
+    def _autocast(self, device: torch.device):
+        if self.config.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=device.type, dtype=dtype)
+
+    def fit_masks(self, images: torch.Tensor, selector: Selector) -> MaskFit:
+        """Train the N masks of every (image, target) task together; see the module docstring.
+
+        Args:
+            images: ``(B, C, H, W)`` in the model's input space.
+            selector: its ``K`` targets make ``T = B * K`` tasks, ordered image-major.
+        """
+        cfg = self.config
+        device = _model_device(selector)
+        x = images.to(device)
+        if x.dim() != 4:
+            raise UserError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+        n_img, k = x.shape[0], selector.num_targets
+        n_tasks, n_masks = n_img * k, len(cfg.sizes)
+        h, w = x.shape[-2:]
+        t0 = time.perf_counter()
+        with _frozen_eval(selector.model):
+            if cfg.channels_last and device.type == "cuda":
+                selector.model.to(memory_format=torch.channels_last)
+            with torch.no_grad():
+                all_targets = selector.targets(x).float()  # (B, K, ...)
+            targets = all_targets.flatten(0, 1)  # (T, ...)
+            task_img = torch.arange(n_tasks, device=device) // k
+            task_out = torch.arange(n_tasks, device=device) % k
+            base = masking_baseline(x, cfg.baseline, cfg.blur_sigma)
+            params = [torch.full((n_tasks, 1, a, a), cfg.init, device=device) for a in cfg.sizes]
+            exp_avg = [torch.zeros_like(p) for p in params]
+            exp_sq = [torch.zeros_like(p) for p in params]
+            steps = torch.zeros(n_tasks, n_masks, dtype=torch.long, device=device)
+            active = torch.ones(n_tasks, n_masks, dtype=torch.bool, device=device)
+            snap_params = [p.clone() for p in params]
+            snap_loss = torch.full((n_tasks, n_masks), float("inf"), device=device)
+            batch = cfg.batch_masks or n_tasks * n_masks
+            bar = tqdm(total=cfg.steps, disable=not self.progress, desc="MDM", unit="step", leave=False)
+            for step in range(1, cfg.steps + 1):
+                act = active.flatten().nonzero().flatten()  # entries (t * N + i) still training
+                if act.numel() == 0:
+                    break
+                ps = [p.requires_grad_() for p in params]
+                up = torch.stack([self._upsample(p, (h, w))[:, 0] for p in ps], 1)  # (T, N, H, W)
+                rec_grad, rec_loss, batch = self._masked_grads(up.detach().flatten(0, 1), act, x, base, targets,
+                                                               task_img, task_out, selector, n_masks, batch, device)
+                reg_terms = torch.stack([cfg.lambda_l1 * p.abs().mean((1, 2, 3)) for p in ps], 1)  # (T, N)
+                grads = torch.autograd.grad([up, reg_terms], ps, [rec_grad.view_as(up), torch.ones_like(reg_terms)])
+                with torch.no_grad():
+                    loss = rec_loss.view(n_tasks, n_masks) + reg_terms.detach()
+                    steps += active
+                    for i, (p, g) in enumerate(zip(params, grads)):
+                        rows = active[:, i]
+                        if rows.any():
+                            self._adam_update(p, g, exp_avg[i], exp_sq[i], rows, step)
+                        p.requires_grad_(False).clamp_(0, 1)
+                    if cfg.tol is not None and step % cfg.patience == 0:
+                        if step >= cfg.min_steps:  # converged: values and loss both still over `patience` steps
+                            moved = torch.stack([(p - s).abs().flatten(1).amax(1)
+                                                 for p, s in zip(params, snap_params)], 1)
+                            rel = (loss - snap_loss).abs() / loss.abs().clamp_min(1e-12)
+                            active &= ~((moved < cfg.tol) & (rel < cfg.tol))
+                        snap_params = [p.clone() for p in params]
+                        snap_loss = loss
+                bar.update()
+                bar.set_postfix(active=int(active.sum()))
+            bar.close()
+            with torch.no_grad():
+                masks = torch.stack([self._upsample(p, (h, w))[:, 0] for p in params], 1)
+        return MaskFit(masks.cpu(), steps.cpu(), list(targets.cpu()), time.perf_counter() - t0, batch)
+
+    def _to_localization(self, fit: MaskFit, task: int, selector: Selector) -> Localization:
+        target = fit.targets[task]
+        return Localization(
+            heatmap=masks_to_heatmap(fit.masks[task], self.config.gamma),
+            method="mdm",
+            score=float(target.float().mean()),
+            settings={**dataclasses.asdict(self.config), "batch_masks_used": fit.batch_masks,
+                      "selector": selector.describe(), "schedule": "batched"},
+            seconds=fit.seconds / len(fit.targets),
+            device=str(_model_device(selector)),
+            steps=int(fit.steps[task].max()),
+        )
+
+    def _masked_grads(self, masks, act, x, base, targets, task_img, task_out, selector, n_masks, batch, device):
+        """d(sum of reconstruction losses)/d(mask) for the active entries, in chunks of ``batch``.
+
+        Halves ``batch`` and retries on out-of-memory. Returns ``(grad (T*N, H, W), loss (T*N,), batch)``.
+        """
+        while True:
+            try:
+                grad = torch.zeros_like(masks)
+                losses = torch.zeros(masks.shape[0], device=device)
+                for chunk in act.split(batch):
+                    m = masks[chunk][:, None].requires_grad_()
+                    img = task_img[chunk // n_masks]
+                    xm = m * x[img] + (1 - m) * base[img]
+                    if self.config.channels_last and device.type == "cuda":
+                        xm = xm.contiguous(memory_format=torch.channels_last)
+                    with self._autocast(device):
+                        out = selector.targets(xm)
+                    out = out[torch.arange(len(chunk), device=device), task_out[chunk // n_masks]].float()
+                    rec = ((out - targets[chunk // n_masks]) ** 2).reshape(len(chunk), -1).sum(1)
+                    (g,) = torch.autograd.grad(rec.sum(), m)
+                    grad[chunk] = g[:, 0]
+                    losses[chunk] = rec.detach()
+                return grad, losses, batch
+            except Exception as e:  # noqa: BLE001 - only out-of-memory is handled
+                if not _is_oom(e):
+                    raise
+                if batch <= 1:
+                    raise UserError("out of memory even with one masked image per batch; use a smaller input "
+                                    "or another device") from None
+                batch = max(1, batch // 2)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+
+    def _adam_update(self, p, g, m, v, rows, t):
+        """torch.optim.Adam's update (no weight decay) of the ``rows`` still training, all at step ``t``."""
+        b1, b2 = ADAM_BETAS
+        m[rows] = b1 * m[rows] + (1 - b1) * g[rows]
+        v[rows] = b2 * v[rows] + (1 - b2) * g[rows] ** 2
+        denom = v[rows].sqrt() / math.sqrt(1 - b2**t) + ADAM_EPS
+        p[rows] = p[rows] - (self.config.lr / (1 - b1**t)) * m[rows] / denom

@@ -1,0 +1,139 @@
+"""Activation selectors: what must stay the same when the image is masked.
+
+A selector maps an input batch ``x: (B, C, H, W)`` to the explained activation. :meth:`Selector.targets` returns
+``(B, K, ...)`` for its ``K`` selected targets (prototypes or classes); calling the selector returns ``(B, ...)``
+when one target was selected. Selectors evaluate the network only as far as the activation needs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+
+def _as_list(index: int | Sequence[int], what: str) -> list[int]:
+    ids = [index] if isinstance(index, int) and not isinstance(index, bool) else list(index)
+    if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise UserError(f"{what} must be an integer or a non-empty list of integers, got {index!r}")
+    return ids
+
+
+class Selector:
+    """Base class: subclasses set ``model`` and ``indices`` and implement :meth:`targets`."""
+
+    model: nn.Module
+    indices: list[int]
+    kind: str = "activation"
+
+    @property
+    def num_targets(self) -> int:
+        return len(self.indices)
+
+    def targets(self, x: torch.Tensor) -> torch.Tensor:
+        """The activation of every selected target: ``(B, K, ...)``."""
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.targets(x)
+        return out[:, 0] if self.num_targets == 1 else out
+
+    def single(self, k: int) -> "Selector":
+        """A selector for only the ``k``-th of this selector's targets."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "indices": self.indices}
+
+
+class PrototypeSelector(Selector):
+    """Prototype ``j``'s similarity: the whole map ``(B, h, w)`` or its pooled score ``(B,)``.
+
+    Args:
+        model: a protomdm prototype network, or anything wrapped to its interface (``prototype_similarity_maps``,
+            ``prototype_scores``, ``localization_maps``, ``num_prototypes``).
+        prototype: one index, or several (then :meth:`targets` gives ``(B, K, ...)``).
+        reduce: ``"map"`` (the similarity map; ProtoPNet's default) or ``"score"`` (the max-pooled similarity for
+            ProtoPNet, the occurrence-weighted similarity for XProtoNet; XProtoNet's default). ``"max"`` is an alias
+            of ``"score"``.
+    """
+
+    kind = "prototype"
+
+    def __init__(self, model: nn.Module, prototype: int | Sequence[int], reduce: str | None = None) -> None:
+        missing = [a for a in ("prototype_similarity_maps", "prototype_scores", "num_prototypes") if not hasattr(model, a)]
+        if missing:
+            raise UserError(f"{type(model).__name__} is not a prototype network (missing: {', '.join(missing)}); "
+                            "wrap it with protomdm.integrations or use LogitSelector")
+        if reduce is None:
+            reduce = getattr(model, "default_reduce", None) or (
+                "score" if getattr(getattr(model, "config", None), "architecture", "") == "xprotonet" else "map")
+        reduce = "score" if reduce == "max" else reduce
+        if reduce not in ("map", "score"):
+            raise UserError(f"reduce must be 'map' or 'score' (alias 'max'), got {reduce!r}")
+        self.model, self.reduce = model, reduce
+        self.indices = _as_list(prototype, "prototype")
+        n = model.num_prototypes
+        for j in self.indices:
+            if not 0 <= j < n:
+                raise UserError(f"prototype index {j} out of range: this model has prototypes 0..{n - 1}")
+
+    def targets(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reduce == "map":
+            return self.model.prototype_similarity_maps(x, self.indices)
+        return self.model.prototype_scores(x, self.indices)
+
+    def localization_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's own prototype search map ``(B, K, h, w)`` (ProtoPNet: similarity; XProtoNet: occurrence)."""
+        return self.model.localization_maps(x, self.indices)
+
+    def single(self, k: int) -> "PrototypeSelector":
+        return PrototypeSelector(self.model, self.indices[k], self.reduce)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "indices": self.indices, "reduce": self.reduce}
+
+
+def _num_outputs(model: nn.Module) -> int | None:
+    n = getattr(model, "num_classes", None)
+    if isinstance(n, int):
+        return n
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features if linears else None
+
+
+class LogitSelector(Selector):
+    """Class ``k``'s logit of any classifier: ``(B,)``.
+
+    The model's output may be a tensor ``(B, C)`` or a tuple whose first item is. An index outside ``0..C-1`` is
+    refused up front when ``C`` can be read off the model (``num_classes`` or its last ``nn.Linear``), otherwise at
+    the first call.
+    """
+
+    kind = "logit"
+
+    def __init__(self, model: nn.Module, class_index: int | Sequence[int], num_classes: int | None = None) -> None:
+        self.model = model
+        self.indices = _as_list(class_index, "class index")
+        self.num_classes = num_classes if num_classes is not None else _num_outputs(model)
+        if self.num_classes is not None:
+            self._check(self.num_classes)
+
+    def _check(self, n: int) -> None:
+        for k in self.indices:
+            if not 0 <= k < n:
+                raise UserError(f"class index {k} out of range: this model has classes 0..{n - 1}")
+
+    def targets(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        if self.num_classes is None:
+            self._check(out.shape[1])
+        return out[:, self.indices]
+
+    def single(self, k: int) -> "LogitSelector":
+        return LogitSelector(self.model, self.indices[k], self.num_classes)

@@ -1,0 +1,113 @@
+"""One-file checkpoints: ``{"format", "version", "config", "state_dict", "extra"}``, safe to load.
+
+The config is a plain dict (see :class:`~protomdm.config.ModelConfig`) and the file loads with
+``torch.load(..., weights_only=True)``: opening a checkpoint never runs code.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import ModelConfig, from_dict, to_dict
+from ..errors import CheckpointError, ConfigError
+from .base import PrototypeModel
+from .protopnet import ProtoPNet
+from .xprotonet import XProtoNet
+
+FORMAT = "protomdm-checkpoint"
+VERSION = 1
+ARCHITECTURES: dict[str, type[PrototypeModel]] = {"protopnet": ProtoPNet, "xprotonet": XProtoNet}
+
+
+def build_model(config: ModelConfig | dict[str, Any]) -> PrototypeModel:
+    """Instantiate the architecture named in ``config`` (random or pretrained-backbone weights)."""
+    if isinstance(config, dict):
+        config = from_dict(ModelConfig, config, where="model config")
+    return ARCHITECTURES[config.architecture](config)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename: no half-written file survives."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_checkpoint(model: PrototypeModel, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (its ``state_dict`` and config) and optional plain ``extra`` data to ``path``."""
+    atomic_torch_save(
+        {"format": FORMAT, "version": VERSION, "config": to_dict(model.config),
+         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "extra": extra or {}},
+        path,
+    )
+    return Path(path)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and check a checkpoint's raw dict with ``weights_only=True``; one clear error for any bad file."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint is not a file: {p}")
+    if not zipfile.is_zipfile(p):
+        raise CheckpointError(f"{p}: not a PyTorch checkpoint (not in torch.save's zip format; truncated, or another "
+                              "kind of file)")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{p}: holds pickled Python objects (a whole model?), which are not loaded by default because unpickling "
+            "runs code; this is not a protomdm checkpoint") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        reason = str(e).strip().split(". ")[0][:160] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{p}: not a readable PyTorch checkpoint (truncated or corrupt?): {reason}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        kind = "a plain state_dict" if isinstance(ckpt, dict) and ckpt and all(
+            isinstance(v, torch.Tensor) for v in ckpt.values()) else f"a {type(ckpt).__name__}"
+        raise CheckpointError(f"{p}: not a protomdm checkpoint (found {kind}); make one with `protomdm init-model` "
+                              "or save_checkpoint()")
+    if ckpt.get("version") != VERSION:
+        raise CheckpointError(f"{p}: checkpoint version {ckpt.get('version')} is not supported (expected {VERSION})")
+    return ckpt
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", architecture: str | None = None) -> PrototypeModel:
+    """Rebuild a model from a protomdm checkpoint, in eval mode on ``device``.
+
+    Args:
+        path: the checkpoint file.
+        device: where to put the model.
+        architecture: if given (``"protopnet"``/``"xprotonet"``), refuse a checkpoint of another kind.
+
+    Raises:
+        CheckpointError: missing, truncated, foreign or wrong-kind file.
+    """
+    ckpt = read_checkpoint(path)
+    try:
+        config = from_dict(ModelConfig, {**ckpt["config"], "pretrained": False}, where="checkpoint config")
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: invalid model config in checkpoint: {e}") from None
+    if architecture is not None and config.architecture != architecture:
+        raise CheckpointError(f"{path}: this is a {config.architecture} checkpoint, not {architecture}")
+    model = build_model(config)
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: weights do not fit the {config.architecture}/{config.backbone} model: "
+                              f"{str(e).splitlines()[0][:200]}") from None
+    return model.to(device).eval()

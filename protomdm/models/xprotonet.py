@@ -1,0 +1,91 @@
+"""XProtoNet (Kim et al., "XProtoNet: Diagnosis in Chest Radiography with Global and Local Explanations", CVPR 2021)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from .backbones import build_backbone
+from .base import Index, PrototypeModel
+
+
+def _projection(in_channels: int, out_channels: int, final: nn.Module) -> nn.Sequential:
+    hidden = max(out_channels, in_channels // 2)
+    seq = nn.Sequential(nn.Conv2d(in_channels, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, out_channels, 1), final)
+    for m in seq.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+    return seq
+
+
+class XProtoNetOutput(NamedTuple):
+    logits: torch.Tensor  # (B, C)
+    similarities: torch.Tensor  # (B, P) in [0, 1]
+    occurrence: torch.Tensor  # (B, P, h, w) in [0, 1]
+
+
+class XProtoNet(PrototypeModel):
+    """XProtoNet for multi-label diagnosis.
+
+    The backbone's features feed two 1x1 heads: a *feature projection* ``F(x): (B, D, h, w)`` and an *occurrence
+    module* ``M(x): (B, P, h, w)`` (sigmoid), one map per prototype. Prototype ``k`` pools the features under its
+    own occurrence map, ``f_k = sum_u M_k(u) F(u) / sum_u M_k(u)``, and scores ``s_k = (1 + cos(f_k, p_k)) / 2``.
+    Class ``c`` is predicted from its own prototypes only: ``logit_c = sum_k w_ck s_ck + b_c`` (sigmoid outside).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.features, channels = build_backbone(config.backbone, config.pretrained, config.in_channels)
+        self.feature_projection = _projection(channels, config.prototype_dim, nn.Sigmoid())
+        self.occurrence_module = _projection(channels, config.num_prototypes, nn.Sigmoid())
+        self.prototype_vectors = nn.Parameter(torch.rand(config.num_prototypes, config.prototype_dim))
+        k = config.prototypes_per_class
+        self.class_weight = nn.Parameter(torch.ones(config.num_classes, k))
+        self.class_bias = nn.Parameter(torch.full((config.num_classes,), -0.5 * k))
+
+    @property
+    def prototype_shape(self) -> tuple[int, int, int, int]:
+        return (*self.prototype_vectors.shape, 1, 1)  # type: ignore[return-value]
+
+    def heads(self, x: torch.Tensor, idx: Index = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected features ``(B, D, h, w)`` and the selected occurrence maps ``(B, K, h, w)``."""
+        f = self.features(x)
+        occ = self.occurrence_module(f)
+        return self.feature_projection(f), occ[:, self._index(idx)]
+
+    def similarities(self, feats: torch.Tensor, occ: torch.Tensor, idx: Index = None) -> torch.Tensor:
+        """Occurrence-weighted similarity ``(B, K)`` in [0, 1] of the selected prototypes."""
+        pooled = torch.einsum("bkhw,bdhw->bkd", occ, feats) / (occ.sum((2, 3))[..., None] + 1e-6)
+        protos = self.prototype_vectors[self._index(idx)]
+        return (1 + F.cosine_similarity(pooled, protos[None], dim=-1)) / 2
+
+    def prototype_scores(self, x: torch.Tensor, idx: Index = None) -> torch.Tensor:
+        feats, occ = self.heads(x, idx)
+        return self.similarities(feats, occ, idx)
+
+    def prototype_similarity_maps(self, x: torch.Tensor, idx: Index = None) -> torch.Tensor:
+        """Local similarity of each location's feature to the prototype, weighted by its occurrence map."""
+        feats, occ = self.heads(x, idx)
+        protos = self.prototype_vectors[self._index(idx)]
+        local = (1 + F.cosine_similarity(feats[:, None], protos[None, :, :, None, None], dim=2)) / 2
+        return local * occ
+
+    def localization_maps(self, x: torch.Tensor, idx: Index = None) -> torch.Tensor:
+        """The occurrence maps: XProtoNet's own answer to where each prototype is."""
+        return self.heads(x, idx)[1]
+
+    def outputs(self, x: torch.Tensor) -> XProtoNetOutput:
+        feats, occ = self.heads(x)
+        sims = self.similarities(feats, occ)
+        per_class = sims.view(sims.shape[0], self.num_classes, -1)
+        logits = (per_class * self.class_weight).sum(-1) + self.class_bias
+        return XProtoNetOutput(logits, sims, occ)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-class logits ``(B, C)``; apply a sigmoid for probabilities."""
+        return self.outputs(x).logits

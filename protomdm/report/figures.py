@@ -1,0 +1,130 @@
+"""Pictures and files people look at: heatmap overlays, mask PNGs, JSON; written atomically, never clobbering."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import UserError
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` for a temporary file beside ``path``, then rename it to ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def check_writable(out_dir: str | Path, names: Iterable[str], overwrite: bool) -> Path:
+    """Create ``out_dir`` if needed; refuse (UserError) if any of ``names`` exists there and not ``overwrite``."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    clash = [n for n in names if (out / n).exists()]
+    if clash and not overwrite:
+        raise UserError(f"{out} already holds {', '.join(clash)}; pass --overwrite to replace, or choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create output folder {out}: {e.strerror}") from None
+    if not os.access(out, os.W_OK):
+        raise UserError(f"output folder {out} is not writable")
+    return out
+
+
+def write_json(path: str | Path, data: dict[str, Any]) -> Path:
+    text = json.dumps(data, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
+
+
+def resize_map(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a ``(h, w)`` map to ``size = (H, W)``."""
+    if tuple(heatmap.shape) == tuple(size):
+        return heatmap
+    t = torch.from_numpy(np.ascontiguousarray(heatmap, dtype=np.float32))[None, None]
+    return F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def save_mask_png(path: str | Path, mask: np.ndarray) -> Path:
+    """A bool ``(H, W)`` mask as an 8-bit PNG (0 / 255)."""
+    from PIL import Image
+
+    img = Image.fromarray(np.where(mask, 255, 0).astype(np.uint8))
+    return atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+
+
+def _grey(pixels: np.ndarray) -> np.ndarray:
+    return pixels if pixels.ndim == 2 else pixels.mean(-1)
+
+
+def save_overlay(path: str | Path, pixels: np.ndarray, heatmap: np.ndarray,
+                 box: Sequence[int] | None = None, title: str = "") -> Path:
+    """Image with the heatmap on top, the box outlined and a colour bar.
+
+    Args:
+        pixels: ``(H, W)`` or ``(H, W, 3)`` in [0, 1].
+        heatmap: ``(H, W)`` in [0, 1], same size as ``pixels``.
+        box: ``(x0, y0, x1, y1)`` with exclusive ends, in the same pixels.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    h, w = pixels.shape[:2]
+    fig = Figure(figsize=(6.0 * w / max(h, w) + 1.2, 6.0 * h / max(h, w)), dpi=110)
+    ax = fig.add_subplot()
+    ax.imshow(pixels if pixels.ndim == 3 else pixels, cmap=None if pixels.ndim == 3 else "gray", vmin=0, vmax=1)
+    im = ax.imshow(heatmap, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    if box is not None:
+        x0, y0, x1, y1 = box
+        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="white", linewidth=1.5))
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="relevance")
+    fig.tight_layout()
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def save_panels(path: str | Path, rows: list[list[tuple[str, np.ndarray, str | None]]], title: str = "") -> Path:
+    """A grid of panels: ``rows[r][c] = (caption, array, cmap)``; heatmaps are drawn over the row's first image.
+
+    A panel with ``cmap`` None is an image (grey or RGB); with a cmap it is a heatmap overlaid on the row's first
+    image with that colour map.
+    """
+    from matplotlib.figure import Figure
+
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    fig = Figure(figsize=(2.3 * n_cols, 2.3 * n_rows + (0.3 if title else 0)), dpi=100)
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    for r, row in enumerate(rows):
+        base = _grey(row[0][1])
+        for c in range(n_cols):
+            ax = axes[r][c]
+            ax.set_axis_off()
+            if c >= len(row):
+                continue
+            caption, arr, cmap = row[c]
+            if cmap is None:
+                ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1)
+            else:
+                ax.imshow(base, cmap="gray", vmin=0, vmax=1)
+                ax.imshow(arr, cmap=cmap, alpha=0.5, vmin=0, vmax=1)
+            ax.set_title(caption, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
