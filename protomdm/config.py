@@ -170,9 +170,9 @@ class ModelConfig:
 class MDMConfig:
     """Settings of the Multiple Dynamic Mask search (Peng et al.).
 
-    The defaults follow the paper (27 masks of 6..32 cells, init 0.5, Adam lr 3e-3, gamma 5) except the stopping
-    rule: by default a mask stops when it has converged (``tol``), capped at ``steps``; ``tol: null`` runs every
-    mask the full ``steps`` as the paper does.
+    The defaults follow the paper (27 masks of 6..32 cells, init 0.5, Adam lr 3e-3, gamma 5, 2000 steps).
+    ``tol`` adds a stopping rule: an image's masks stop once its thresholded heatmap has stopped changing;
+    ``tol: null`` runs every mask the full ``steps`` as the paper does.
     """
 
     sizes: tuple[int, ...] = tuple(range(6, 33))
@@ -184,9 +184,10 @@ class MDMConfig:
     baseline: str = "zero"  # what masked-out pixels become: zero | blur | mean (in the model's input space)
     blur_sigma: float = 10.0
     upsample: str = "bilinear"  # bilinear keeps an upsampled [0, 1] mask inside [0, 1]
-    tol: float | None = None
-    patience: int = 50
+    tol: float | None = None  # stop an image's masks once its top-`stop_percentile` mask changes by < tol (1-Dice)
+    patience: int = 50  # ... between checks `patience` steps apart, twice in a row
     min_steps: int = 100
+    stop_percentile: float = 90.0
     batch_masks: int | None = None  # most masked images per forward pass; None: all at once
     precision: str = "fp32"
     channels_last: bool = False
@@ -205,6 +206,7 @@ class MDMConfig:
         _check(self.upsample in ("bilinear", "nearest"), f"upsample must be bilinear or nearest, got {self.upsample!r}")
         _check(self.tol is None or self.tol > 0, f"tol must be > 0 or null, got {self.tol}")
         _check(self.patience >= 1 and self.min_steps >= 0, "patience must be >= 1 and min_steps >= 0")
+        _check(0 < self.stop_percentile < 100, "stop_percentile must lie strictly between 0 and 100")
         _check(self.batch_masks is None or self.batch_masks >= 1, "batch_masks must be >= 1 or null")
         _check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 

@@ -36,6 +36,13 @@ ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
 
+def _dice(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Dice of bool masks ``(T, P)`` row by row (1 where both are empty)."""
+    inter = (a & b).sum(1).float()
+    total = (a.sum(1) + b.sum(1)).float()
+    return torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))
+
+
 def _is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e))
 
@@ -45,13 +52,15 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     radius = max(1, int(math.ceil(3 * sigma)))
     t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     k = torch.exp(-(t**2) / (2 * sigma**2))
-    k = k / k.sum()
     c = x.shape[1]
-    pad_h, pad_w = min(radius, x.shape[2] - 1), min(radius, x.shape[3] - 1)
-    y = F.pad(x, (pad_w, pad_w, 0, 0), mode="reflect") if pad_w else x
-    y = F.conv2d(y, k[radius - pad_w:radius + pad_w + 1].view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    y = F.pad(y, (0, 0, pad_h, pad_h), mode="reflect") if pad_h else y
-    return F.conv2d(y, k[radius - pad_h:radius + pad_h + 1].view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+    y = x
+    for dim, size in ((3, x.shape[3]), (2, x.shape[2])):
+        r = min(radius, size - 1)  # reflect padding needs r < size: truncate the kernel on tiny images
+        kk = k[radius - r:radius + r + 1]
+        kk = (kk / kk.sum()).view(1, 1, *((1, -1) if dim == 3 else (-1, 1))).repeat(c, 1, 1, 1)
+        pad = (r, r, 0, 0) if dim == 3 else (0, 0, r, r)
+        y = F.conv2d(F.pad(y, pad, mode="reflect") if r else y, kk, groups=c)
+    return y
 
 
 def masking_baseline(x: torch.Tensor, kind: str, blur_sigma: float = 10.0) -> torch.Tensor:
@@ -221,8 +230,7 @@ class MDMLocalizer:
             exp_sq = [torch.zeros_like(p) for p in params]
             steps = torch.zeros(n_tasks, n_masks, dtype=torch.long, device=device)
             active = torch.ones(n_tasks, n_masks, dtype=torch.bool, device=device)
-            snap_params = [p.clone() for p in params]
-            snap_loss = torch.full((n_tasks, n_masks), float("inf"), device=device)
+            prev_top, calm = None, torch.zeros(n_tasks, dtype=torch.long, device=device)
             batch = cfg.batch_masks or n_tasks * n_masks
             bar = tqdm(total=cfg.steps, disable=not self.progress, desc="MDM", unit="step", leave=False)
             for step in range(1, cfg.steps + 1):
@@ -231,32 +239,38 @@ class MDMLocalizer:
                     break
                 ps = [p.requires_grad_() for p in params]
                 up = torch.stack([self._upsample(p, (h, w))[:, 0] for p in ps], 1)  # (T, N, H, W)
-                rec_grad, rec_loss, batch = self._masked_grads(up.detach().flatten(0, 1), act, x, base, targets,
+                rec_grad, batch = self._masked_grads(up.detach().flatten(0, 1), act, x, base, targets,
                                                                task_img, task_out, selector, n_masks, batch, device)
                 reg_terms = torch.stack([cfg.lambda_l1 * p.abs().mean((1, 2, 3)) for p in ps], 1)  # (T, N)
                 grads = torch.autograd.grad([up, reg_terms], ps, [rec_grad.view_as(up), torch.ones_like(reg_terms)])
                 with torch.no_grad():
-                    loss = rec_loss.view(n_tasks, n_masks) + reg_terms.detach()
                     steps += active
                     for i, (p, g) in enumerate(zip(params, grads)):
                         rows = active[:, i]
                         if rows.any():
                             self._adam_update(p, g, exp_avg[i], exp_sq[i], rows, step)
                         p.requires_grad_(False).clamp_(0, 1)
-                    if cfg.tol is not None and step % cfg.patience == 0:
-                        if step >= cfg.min_steps:  # converged: values and loss both still over `patience` steps
-                            moved = torch.stack([(p - s).abs().flatten(1).amax(1)
-                                                 for p, s in zip(params, snap_params)], 1)
-                            rel = (loss - snap_loss).abs() / loss.abs().clamp_min(1e-12)
-                            active &= ~((moved < cfg.tol) & (rel < cfg.tol))
-                        snap_params = [p.clone() for p in params]
-                        snap_loss = loss
+                if cfg.tol is not None and step % cfg.patience == 0 and step >= cfg.min_steps:
+                    with torch.no_grad():
+                        top = self._top_masks(torch.stack([self._upsample(p, (h, w))[:, 0] for p in params], 1))
+                        if prev_top is not None:
+                            change = 1 - _dice(top, prev_top)  # (T,)
+                            calm = torch.where(change <= cfg.tol, calm + 1, torch.zeros_like(calm))
+                            active &= (calm < 2)[:, None]  # stable over two checks in a row: stop the task
+                        prev_top = top
                 bar.update()
                 bar.set_postfix(active=int(active.sum()))
             bar.close()
             with torch.no_grad():
                 masks = torch.stack([self._upsample(p, (h, w))[:, 0] for p in params], 1)
         return MaskFit(masks.cpu(), steps.cpu(), list(targets.cpu()), time.perf_counter() - t0, batch)
+
+    def _top_masks(self, masks: torch.Tensor) -> torch.Tensor:
+        """Top-``stop_percentile`` masks ``(T, H*W)`` of the heatmaps of upsampled masks ``(T, N, H, W)``."""
+        heat = masks.sum(1).flatten(1)
+        heat = torch.where(heat < self.config.gamma, torch.zeros_like(heat), heat)
+        thr = torch.quantile(heat, self.config.stop_percentile / 100, dim=1, keepdim=True)
+        return (heat >= thr) & (heat > heat.min(1, keepdim=True).values)
 
     def _to_localization(self, fit: MaskFit, task: int, selector: Selector) -> Localization:
         target = fit.targets[task]
@@ -274,12 +288,11 @@ class MDMLocalizer:
     def _masked_grads(self, masks, act, x, base, targets, task_img, task_out, selector, n_masks, batch, device):
         """d(sum of reconstruction losses)/d(mask) for the active entries, in chunks of ``batch``.
 
-        Halves ``batch`` and retries on out-of-memory. Returns ``(grad (T*N, H, W), loss (T*N,), batch)``.
+        Halves ``batch`` and retries on out-of-memory. Returns ``(grad (T*N, H, W), batch)``.
         """
         while True:
             try:
                 grad = torch.zeros_like(masks)
-                losses = torch.zeros(masks.shape[0], device=device)
                 for chunk in act.split(batch):
                     m = masks[chunk][:, None].requires_grad_()
                     img = task_img[chunk // n_masks]
@@ -292,8 +305,7 @@ class MDMLocalizer:
                     rec = ((out - targets[chunk // n_masks]) ** 2).reshape(len(chunk), -1).sum(1)
                     (g,) = torch.autograd.grad(rec.sum(), m)
                     grad[chunk] = g[:, 0]
-                    losses[chunk] = rec.detach()
-                return grad, losses, batch
+                return grad, batch
             except Exception as e:  # noqa: BLE001 - only out-of-memory is handled
                 if not _is_oom(e):
                     raise

@@ -1,0 +1,37 @@
+"""Oracle networks whose evidence lies in a known box: ground truth for the localizers."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class BoxOracle(nn.Module):
+    """A frozen classifier whose logits read only the pixels inside ``box`` (x0, y0, x1, y1; exclusive ends).
+
+    Logit k is the mean over the box of ReLU(conv_k(x)): a fixed 3x3 conv, so changing any pixel outside the box
+    (more than one pixel away) cannot change it.
+    """
+
+    def __init__(self, box: tuple[int, int, int, int], size: int = 64, num_classes: int = 2) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.conv = nn.Conv2d(3, num_classes, 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g) * 0.5)
+            self.conv.bias.zero_()
+        region = torch.zeros(1, 1, size, size)
+        x0, y0, x1, y1 = box
+        region[..., y0:y1, x0:x1] = 1
+        self.register_buffer("region", region)
+        self.num_classes = num_classes
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (torch.relu(self.conv(x)) * self.region).sum((2, 3)) / self.region.sum()
+
+
+def oracle_image(size: int = 64, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(1, 3, size, size, generator=g) * 2 - 1

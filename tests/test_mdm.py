@@ -1,0 +1,172 @@
+import numpy as np
+import pytest
+import torch
+
+from protomdm import LogitSelector, MDMConfig, MDMLocalizer, PrototypeSelector
+from protomdm.errors import ConfigError, UserError
+from protomdm.evaluation.metrics import box_mask, dice, iou, top_percentile_mask
+from protomdm.explain.mdm import gaussian_blur, masking_baseline, masks_to_heatmap
+
+from conftest import tiny_model
+from oracles import BoxOracle, oracle_image
+
+BOX = (36, 8, 56, 28)
+ELSEWHERE = (4, 36, 24, 56)
+
+
+@pytest.fixture(scope="module")
+def oracle_localization():
+    model = BoxOracle(BOX)
+    return MDMLocalizer(steps=300).localize(oracle_image(), LogitSelector(model, 0))
+
+
+def test_oracle_box_is_found(oracle_localization):
+    mask = oracle_localization.binary(90)
+    assert iou(mask, box_mask(BOX, (64, 64))) >= 0.5
+    assert iou(mask, box_mask(ELSEWHERE, (64, 64))) == 0.0
+    x0, y0, x1, y1 = oracle_localization.box(90)
+    assert abs(x0 - BOX[0]) <= 3 and abs(y0 - BOX[1]) <= 3 and abs(x1 - BOX[2]) <= 3 and abs(y1 - BOX[3]) <= 3
+
+
+def test_oracle_result_metadata(oracle_localization):
+    loc = oracle_localization
+    assert loc.method == "mdm" and loc.heatmap.shape == (64, 64) and loc.heatmap.dtype == np.float32
+    assert loc.heatmap.min() >= 0 and loc.heatmap.max() == pytest.approx(1.0)
+    assert loc.steps == 300 and loc.seconds > 0 and loc.device == "cpu"
+    assert loc.settings["sizes"] == tuple(range(6, 33)) and loc.settings["lr"] == 3e-3
+
+
+def test_default_settings_are_the_papers():
+    cfg = MDMConfig()
+    assert cfg.sizes == tuple(5 + i for i in range(1, 28)) and len(cfg.sizes) == 27
+    assert (cfg.init, cfg.lr, cfg.gamma, cfg.steps, cfg.baseline) == (0.5, 3e-3, 5.0, 2000, "zero")
+
+
+def test_heatmap_rule_by_hand():
+    masks = np.zeros((3, 2, 2), dtype=np.float32)
+    masks[:, 0, 0] = [1.0, 1.0, 1.0]  # sum 3
+    masks[:, 0, 1] = [1.0, 0.5, 0.0]  # sum 1.5  < gamma 2 -> 0
+    masks[:, 1, 0] = [1.0, 1.0, 0.0]  # sum 2 (not below gamma)
+    h = masks_to_heatmap(masks, gamma=2.0)
+    assert np.allclose(h, [[1.0, 0.0], [2 / 3, 0.0]])
+    assert np.all(masks_to_heatmap(np.zeros((3, 2, 2)), 1.0) == 0)
+
+
+def test_batched_equals_one_mask_at_a_time():
+    model = tiny_model("protopnet", seed=1, img_size=(32, 32))
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    loc = MDMLocalizer(sizes=(3, 5, 8), steps=25, gamma=0.0, lambda_l1=0.5)
+    sel = PrototypeSelector(model, prototype=3)
+    batched = loc.fit_masks(x, sel)
+    seq = loc.localize_sequential(x, sel)
+    assert batched.masks.shape == (1, 3, 32, 32)
+    assert np.allclose(masks_to_heatmap(batched.masks[0], 0.0), seq.heatmap, atol=1e-4)
+    # the masks did move away from their start, so the comparison means something
+    assert (batched.masks - 0.5).abs().max() > 0.02
+
+
+def test_localize_many_equals_separate_runs():
+    model = tiny_model("protopnet", seed=1, img_size=(32, 32))
+    xs = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    loc = MDMLocalizer(sizes=(4, 6), steps=15, gamma=0.0)
+    many = loc.localize_many(xs, PrototypeSelector(model, prototype=[0, 5]))
+    assert len(many) == 2 and len(many[0]) == 2
+    for b in range(2):
+        for k, j in enumerate([0, 5]):
+            alone = loc.localize(xs[b], PrototypeSelector(model, prototype=j))
+            assert np.allclose(many[b][k].heatmap, alone.heatmap, atol=1e-4)
+            assert many[b][k].settings["selector"]["indices"] == [j]
+
+
+class _OOMAbove:
+    """Wraps a selector and raises the CUDA out-of-memory error for batches larger than ``limit``."""
+
+    def __init__(self, selector, limit):
+        self.inner, self.limit, self.batches = selector, limit, []
+        self.model, self.indices, self.num_targets = selector.model, selector.indices, selector.num_targets
+
+    def targets(self, x):
+        self.batches.append(x.shape[0])
+        if x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return self.inner.targets(x)
+
+    def single(self, k):
+        return self.inner.single(k)
+
+
+def test_out_of_memory_halves_the_batch_and_goes_on():
+    model = BoxOracle(BOX)
+    x = oracle_image()
+    ref = MDMLocalizer(sizes=(4, 6, 8, 10), steps=10, gamma=1).fit_masks(x, LogitSelector(model, 0))
+    flaky = _OOMAbove(LogitSelector(model, 0), limit=2)
+    fit = MDMLocalizer(sizes=(4, 6, 8, 10), steps=10, gamma=1).fit_masks(x, flaky)
+    assert fit.batch_masks == 2
+    assert max(flaky.batches[1:]) <= 4  # the unmasked target pass (1 image), then 4 -> 2
+    assert torch.allclose(fit.masks, ref.masks, atol=1e-5)
+
+
+def test_out_of_memory_at_batch_one_is_a_clear_error():
+    flaky = _OOMAbove(LogitSelector(BoxOracle(BOX), 0), limit=1)
+    flaky.limit = 1
+    calls = flaky.targets
+    flaky.targets = lambda x: calls(x) if not flaky.batches else (_ for _ in ()).throw(
+        torch.OutOfMemoryError("CUDA out of memory"))
+    with pytest.raises(UserError, match="out of memory even with one"):
+        MDMLocalizer(sizes=(4, 6), steps=2, gamma=1).fit_masks(oracle_image(), flaky)
+
+
+def test_early_stopping_gives_the_full_result():
+    sel = LogitSelector(BoxOracle(BOX), 0)
+    full = MDMLocalizer(steps=600).localize(oracle_image(), sel)
+    early_fit = MDMLocalizer(steps=600, tol=0.02, patience=25, min_steps=50).fit_masks(oracle_image(), sel)
+    assert early_fit.steps.max() < 600  # the masks stopped early
+    early = top_percentile_mask(masks_to_heatmap(early_fit.masks[0], 5.0), 90)
+    assert dice(full.binary(90), early) >= 0.95
+
+
+def test_mixed_precision_path_matches_fp32():
+    model = BoxOracle(BOX)
+    sel = LogitSelector(model, 0)
+    ref = MDMLocalizer(steps=150).localize(oracle_image(), sel)
+    bf16 = MDMLocalizer(steps=150, precision="bf16").localize(oracle_image(), sel)
+    assert bf16.settings["precision"] == "bf16"
+    assert dice(ref.binary(90), bf16.binary(90)) >= 0.95
+
+
+def test_baselines():
+    x = torch.randn(2, 3, 20, 24)
+    assert torch.equal(masking_baseline(x, "zero"), torch.zeros_like(x))
+    assert torch.allclose(masking_baseline(x, "mean")[:, :, 3, 5], x.mean((2, 3)))
+    blurred = gaussian_blur(x, 2.0)
+    assert blurred.shape == x.shape and blurred.std() < x.std()
+    const = torch.full((1, 1, 9, 9), 0.7)
+    assert torch.allclose(gaussian_blur(const, 3.0), const, atol=1e-6)  # a blur keeps constants
+    loc = MDMLocalizer(sizes=(4,), steps=3, gamma=0.0, baseline="blur", blur_sigma=2.0)
+    assert loc.localize(oracle_image(), LogitSelector(BoxOracle(BOX), 0)).heatmap.shape == (64, 64)
+
+
+def test_masks_stay_in_unit_interval():
+    model = BoxOracle(BOX)
+    fit = MDMLocalizer(sizes=(4, 9), steps=200, lr=0.05, gamma=1).fit_masks(oracle_image(), LogitSelector(model, 1))
+    assert fit.masks.min() >= 0 and fit.masks.max() <= 1
+    assert fit.masks.min() == 0 and fit.masks.max() == 1  # a large lr drives them onto the bounds
+
+
+def test_invalid_settings_are_refused():
+    with pytest.raises(ConfigError, match="lr must be > 0"):
+        MDMLocalizer(lr=-1)
+    with pytest.raises(ConfigError, match="gamma"):
+        MDMLocalizer(sizes=(4, 5), gamma=5)
+    with pytest.raises(ConfigError, match="baseline"):
+        MDMLocalizer(baseline="noise")
+    with pytest.raises(UserError, match="localize_many"):
+        MDMLocalizer(steps=1).localize(torch.zeros(2, 3, 64, 64), LogitSelector(BoxOracle(BOX), 0))
+
+
+def test_shipped_mdm_yaml_is_the_default_config():
+    from pathlib import Path
+
+    from protomdm.config import load_mdm_config
+
+    assert load_mdm_config(Path(__file__).parents[1] / "configs" / "mdm.yaml") == MDMConfig()
