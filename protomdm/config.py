@@ -217,3 +217,87 @@ def load_mdm_config(path: str | Path) -> MDMConfig:
     if set(data) == {"mdm"}:
         data = data["mdm"]
     return from_dict(MDMConfig, data, where=str(path))
+
+
+@dataclass
+class DataConfig:
+    """Where the training data comes from. ``synthetic`` needs no files; ``cub``/``nih`` read ``root``."""
+
+    dataset: str = "synthetic"
+    root: str | None = None
+    num_train: int = 600  # synthetic only
+    num_test: int = 300  # synthetic only
+    seed: int = 0  # synthetic: the train set uses seed, the test set seed + 1
+    multilabel: bool = False  # synthetic only
+    distractors: int = 2  # synthetic only
+    flip: bool = True  # random horizontal flips in training
+    batch_size: int = 32
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.dataset in ("synthetic", "cub", "nih"), f"data.dataset must be synthetic, cub or nih, got {self.dataset!r}")
+        _check(self.dataset == "synthetic" or bool(self.root), f"data.root is required for dataset {self.dataset}")
+        _check(self.num_train >= 1 and self.num_test >= 1, "data.num_train and data.num_test must be >= 1")
+        _check(self.batch_size >= 1 and self.num_workers >= 0, "data.batch_size must be >= 1, num_workers >= 0")
+
+
+@dataclass
+class OptimConfig:
+    """Learning rates per parameter group (ProtoPNet's joint stage), weight decay, step LR, stage lengths."""
+
+    features_lr: float = 1e-4
+    add_on_lr: float = 3e-3
+    prototype_lr: float = 3e-3
+    head_lr: float = 3e-3  # XProtoNet's occurrence module and feature projection
+    last_layer_lr: float = 1e-4
+    warm_lr: float = 3e-3  # add-on layers and prototypes during warm-up
+    weight_decay: float = 1e-3
+    lr_step_size: int = 5  # joint-stage StepLR
+    lr_gamma: float = 0.1
+    warm_epochs: int = 5
+    joint_epochs: int = 10
+    push_epochs: tuple[int, ...] = ()  # epochs (0-based) after which to push; () = after the last epoch
+    last_layer_epochs: int = 5  # last-layer-only epochs after each push
+
+    def __post_init__(self) -> None:
+        self.push_epochs = tuple(self.push_epochs)
+        for name in ("features_lr", "add_on_lr", "prototype_lr", "head_lr", "last_layer_lr", "warm_lr"):
+            _check(getattr(self, name) > 0, f"optim.{name} must be > 0, got {getattr(self, name)}")
+        _check(self.weight_decay >= 0, "optim.weight_decay must be >= 0")
+        _check(self.lr_step_size >= 1 and 0 < self.lr_gamma <= 1, "optim.lr_step_size >= 1 and 0 < lr_gamma <= 1")
+        _check(self.warm_epochs >= 0 and self.joint_epochs >= 0 and self.last_layer_epochs >= 0,
+               "optim epoch counts must be >= 0")
+        _check(self.warm_epochs + self.joint_epochs >= 1, "optim: train at least one warm or joint epoch")
+        total = self.warm_epochs + self.joint_epochs
+        _check(all(0 <= e < total for e in self.push_epochs), f"optim.push_epochs must lie in 0..{total - 1}")
+
+
+@dataclass
+class LossConfig:
+    """Loss coefficients. ProtoPNet: cross-entropy, cluster, separation, L1 (Chen et al.). XProtoNet: BCE, cluster,
+    separation, occurrence sparsity and transformation consistency (Kim et al.)."""
+
+    crs_ent: float = 1.0
+    clst: float = 0.8
+    sep: float = -0.08
+    l1: float = 1e-4
+    occurrence: float = 1e-3
+    consistency: float = 0.1
+    pos_weight: bool = True  # XProtoNet: weight each finding's positives by negatives / positives
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run: the model, its data, the optimiser and the losses (one YAML file)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    seed: int = 0
+    device: str = "cpu"
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    """Read and validate a :class:`TrainConfig` YAML file."""
+    return from_dict(TrainConfig, load_yaml(path), where=str(path))

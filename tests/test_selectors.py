@@ -18,10 +18,8 @@ def test_prototype_selector_map_and_score(architecture):
     assert torch.allclose(s_score(x), m.prototype_scores(x)[:, 4])
     if architecture == "protopnet":
         assert torch.allclose(s_score(x), s_map(x).flatten(1).max(1).values, atol=1e-5)
-        assert PrototypeSelector(m, 4).reduce == "map"
-        assert PrototypeSelector(m, 4, reduce="max").reduce == "score"
-    else:
-        assert PrototypeSelector(m, 4).reduce == "score"
+    assert PrototypeSelector(m, 4).reduce == "score"
+    assert PrototypeSelector(m, 4, reduce="max").reduce == "score"
     multi = PrototypeSelector(m, [1, 4], reduce="score")
     assert multi(x).shape == (2, 2) and torch.allclose(multi(x)[:, 1], s_score(x))
     assert multi.single(1).indices == [4]

@@ -107,3 +107,17 @@ def localisation_scores(heatmap: np.ndarray, truth: np.ndarray,
     """Dice, IoU, PPV and Sensitivity of the heatmap's top-percentile masks, one value per percentile."""
     masks = top_percentile_mask(heatmap, list(percentiles))
     return {name: np.atleast_1d(fn(masks, truth)) for name, fn in MASK_METRICS.items()}
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Area under the ROC curve per column of ``scores (N, C)`` against 0/1 ``labels (N, C)`` (ties count half);
+    NaN for a column with only one label value."""
+    scores = np.asarray(scores, dtype=np.float64).reshape(len(scores), -1)
+    labels = np.asarray(labels).reshape(len(labels), -1).astype(bool)
+    out = np.full(scores.shape[1], np.nan)
+    for c in range(scores.shape[1]):
+        pos, neg = scores[labels[:, c], c], scores[~labels[:, c], c]
+        if len(pos) and len(neg):
+            greater = (pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()
+            out[c] = greater / (len(pos) * len(neg))
+    return out

@@ -56,21 +56,19 @@ class PrototypeSelector(Selector):
         model: a protomdm prototype network, or anything wrapped to its interface (``prototype_similarity_maps``,
             ``prototype_scores``, ``localization_maps``, ``num_prototypes``).
         prototype: one index, or several (then :meth:`targets` gives ``(B, K, ...)``).
-        reduce: ``"map"`` (the similarity map; ProtoPNet's default) or ``"score"`` (the max-pooled similarity for
-            ProtoPNet, the occurrence-weighted similarity for XProtoNet; XProtoNet's default). ``"max"`` is an alias
-            of ``"score"``.
+        reduce: ``"score"`` (default: the max-pooled similarity for ProtoPNet, the occurrence-weighted similarity
+            for XProtoNet; ``"max"`` is an alias) or ``"map"`` (the whole similarity map). MDM localizes the score:
+            keeping the whole map unchanged would also require keeping every background location's (low)
+            similarity, so the masks would cover most of the image.
     """
 
     kind = "prototype"
 
-    def __init__(self, model: nn.Module, prototype: int | Sequence[int], reduce: str | None = None) -> None:
+    def __init__(self, model: nn.Module, prototype: int | Sequence[int], reduce: str = "score") -> None:
         missing = [a for a in ("prototype_similarity_maps", "prototype_scores", "num_prototypes") if not hasattr(model, a)]
         if missing:
             raise UserError(f"{type(model).__name__} is not a prototype network (missing: {', '.join(missing)}); "
                             "wrap it with protomdm.integrations or use LogitSelector")
-        if reduce is None:
-            reduce = getattr(model, "default_reduce", None) or (
-                "score" if getattr(getattr(model, "config", None), "architecture", "") == "xprotonet" else "map")
         reduce = "score" if reduce == "max" else reduce
         if reduce not in ("map", "score"):
             raise UserError(f"reduce must be 'map' or 'score' (alias 'max'), got {reduce!r}")

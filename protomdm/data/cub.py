@@ -1,0 +1,68 @@
+"""CUB-200-2011 as its publisher ships it (``images.txt``, ``image_class_labels.txt``, ``train_test_split.txt``,
+``classes.txt``, ``bounding_boxes.txt``, ``images/``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from ..errors import UserError
+from .images import read_image
+
+
+def read_table(path: Path, columns: int) -> list[list[str]]:
+    """Rows of a whitespace-separated publisher file; a malformed row names its line number."""
+    if not path.is_file():
+        raise UserError(f"missing dataset file: {path}")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split(maxsplit=columns - 1)
+        if len(parts) != columns:
+            raise UserError(f"{path}, line {n}: expected {columns} columns, got {len(parts)}")
+        rows.append(parts)
+    return rows
+
+
+class CUBDataset(Dataset):
+    """CUB-200-2011 images cropped to the bird's bounding box (as ProtoPNet trains), resized to ``img_size``.
+
+    ``class_names`` are the publisher's folder names (``001.Black_footed_Albatross``...); a name the copy lacks
+    is refused. Items are ``(image (3, H, W) in [0, 1], class index, empty mask (1, H, W))``.
+    """
+
+    def __init__(self, root: str | Path, split: str, class_names: tuple[str, ...], img_size: tuple[int, int],
+                 crop: bool = True) -> None:
+        self.root, self.img_size, self.crop = Path(root), tuple(img_size), crop
+        classes = {cid: name for cid, name in read_table(self.root / "classes.txt", 2)}
+        missing = sorted(set(class_names) - set(classes.values()))
+        if missing:
+            raise UserError(f"classes not in {self.root / 'classes.txt'}: {', '.join(missing[:5])}"
+                            + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+        index = {name: k for k, name in enumerate(class_names)}
+        paths = dict(read_table(self.root / "images.txt", 2))
+        labels = dict(read_table(self.root / "image_class_labels.txt", 2))
+        is_train = dict(read_table(self.root / "train_test_split.txt", 2))
+        self.boxes = {i: tuple(map(float, b)) for i, *b in read_table(self.root / "bounding_boxes.txt", 5)}
+        want = "1" if split == "train" else "0"
+        self.items = [(i, paths[i], index[classes[labels[i]]]) for i in paths
+                      if is_train.get(i) == want and classes[labels[i]] in index]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, k: int):
+        image_id, rel, label = self.items[k]
+        px = read_image(self.root / "images" / rel).pixels
+        px = np.repeat(px[..., None], 3, -1) if px.ndim == 2 else px
+        if self.crop and image_id in self.boxes:
+            x, y, w, h = self.boxes[image_id]
+            px = px[int(y):int(np.ceil(y + h)), int(x):int(np.ceil(x + w))]
+        t = torch.from_numpy(np.ascontiguousarray(px.transpose(2, 0, 1)))[None]
+        t = F.interpolate(t, size=self.img_size, mode="bilinear", align_corners=False, antialias=True)[0]
+        return t.clamp(0, 1), label, torch.zeros(1, *self.img_size, dtype=torch.uint8)

@@ -1,0 +1,77 @@
+"""NIH ChestX-ray14 as its publisher ships it (``Data_Entry_2017.csv``, ``train_val_list.txt``, ``test_list.txt``,
+images under ``images*/images/`` or flat)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from ..errors import UserError
+from .images import read_image
+
+FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
+            "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia")
+BOX_NAME_TO_LABEL = {"Infiltrate": "Infiltration"}  # the box list and the label list spell this one differently
+
+
+def find_images(root: Path) -> dict[str, Path]:
+    """Image file name -> path, from ``images_*/images/`` folders or a flat ``images/`` folder."""
+    found: dict[str, Path] = {}
+    for folder in sorted(root.glob("images*")):
+        for p in folder.rglob("*.png"):
+            found.setdefault(p.name, p)
+    return found
+
+
+def read_data_entry(path: Path) -> dict[str, list[str]]:
+    """Image Index -> finding labels (``No Finding`` -> [])."""
+    if not path.is_file():
+        raise UserError(f"missing dataset file: {path}")
+    out = {}
+    with path.open(newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, [])
+        if header[:2] != ["Image Index", "Finding Labels"]:
+            raise UserError(f"{path}: expected the columns 'Image Index,Finding Labels,...', got {header[:2]}")
+        for n, row in enumerate(reader, 2):
+            if len(row) < 2:
+                raise UserError(f"{path}, line {n}: expected at least 2 columns, got {len(row)}")
+            out[row[0]] = [] if row[1] == "No Finding" else row[1].split("|")
+    return out
+
+
+class NIHDataset(Dataset):
+    """Multi-label chest X-rays, grey, resized to ``img_size``; items are ``(image (1, H, W), multi-hot (F,),
+    empty mask (F, H, W))``. ``class_names`` are findings of :data:`FINDINGS`."""
+
+    def __init__(self, root: str | Path, split: str, class_names: tuple[str, ...], img_size: tuple[int, int]) -> None:
+        self.root, self.img_size, self.class_names = Path(root), tuple(img_size), tuple(class_names)
+        unknown = [c for c in class_names if c not in FINDINGS]
+        if unknown:
+            raise UserError(f"findings not in NIH ChestX-ray14: {', '.join(unknown)} (it has: {', '.join(FINDINGS)})")
+        labels = read_data_entry(self.root / "Data_Entry_2017.csv")
+        split_file = self.root / ("train_val_list.txt" if split == "train" else "test_list.txt")
+        if not split_file.is_file():
+            raise UserError(f"missing dataset file: {split_file}")
+        images = find_images(self.root)
+        names = [n.strip() for n in split_file.read_text().split() if n.strip()]
+        self.items = [(images[n], labels[n]) for n in names if n in images and n in labels]
+        if not self.items:
+            raise UserError(f"no images of {split_file.name} found under {self.root}/images*")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, k: int):
+        path, findings = self.items[k]
+        px = read_image(path).pixels
+        px = px.mean(-1) if px.ndim == 3 else px
+        t = F.interpolate(torch.from_numpy(np.ascontiguousarray(px))[None, None], size=self.img_size,
+                          mode="bilinear", align_corners=False, antialias=True)[0]
+        y = torch.tensor([float(c in findings) for c in self.class_names])
+        return t.clamp(0, 1), y, torch.zeros(len(self.class_names), *self.img_size, dtype=torch.uint8)

@@ -1,0 +1,71 @@
+"""Training losses of ProtoPNet (Chen et al. 2019) and XProtoNet (Kim et al. 2021)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..config import LossConfig
+from ..models import ProtoPNet, XProtoNet
+
+
+def protopnet_loss(model: ProtoPNet, x: torch.Tensor, y: torch.Tensor, coefs: LossConfig,
+                   use_l1: bool = True) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    """Cross-entropy + cluster + separation + L1 on wrong-class last-layer weights.
+
+    Cluster: each image's smallest distance to a prototype of its own class. Separation: its smallest distance to
+    a prototype of another class (a negative coefficient pushes it up). Returns ``(loss, parts, logits)``.
+    """
+    logits, min_d = model.outputs(x)
+    own = model.prototype_class_identity[:, y].t()  # (B, P): 1 for prototypes of the image's class
+    big = min_d.detach().max() + 1
+    cluster = (min_d + big * (1 - own)).min(1).values.mean()
+    separation = (min_d + big * own).min(1).values.mean()
+    ce = F.cross_entropy(logits, y)
+    l1 = (model.last_layer.weight * (1 - model.prototype_class_identity.t())).abs().sum()
+    loss = coefs.crs_ent * ce + coefs.clst * cluster + coefs.sep * separation + (coefs.l1 * l1 if use_l1 else 0)
+    parts = {"ce": ce, "cluster": cluster, "separation": separation, "l1": l1}
+    return loss, {k: float(v.detach()) for k, v in parts.items()}, logits
+
+
+def random_affine(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Random small affine transforms ``(n, 2, 3)``: rotation +-15 deg, scale 0.9-1.1, shift +-10%."""
+    r = torch.rand(n, 4, generator=generator).to(device)
+    ang = (r[:, 0] - 0.5) * (torch.pi / 6)
+    scale = 0.9 + 0.2 * r[:, 1]
+    theta = torch.zeros(n, 2, 3, device=device)
+    theta[:, 0, 0], theta[:, 0, 1] = scale * torch.cos(ang), -scale * torch.sin(ang)
+    theta[:, 1, 0], theta[:, 1, 1] = scale * torch.sin(ang), scale * torch.cos(ang)
+    theta[:, :, 2] = (r[:, 2:] - 0.5) * 0.2
+    return theta
+
+
+def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
+
+
+def xprotonet_loss(model: XProtoNet, x: torch.Tensor, y: torch.Tensor, coefs: LossConfig,
+                   pos_weight: torch.Tensor | None, generator: torch.Generator
+                   ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    """Weighted BCE + per-class cluster/separation on occurrence-weighted similarities + occurrence sparsity +
+    transformation consistency (occurrence maps of a warped image == warped occurrence maps)."""
+    out = model.outputs(x)
+    bce = F.binary_cross_entropy_with_logits(out.logits, y, pos_weight=pos_weight)
+    sims = out.similarities.view(x.shape[0], model.num_classes, -1)  # (B, C, K)
+    best = sims.max(-1).values  # (B, C)
+    pos, neg = y, 1 - y
+    cluster = ((1 - best) * pos).sum() / pos.sum().clamp_min(1)
+    separation = (best * neg).sum() / neg.sum().clamp_min(1)
+    sparsity = out.occurrence.mean()
+    theta = random_affine(x.shape[0], generator, x.device)
+    occ_of_warped = model.heads(warp(x, theta))[1]
+    warped_occ = warp(out.occurrence, theta)
+    valid = warp(torch.ones_like(out.occurrence[:, :1]), theta)  # ignore what the warp pulled in from outside
+    consistency = ((occ_of_warped - warped_occ).abs() * valid).sum() / (valid.sum() * out.occurrence.shape[1]).clamp_min(1)
+    # separation enters positively: it is the similarity to absent findings' prototypes, to be pushed down
+    loss = (coefs.crs_ent * bce + coefs.clst * cluster + abs(coefs.sep) * separation
+            + coefs.occurrence * sparsity + coefs.consistency * consistency)
+    parts = {"bce": bce, "cluster": cluster, "separation": separation, "occurrence": sparsity,
+             "consistency": consistency}
+    return loss, {k: float(v.detach()) for k, v in parts.items()}, out.logits

@@ -1,0 +1,100 @@
+"""Prototype push (projection): move every prototype onto a real training patch of its own class."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import torch
+
+from ..explain import PrototypeSelector, UpsampleLocalizer
+from ..models import ProtoPNet, PrototypeModel, XProtoNet
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]  # (model-ready images (B, C, H, W), targets), in order
+
+
+def receptive_field_box(model: ProtoPNet, x: torch.Tensor, cell: tuple[int, int]) -> list[int]:
+    """Input-pixel box (x0, y0, x1, y1; exclusive ends) that latent cell ``(h, w)`` of image ``x: (1, C, H, W)``
+    depends on, read off the gradient (exact for the network as built, padding and strides included)."""
+    x = x.detach().clone().requires_grad_()
+    z = model.conv_features(x)
+    (g,) = torch.autograd.grad(z[0, :, cell[0], cell[1]].sum(), x)
+    nz = g.abs().sum((0, 1)) > 0
+    ys, xs = torch.nonzero(nz.any(1)).flatten(), torch.nonzero(nz.any(0)).flatten()
+    return [int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1]
+
+
+@torch.no_grad()
+def push_prototypes(model: PrototypeModel, batches: Batches, get_image: Callable[[int], torch.Tensor],
+                    multilabel: bool = False, percentile: float = 95.0) -> list[dict[str, Any]]:
+    """Project each prototype onto its nearest latent vector among training images of its own class.
+
+    ProtoPNet: the latent patch with the smallest squared distance. XProtoNet: the occurrence-weighted feature
+    vector (under the prototype's own occurrence map) with the highest similarity, among images positive for the
+    prototype's class.
+
+    Args:
+        batches: the training set in a fixed order, as model inputs and targets (class index, or multi-hot).
+        get_image: dataset index -> model input ``(1, C, H, W)``, to draw the records' boxes.
+
+    Returns:
+        One record per prototype: ``image`` (dataset index), ``patch`` (h, w) for ProtoPNet, ``distance`` or
+        ``similarity``, ``receptive_field_box`` (ProtoPNet) and ``activation_box`` (the top-``percentile`` box of
+        the upsampled activation / occurrence map on that image), in input pixels.
+    """
+    was_training = model.training
+    model.eval()
+    p = model.num_prototypes
+    identity = model.prototype_class_identity
+    device = identity.device
+    best = torch.full((p,), float("inf"), device=device)  # distance (ProtoPNet) or -similarity (XProtoNet)
+    best_vec = model.prototype_vectors.detach().clone().view(p, -1)
+    where: list[tuple[int, int, int] | None] = [None] * p
+    offset = 0
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        n = x.shape[0]
+        own = (y.float() @ identity.t() if multilabel else identity[:, y].t()) > 0  # (B, P)
+        if isinstance(model, ProtoPNet):
+            z, d = model.push_forward(x)
+            d = d.masked_fill(~own[..., None, None], float("inf"))
+            h, w = d.shape[-2:]
+            val, flat = d.permute(1, 0, 2, 3).reshape(p, -1).min(1)
+            b, rest = flat // (h * w), flat % (h * w)
+            vecs = z.permute(0, 2, 3, 1)[b, rest // w, rest % w]  # (P, D)
+            loc = torch.stack([b, rest // w, rest % w], 1)
+        elif isinstance(model, XProtoNet):
+            feats, occ = model.heads(x)
+            pooled = torch.einsum("bkhw,bdhw->bkd", occ, feats) / (occ.sum((2, 3))[..., None] + 1e-6)  # (B, P, D)
+            sim = (1 + torch.nn.functional.cosine_similarity(pooled, model.prototype_vectors[None], dim=-1)) / 2
+            val, b = (-sim).masked_fill(~own, float("inf")).min(0)
+            vecs = pooled[b, torch.arange(p, device=device)]
+            loc = torch.stack([b, torch.zeros_like(b), torch.zeros_like(b)], 1)
+        else:  # pragma: no cover
+            raise TypeError(type(model).__name__)
+        better = val < best
+        best = torch.where(better, val, best)
+        best_vec[better] = vecs[better]
+        for j in torch.nonzero(better).flatten().tolist():
+            where[j] = (offset + int(loc[j, 0]), int(loc[j, 1]), int(loc[j, 2]))
+        offset += n
+    model.prototype_vectors.copy_(best_vec.view_as(model.prototype_vectors))
+
+    records: list[dict[str, Any]] = []
+    upsample = UpsampleLocalizer()
+    for j in range(p):
+        rec: dict[str, Any] = {"prototype": j, "class_index": model.prototype_class(j), "image": None}
+        if where[j] is not None:
+            idx, hh, ww = where[j]
+            xi = get_image(idx).to(device)
+            rec["image"] = idx
+            box = upsample.localize(xi, PrototypeSelector(model, j)).box(percentile)
+            rec["activation_box"] = list(box) if box else None
+            if isinstance(model, ProtoPNet):
+                rec.update(patch=[hh, ww], distance=float(best[j]))
+                with torch.enable_grad():
+                    rec["receptive_field_box"] = receptive_field_box(model, xi, (hh, ww))
+            else:
+                rec["similarity"] = float(-best[j])
+        records.append(rec)
+    model.train(was_training)
+    return records

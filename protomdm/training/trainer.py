@@ -1,0 +1,266 @@
+"""The training run: warm-up, joint, push and last-layer stages, with logs, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ..config import ModelConfig, TrainConfig, to_dict
+from ..data.synthetic import SyntheticLesions
+from ..errors import UserError
+from ..evaluation.metrics import auroc
+from ..models import ProtoPNet, PrototypeModel, XProtoNet, build_model, read_checkpoint, save_checkpoint
+from ..report.figures import atomic_write
+from .losses import protopnet_loss, xprotonet_loss
+from .push import push_prototypes
+
+LOG_NAME = "log.csv"
+
+
+def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, bool]:
+    """``(train, test, multilabel)`` datasets yielding ``(image (C, H, W) in [0, 1], target, mask)``."""
+    d, m = cfg.data, cfg.model
+    if d.dataset == "synthetic":
+        common = dict(classes=m.class_names, size=m.img_size[0], channels=m.in_channels, multilabel=d.multilabel,
+                      distractors=d.distractors)
+        return (SyntheticLesions(n=d.num_train, seed=d.seed, **common),
+                SyntheticLesions(n=d.num_test, seed=d.seed + 1, **common), d.multilabel)
+    root = Path(d.root or "")
+    if not root.is_dir():
+        raise UserError(f"dataset folder not found: {root}")
+    if d.dataset == "cub":
+        from ..data.cub import CUBDataset
+
+        return (CUBDataset(root, "train", m.class_names, m.img_size),
+                CUBDataset(root, "test", m.class_names, m.img_size), False)
+    from ..data.nih import NIHDataset
+
+    return NIHDataset(root, "train", m.class_names, m.img_size), NIHDataset(root, "test", m.class_names, m.img_size), True
+
+
+def model_input(x: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """Pixels in [0, 1] ``(B, C', H', W')`` -> normalised model input ``(B, C, H, W)``."""
+    if tuple(x.shape[-2:]) != tuple(config.img_size):
+        x = F.interpolate(x, size=tuple(config.img_size), mode="bilinear", align_corners=False, antialias=True)
+    if x.shape[1] != config.in_channels:
+        x = x.mean(1, keepdim=True) if config.in_channels == 1 else x.expand(-1, 3, -1, -1)
+    mean = torch.tensor(config.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(config.std, device=x.device).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+def _groups(model: PrototypeModel) -> dict[str, list[torch.nn.Parameter]]:
+    """Parameter groups: features, add-on (ProtoPNet add-on / XProtoNet heads), prototypes, last layer."""
+    if isinstance(model, ProtoPNet):
+        add_on = list(model.add_on_layers.parameters())
+        last = list(model.last_layer.parameters())
+    else:
+        add_on = list(model.feature_projection.parameters()) + list(model.occurrence_module.parameters())
+        last = [model.class_weight, model.class_bias]
+    return {"features": list(model.features.parameters()), "add_on": add_on,
+            "prototypes": [model.prototype_vectors], "last": last}
+
+
+def _set_trainable(model: PrototypeModel, groups: dict[str, list], which: set[str]) -> None:
+    for name, params in groups.items():
+        for p in params:
+            p.requires_grad_(name in which)
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    best_metric: float
+    last_metric: float
+    metric_name: str
+    log: list[dict[str, Any]]
+
+
+class Trainer:
+    """Runs a :class:`TrainConfig`; see :func:`train`."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: str | Path, device: torch.device, progress: bool = True) -> None:
+        self.cfg, self.out, self.device, self.progress = cfg, Path(out_dir), device, progress
+        self.train_set, self.test_set, self.multilabel = build_datasets(cfg)
+        if self.multilabel != (cfg.model.architecture == "xprotonet"):
+            raise UserError("ProtoPNet trains on single-label data and XProtoNet on multi-label data; "
+                            "check data.multilabel and model.architecture")
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg.model).to(device)
+        self.groups = _groups(self.model)
+        o = cfg.optim
+        self.warm_opt = torch.optim.Adam([{"params": self.groups["add_on"], "lr": o.warm_lr, "weight_decay": o.weight_decay},
+                                          {"params": self.groups["prototypes"], "lr": o.warm_lr}])
+        self.joint_opt = torch.optim.Adam([
+            {"params": self.groups["features"], "lr": o.features_lr, "weight_decay": o.weight_decay},
+            {"params": self.groups["add_on"], "lr": o.add_on_lr if isinstance(self.model, ProtoPNet) else o.head_lr,
+             "weight_decay": o.weight_decay},
+            {"params": self.groups["prototypes"], "lr": o.prototype_lr}])
+        self.joint_sched = torch.optim.lr_scheduler.StepLR(self.joint_opt, o.lr_step_size, o.lr_gamma)
+        self.last_opt = torch.optim.Adam(self.groups["last"], lr=o.last_layer_lr)
+        self.pos_weight = self._pos_weight() if self.multilabel and cfg.loss.pos_weight else None
+        self.epoch, self.best, self.log, self.push_records = 0, -float("inf"), [], []
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "best": self.best, "log": self.log, "push": self.push_records,
+                "warm_opt": self.warm_opt.state_dict(), "joint_opt": self.joint_opt.state_dict(),
+                "joint_sched": self.joint_sched.state_dict(), "last_opt": self.last_opt.state_dict(),
+                "config": to_dict(self.cfg)}
+
+    def load_state(self, path: str | Path) -> None:
+        ckpt = read_checkpoint(path)
+        st = ckpt.get("extra", {}).get("train_state")
+        if not st:
+            raise UserError(f"{path}: holds no training state to resume from (resume from a run's last.pt)")
+        if st["config"] != to_dict(self.cfg):
+            raise UserError(f"{path}: was trained with another config; resume with the same --config")
+        self.model.load_state_dict(ckpt["state_dict"])
+        self.warm_opt.load_state_dict(st["warm_opt"])
+        self.joint_opt.load_state_dict(st["joint_opt"])
+        self.joint_sched.load_state_dict(st["joint_sched"])
+        self.last_opt.load_state_dict(st["last_opt"])
+        self.epoch, self.best, self.log, self.push_records = st["epoch"], st["best"], st["log"], st["push"]
+
+    def _pos_weight(self) -> torch.Tensor:
+        labels = torch.stack([self.train_set[i][1] for i in range(len(self.train_set))])
+        pos = labels.sum(0)
+        return ((len(labels) - pos) / pos.clamp_min(1)).to(self.device)
+
+    # ------------------------------------------------------------------ loops
+    def _loader(self, dataset: Dataset, shuffle: bool, generator: torch.Generator | None = None) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.cfg.data.batch_size, shuffle=shuffle, generator=generator,
+                          num_workers=self.cfg.data.num_workers)
+
+    def _run_epoch(self, opt: torch.optim.Optimizer, trainable: set[str], stage: str, gen: torch.Generator,
+                   use_l1: bool = True) -> dict[str, float]:
+        model, cfg = self.model, self.cfg
+        _set_trainable(model, self.groups, trainable)
+        model.train()
+        sums: dict[str, float] = {}
+        n = 0
+        bar = tqdm(self._loader(self.train_set, True, gen), desc=f"epoch {self.epoch + 1} {stage}",
+                   disable=not self.progress, leave=False, unit="batch")
+        for pixels, y, _ in bar:
+            pixels, y = pixels.to(self.device), y.to(self.device)
+            if cfg.data.flip:
+                flip = torch.rand(pixels.shape[0], generator=gen) < 0.5
+                pixels = torch.where(flip.to(self.device)[:, None, None, None], pixels.flip(-1), pixels)
+            x = model_input(pixels, cfg.model)
+            if isinstance(model, ProtoPNet):
+                loss, parts, logits = protopnet_loss(model, x, y, cfg.loss, use_l1)
+                parts["acc"] = float((logits.argmax(1) == y).float().mean())
+            else:
+                loss, parts, logits = xprotonet_loss(model, x, y.float(), cfg.loss, self.pos_weight, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            parts["loss"] = float(loss.detach())
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v * pixels.shape[0]
+            n += pixels.shape[0]
+            bar.set_postfix(loss=f"{parts['loss']:.3f}")
+        return {f"train_{k}": v / max(n, 1) for k, v in sums.items()}
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[str, float]:
+        """Test accuracy (ProtoPNet) or mean per-class AUROC (XProtoNet)."""
+        self.model.eval()
+        outs, ys = [], []
+        for pixels, y, _ in self._loader(self.test_set, False):
+            outs.append(self.model(model_input(pixels.to(self.device), self.cfg.model)).cpu())
+            ys.append(y)
+        logits, y = torch.cat(outs), torch.cat(ys)
+        if self.multilabel:
+            return "test_mean_auroc", float(np.nanmean(auroc(logits.numpy(), y.numpy())))
+        return "test_accuracy", float((logits.argmax(1) == y).float().mean())
+
+    def _push(self) -> None:
+        ordered = self._loader(self.train_set, False)
+        batches = ((model_input(p.to(self.device), self.cfg.model), y) for p, y, _ in ordered)
+        get = lambda i: model_input(self.train_set[i][0][None].to(self.device), self.cfg.model)  # noqa: E731
+        self.push_records = push_prototypes(self.model, batches, get, multilabel=self.multilabel)
+
+    def run(self, stop_after: int | None = None) -> TrainResult:
+        cfg, o = self.cfg, self.cfg.optim
+        total = o.warm_epochs + o.joint_epochs
+        push_at = set(o.push_epochs) or {total - 1}
+        metric_name = "test_mean_auroc" if self.multilabel else "test_accuracy"
+        done_now = 0
+        while self.epoch < total and (stop_after is None or done_now < stop_after):
+            t0 = time.perf_counter()
+            gen = torch.Generator().manual_seed(cfg.seed * 100_003 + self.epoch)
+            if self.epoch < o.warm_epochs:
+                stage = "warm"
+                row = self._run_epoch(self.warm_opt, {"add_on", "prototypes"}, stage, gen)
+            else:
+                stage = "joint"
+                row = self._run_epoch(self.joint_opt, {"features", "add_on", "prototypes"}, stage, gen)
+                self.joint_sched.step()
+            pushed = self.epoch in push_at
+            if pushed:
+                self._push()
+                metric_name, value = self.evaluate()
+                save_checkpoint(self.model, self.out / f"push_epoch{self.epoch + 1}.pt",
+                                {"push": self.push_records, metric_name: value})
+                for _ in range(o.last_layer_epochs):
+                    row.update({f"last_{k}": v for k, v in self._run_epoch(
+                        self.last_opt, {"last"}, "last-layer", gen).items()})
+                stage += "+push+last"
+            metric_name, value = self.evaluate()
+            self.epoch += 1
+            done_now += 1
+            self.log.append({"epoch": self.epoch, "stage": stage, **{k: round(v, 5) for k, v in row.items()},
+                             metric_name: round(value, 5), "seconds": round(time.perf_counter() - t0, 2)})
+            improved = value > self.best
+            self.best = max(self.best, value)
+            extra = {"train_state": self.state(), "push": self.push_records, metric_name: value}
+            save_checkpoint(self.model, self.out / "last.pt", extra)
+            if improved:
+                save_checkpoint(self.model, self.out / "best.pt", {"push": self.push_records, metric_name: value,
+                                                                   "epoch": self.epoch})
+            self._write_log()
+            if self.progress:
+                tqdm.write(f"epoch {self.epoch}/{total} {stage}: loss {row['train_loss']:.4f}, "
+                           f"{metric_name} {value:.4f}")
+        last = self.log[-1][metric_name] if self.log else float("nan")
+        return TrainResult(self.out, self.best, last, metric_name, self.log)
+
+    def _write_log(self) -> None:
+        keys: list[str] = []
+        for r in self.log:
+            keys += [k for k in r if k not in keys]
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=keys)
+        w.writeheader()
+        w.writerows(self.log)
+        atomic_write(self.out / LOG_NAME, lambda tmp: Path(tmp).write_text(buf.getvalue()))
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, resume: str | Path | None = None, device: str | None = None,
+          stop_after: int | None = None, progress: bool = True) -> TrainResult:
+    """Train the model of ``cfg``; write ``last.pt``, ``best.pt``, ``push_epochN.pt`` and ``log.csv`` to ``out_dir``.
+
+    Deterministic on the CPU for a given ``cfg.seed``; ``resume`` (a run's ``last.pt``) continues it to the same
+    result as an uninterrupted run. ``stop_after`` ends after that many epochs (to split long runs).
+    """
+    from ..pipeline import resolve_device
+
+    out = Path(out_dir)
+    if resume is None and (out / "last.pt").exists():
+        raise UserError(f"{out} already holds a training run; pass --resume {out / 'last.pt'} or another --out")
+    trainer = Trainer(cfg, out, resolve_device(device or cfg.device), progress)
+    out.mkdir(parents=True, exist_ok=True)
+    if resume is not None:
+        trainer.load_state(resume)
+    return trainer.run(stop_after)

@@ -1,0 +1,129 @@
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from protomdm import load_model
+from protomdm.cli import main
+from protomdm.config import TrainConfig, from_dict, load_train_config, to_dict
+from protomdm.data.synthetic import SyntheticLesions
+from protomdm.errors import ConfigError, UserError
+from protomdm.training import train
+from protomdm.training.trainer import model_input
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def small_config(architecture="protopnet", **optim) -> TrainConfig:
+    cfg = load_train_config(CONFIGS / f"synthetic_{architecture}.yaml")
+    cfg.model = dataclasses.replace(cfg.model, img_size=(32, 32), prototype_dim=8)
+    cfg.data = dataclasses.replace(cfg.data, num_train=48, num_test=24, batch_size=16)
+    cfg.optim = dataclasses.replace(cfg.optim, **{"warm_epochs": 1, "joint_epochs": 2, "last_layer_epochs": 1,
+                                                  "push_epochs": (), **optim})
+    return cfg
+
+
+def test_synthetic_data_is_deterministic_with_exact_ground_truth():
+    ds = SyntheticLesions(("disk", "square", "cross"), n=10, size=48, seed=3)
+    a, b = ds.sample(4), SyntheticLesions(("disk", "square", "cross"), n=10, size=48, seed=3).sample(4)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.masks, b.masks)
+    assert not np.array_equal(a.image, SyntheticLesions(("disk", "square", "cross"), n=10, size=48, seed=4).sample(4).image)
+    for i in range(10):
+        s = ds.sample(i)
+        k = int(s.labels.argmax())
+        assert s.labels.sum() == 1 and s.masks[k].sum() > 20 and s.masks.sum() == s.masks[k].sum()
+        x0, y0, x1, y1 = s.boxes()[k]
+        assert s.masks[k][y0:y1, x0:x1].sum() == s.masks[k].sum()
+    ml = SyntheticLesions(("disk", "blob"), n=20, size=32, channels=1, multilabel=True)
+    labels = np.stack([ml.sample(i).labels for i in range(20)])
+    assert 0 < labels.mean() < 1 and ml[0][0].shape == (1, 32, 32)
+    with pytest.raises(ConfigError, match="hexagon"):
+        SyntheticLesions(("disk", "hexagon"))
+
+
+def test_push_projects_every_prototype_onto_a_patch_of_its_class(tmp_path):
+    cfg = small_config(warm_epochs=1, joint_epochs=1, last_layer_epochs=0)
+    train(cfg, tmp_path, progress=False)
+    ckpt = torch.load(tmp_path / "push_epoch2.pt", weights_only=True)
+    model = load_model(tmp_path / "push_epoch2.pt")
+    records = ckpt["extra"]["push"]
+    ds = SyntheticLesions(cfg.model.class_names, n=48, size=32, seed=0)
+    assert len(records) == model.num_prototypes
+    for j, rec in enumerate(records):
+        img, label, _ = ds[rec["image"]]
+        assert label == model.prototype_class(j) == rec["class_index"]
+        with torch.no_grad():
+            z = model.conv_features(model_input(img[None], model.config))
+        h, w = rec["patch"]
+        # a training patch's latent vector (up to the rounding of a batch-of-1 vs batch-of-16 forward pass)
+        assert torch.allclose(model.prototype_vectors[j, :, 0, 0], z[0, :, h, w], rtol=0, atol=1e-6)
+        x0, y0, x1, y1 = rec["receptive_field_box"]
+        assert 0 <= x0 < x1 <= 32 and 0 <= y0 < y1 <= 32 and rec["activation_box"] is not None
+        assert rec["distance"] >= 0  # the pre-push prototype's distance to the patch it moved onto
+
+
+def test_xprotonet_push_uses_occurrence_weighted_features(tmp_path):
+    cfg = small_config("xprotonet", warm_epochs=1, joint_epochs=1, last_layer_epochs=0)
+    train(cfg, tmp_path, progress=False)
+    model = load_model(tmp_path / "push_epoch2.pt")
+    records = torch.load(tmp_path / "push_epoch2.pt", weights_only=True)["extra"]["push"]
+    ds = SyntheticLesions(cfg.model.class_names, n=48, size=32, seed=0, channels=1, multilabel=True)
+    for j, rec in enumerate(records):
+        img, labels, _ = ds[rec["image"]]
+        assert labels[model.prototype_class(j)] == 1
+        with torch.no_grad():
+            sim = model.prototype_scores(model_input(img[None], model.config), [j])
+        assert float(sim) == pytest.approx(1.0, abs=1e-5)  # the prototype now *is* that image's pooled feature
+
+
+def test_resume_equals_training_straight(tmp_path):
+    cfg = small_config(warm_epochs=1, joint_epochs=2)
+    train(cfg, tmp_path / "straight", progress=False)
+    train(cfg, tmp_path / "split", progress=False, stop_after=2)
+    assert len((tmp_path / "split" / "log.csv").read_text().splitlines()) == 3  # header + 2 epochs
+    train(cfg, tmp_path / "split", resume=tmp_path / "split" / "last.pt", progress=False)
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    assert (tmp_path / "straight" / "log.csv").read_text().count("\n") == (tmp_path / "split" / "log.csv").read_text().count("\n")
+    assert (tmp_path / "straight" / "best.pt").exists()
+
+
+def test_shipped_configs_load_and_the_demo_uses_the_synthetic_one():
+    from protomdm.demo import demo_config
+
+    for name in ("synthetic_protopnet", "synthetic_xprotonet", "cub_protopnet", "nih_xprotonet"):
+        load_train_config(CONFIGS / f"{name}.yaml")
+    assert to_dict(demo_config()) == to_dict(load_train_config(CONFIGS / "synthetic_protopnet.yaml"))
+
+
+@pytest.mark.parametrize("patch,message", [
+    ({"optim": {"warm_lr": -0.1}}, "warm_lr must be > 0"),
+    ({"optim": {"warmup": 3}}, "unknown key"),
+    ({"learning_rate": 3}, "unknown key"),
+    ({"model": {"class_names": ["disk", "hexagon"]}}, "hexagon are not in the synthetic data"),
+    ({"data": {"dataset": "cub", "root": "/does/not/exist"}}, "dataset folder not found"),
+])
+def test_bad_configs_fail_before_training(tmp_path, capsys, patch, message):
+    data = yaml.safe_load((CONFIGS / "synthetic_protopnet.yaml").read_text())
+    for k, v in patch.items():
+        if isinstance(v, dict):
+            data[k].update(v)
+        else:
+            data[k] = v
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    code = main(["train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_a_finished_run_is_not_overwritten(tmp_path):
+    cfg = small_config(warm_epochs=1, joint_epochs=0, last_layer_epochs=0)
+    train(cfg, tmp_path, progress=False)
+    with pytest.raises(UserError, match="already holds a training run"):
+        train(cfg, tmp_path, progress=False)
