@@ -319,7 +319,13 @@ class MDMLocalizer:
     def _adam_update(self, p, g, m, v, rows, t):
         """torch.optim.Adam's update (no weight decay) of the ``rows`` still training, all at step ``t``."""
         b1, b2 = ADAM_BETAS
+        step = self.config.lr / (1 - b1**t)
+        if bool(rows.all()):  # the common case: in place, no gathers
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            p.addcdiv_(m, v.sqrt().div_(math.sqrt(1 - b2**t)).add_(ADAM_EPS), value=-step)
+            return
         m[rows] = b1 * m[rows] + (1 - b1) * g[rows]
         v[rows] = b2 * v[rows] + (1 - b2) * g[rows] ** 2
         denom = v[rows].sqrt() / math.sqrt(1 - b2**t) + ADAM_EPS
-        p[rows] = p[rows] - (self.config.lr / (1 - b1**t)) * m[rows] / denom
+        p[rows] = p[rows] - step * m[rows] / denom
