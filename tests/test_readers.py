@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from protomdm.data.cub import CUBDataset
 from protomdm.data.nih import NIHDataset, read_data_entry

@@ -8,7 +8,7 @@ import yaml
 
 from protomdm import load_model
 from protomdm.cli import main
-from protomdm.config import TrainConfig, from_dict, load_train_config, to_dict
+from protomdm.config import TrainConfig, load_train_config, to_dict
 from protomdm.data.synthetic import SyntheticLesions
 from protomdm.errors import ConfigError, UserError
 from protomdm.training import train

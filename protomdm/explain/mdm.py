@@ -20,7 +20,6 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -29,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ..config import MDMConfig
 from ..errors import UserError
-from .localization import Localization
+from .localization import Localization, Localizer, eval_mode, model_device
 from .selectors import Selector
 
 ADAM_BETAS = (0.9, 0.999)
@@ -100,22 +99,7 @@ class MaskFit:
     batch_masks: int
 
 
-@contextlib.contextmanager
-def _frozen_eval(model: torch.nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
-def _model_device(selector: Selector) -> torch.device:
-    p = next(iter(selector.model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-class MDMLocalizer:
+class MDMLocalizer(Localizer):
     """Multiple Dynamic Mask localizer.
 
     Args:
@@ -133,13 +117,6 @@ class MDMLocalizer:
         self.progress = progress
 
     # ------------------------------------------------------------------ public API
-    def localize(self, image: torch.Tensor, selector: Selector) -> Localization:
-        """Localize one target of ``selector`` in one ``image: (C, H, W)`` or ``(1, C, H, W)``."""
-        x = image[None] if image.dim() == 3 else image
-        if x.shape[0] != 1 or selector.num_targets != 1:
-            raise UserError("localize() takes one image and one target; use localize_many() for batches")
-        return self.localize_many(x, selector)[0][0]
-
     def localize_many(self, images: torch.Tensor, selector: Selector) -> list[list[Localization]]:
         """Localize every target of ``selector`` in every image of ``images: (B, C, H, W)``, all in one search.
 
@@ -158,10 +135,10 @@ class MDMLocalizer:
         The reference for tests and ``protomdm bench``; ignores ``tol``, ``batch_masks`` and ``precision``.
         """
         cfg = self.config
-        x = (image[None] if image.dim() == 3 else image).to(_model_device(selector))
+        x = (image[None] if image.dim() == 3 else image).to(model_device(selector.model))
         h, w = x.shape[-2:]
         t0 = time.perf_counter()
-        with _frozen_eval(selector.model):
+        with eval_mode(selector.model):
             with torch.no_grad():
                 target = selector(x)
             base = masking_baseline(x, cfg.baseline, cfg.blur_sigma)
@@ -208,7 +185,7 @@ class MDMLocalizer:
             selector: its ``K`` targets make ``T = B * K`` tasks, ordered image-major.
         """
         cfg = self.config
-        device = _model_device(selector)
+        device = model_device(selector.model)
         x = images.to(device)
         if x.dim() != 4:
             raise UserError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
@@ -216,7 +193,7 @@ class MDMLocalizer:
         n_tasks, n_masks = n_img * k, len(cfg.sizes)
         h, w = x.shape[-2:]
         t0 = time.perf_counter()
-        with _frozen_eval(selector.model):
+        with eval_mode(selector.model):
             if cfg.channels_last and device.type == "cuda":
                 selector.model.to(memory_format=torch.channels_last)
             with torch.no_grad():
@@ -281,7 +258,7 @@ class MDMLocalizer:
             settings={**dataclasses.asdict(self.config), "batch_masks_used": fit.batch_masks,
                       "selector": selector.describe(), "schedule": "batched"},
             seconds=fit.seconds / len(fit.targets),
-            device=str(_model_device(selector)),
+            device=str(model_device(selector.model)),
             steps=int(fit.steps[task].max()),
         )
 

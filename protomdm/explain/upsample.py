@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
-from .localization import Localization
+from .localization import Localization, Localizer, eval_mode, model_device
 from .selectors import Selector
 
 
-class UpsampleLocalizer:
+class UpsampleLocalizer(Localizer):
     """ProtoPNet's localisation (``find_high_activation_crop``): the prototype's activation map (ProtoPNet: its
     similarity map; XProtoNet: its occurrence map) upsampled bicubically to the input size, scaled to [0, 1].
 
@@ -31,17 +31,11 @@ class UpsampleLocalizer:
             raise UserError(f"the upsampling search needs a prototype selector, not a {selector.kind} selector; "
                             "use mdm or a Grad-CAM method")
         t0 = time.perf_counter()
-        p = next(iter(selector.model.parameters()), None)
-        x = images.to(p.device if p is not None else "cpu")
-        was_training = selector.model.training
-        selector.model.eval()
-        try:
-            with torch.no_grad():
-                maps = selector.localization_map(x).float()  # (B, K, h, w)
-                t = selector.targets(x).float()
-                scores = t.reshape(*t.shape[:2], -1).mean(2)  # (B, K)
-        finally:
-            selector.model.train(was_training)
+        x = images.to(model_device(selector.model))
+        with eval_mode(selector.model), torch.no_grad():
+            maps = selector.localization_map(x).float()  # (B, K, h, w)
+            t = selector.targets(x).float()
+            scores = t.reshape(*t.shape[:2], -1).mean(2)  # (B, K)
         kwargs = {} if self.mode == "nearest" else {"align_corners": False}
         up = F.interpolate(maps, size=x.shape[-2:], mode=self.mode, **kwargs).cpu().numpy()
         seconds = (time.perf_counter() - t0) / max(1, up.shape[0] * up.shape[1])
@@ -57,10 +51,3 @@ class UpsampleLocalizer:
                                         seconds, str(x.device)))
             out.append(row)
         return out
-
-    def localize(self, image: torch.Tensor, selector: Selector) -> Localization:
-        """Localize ``selector``'s single target in one ``image: (C, H, W)`` or ``(1, C, H, W)``."""
-        x = image[None] if image.dim() == 3 else image
-        if x.shape[0] != 1 or selector.num_targets != 1:
-            raise UserError("localize() takes one image and one target; use localize_many() for batches")
-        return self.localize_many(x, selector)[0][0]

@@ -19,7 +19,7 @@ from ..config import ModelConfig, TrainConfig, to_dict
 from ..data.synthetic import SyntheticLesions
 from ..errors import UserError
 from ..evaluation.metrics import auroc
-from ..models import ProtoPNet, PrototypeModel, XProtoNet, build_model, read_checkpoint, save_checkpoint
+from ..models import ProtoPNet, PrototypeModel, build_model, read_checkpoint, save_checkpoint
 from ..report.figures import atomic_write
 from .losses import protopnet_loss, xprotonet_loss
 from .push import push_prototypes
