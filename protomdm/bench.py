@@ -16,7 +16,7 @@ from .evaluation.metrics import dice
 from .explain import MDMLocalizer, PrototypeSelector
 from .models import build_model
 from .pipeline import resolve_device
-from .training.trainer import model_input
+from .data.images import model_input
 
 
 @dataclass

@@ -18,7 +18,7 @@ from .models import load_model
 from .pipeline import choose_prototype
 from .report.figures import atomic_write, save_panels
 from .training import train
-from .training.trainer import model_input
+from .data.images import model_input
 
 # The built-in demo model; configs/synthetic_protopnet.yaml holds the same settings (a test keeps them equal).
 DEMO_CONFIG = {

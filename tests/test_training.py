@@ -12,7 +12,7 @@ from protomdm.config import TrainConfig, load_train_config, to_dict
 from protomdm.data.synthetic import SyntheticLesions
 from protomdm.errors import ConfigError, UserError
 from protomdm.training import train
-from protomdm.training.trainer import model_input
+from protomdm.data.images import model_input
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

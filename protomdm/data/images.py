@@ -132,19 +132,28 @@ def _looks_like_dicom(p: Path) -> bool:
         return False
 
 
+def model_input(pixels: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """Pixels in [0, 1] ``(B, C', H', W')`` -> the model's input ``(B, C, H, W)``: resized (bilinear, antialiased)
+    to ``config.img_size``, grey <-> RGB matched to ``config.in_channels`` (luma weights), normalised."""
+    t = pixels
+    if tuple(t.shape[-2:]) != tuple(config.img_size):
+        t = F.interpolate(t, size=tuple(config.img_size), mode="bilinear", align_corners=False, antialias=True)
+    if config.in_channels == 3 and t.shape[1] == 1:
+        t = t.expand(-1, 3, -1, -1)
+    elif config.in_channels == 1 and t.shape[1] == 3:
+        t = (t * torch.tensor([0.299, 0.587, 0.114], device=t.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    mean = torch.tensor(config.mean, device=t.device).view(1, -1, 1, 1)
+    std = torch.tensor(config.std, device=t.device).view(1, -1, 1, 1)
+    return (t.clamp(0, 1) - mean) / std
+
+
 def to_model_input(image: LoadedImage | np.ndarray, config: ModelConfig) -> torch.Tensor:
-    """Resize (bilinear, antialiased) to ``config.img_size``, match channels and normalise: ``(1, C, H, W)``."""
+    """One image (``(H, W)`` or ``(H, W, 3)`` in [0, 1]) as the model's input ``(1, C, H, W)``; see
+    :func:`model_input`."""
     a = image.pixels if isinstance(image, LoadedImage) else np.asarray(image, dtype=np.float32)
     t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
     t = t[None] if t.dim() == 2 else t.permute(2, 0, 1)
-    if config.in_channels == 3 and t.shape[0] == 1:
-        t = t.expand(3, -1, -1)
-    elif config.in_channels == 1 and t.shape[0] == 3:
-        t = (t * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(0, keepdim=True)
-    t = F.interpolate(t[None], size=tuple(config.img_size), mode="bilinear", align_corners=False, antialias=True)
-    mean = torch.tensor(config.mean).view(1, -1, 1, 1)
-    std = torch.tensor(config.std).view(1, -1, 1, 1)
-    return (t.clamp(0, 1) - mean) / std
+    return model_input(t[None], config)
 
 
 def box_to_original(box: tuple[int, int, int, int], input_size: tuple[int, int],

@@ -58,11 +58,15 @@ class XProtoNet(PrototypeModel):
         occ = self.occurrence_module(f)
         return self.feature_projection(f), occ[:, self._index(idx)]
 
+    @staticmethod
+    def pooled_features(feats: torch.Tensor, occ: torch.Tensor) -> torch.Tensor:
+        """Features ``(B, D, h, w)`` pooled under each occurrence map ``(B, K, h, w)``: ``(B, K, D)``."""
+        return torch.einsum("bkhw,bdhw->bkd", occ, feats) / (occ.sum((2, 3))[..., None] + 1e-6)
+
     def similarities(self, feats: torch.Tensor, occ: torch.Tensor, idx: Index = None) -> torch.Tensor:
         """Occurrence-weighted similarity ``(B, K)`` in [0, 1] of the selected prototypes."""
-        pooled = torch.einsum("bkhw,bdhw->bkd", occ, feats) / (occ.sum((2, 3))[..., None] + 1e-6)
         protos = self.prototype_vectors[self._index(idx)]
-        return (1 + F.cosine_similarity(pooled, protos[None], dim=-1)) / 2
+        return (1 + F.cosine_similarity(self.pooled_features(feats, occ), protos[None], dim=-1)) / 2
 
     def prototype_scores(self, x: torch.Tensor, idx: Index = None) -> torch.Tensor:
         feats, occ = self.heads(x, idx)

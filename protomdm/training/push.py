@@ -7,6 +7,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from ..explain import PrototypeSelector, UpsampleLocalizer
+from ..explain.localization import eval_mode
 from ..models import ProtoPNet, PrototypeModel, XProtoNet
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]  # (model-ready images (B, C, H, W), targets), in order
@@ -41,8 +42,12 @@ def push_prototypes(model: PrototypeModel, batches: Batches, get_image: Callable
         ``similarity``, ``receptive_field_box`` (ProtoPNet) and ``activation_box`` (the top-``percentile`` box of
         the upsampled activation / occurrence map on that image), in input pixels.
     """
-    was_training = model.training
-    model.eval()
+    with eval_mode(model):
+        return _push(model, batches, get_image, multilabel, percentile)
+
+
+def _push(model: PrototypeModel, batches: Batches, get_image: Callable[[int], torch.Tensor], multilabel: bool,
+          percentile: float) -> list[dict[str, Any]]:
     p = model.num_prototypes
     identity = model.prototype_class_identity
     device = identity.device
@@ -64,7 +69,7 @@ def push_prototypes(model: PrototypeModel, batches: Batches, get_image: Callable
             loc = torch.stack([b, rest // w, rest % w], 1)
         elif isinstance(model, XProtoNet):
             feats, occ = model.heads(x)
-            pooled = torch.einsum("bkhw,bdhw->bkd", occ, feats) / (occ.sum((2, 3))[..., None] + 1e-6)  # (B, P, D)
+            pooled = model.pooled_features(feats, occ)  # (B, P, D)
             sim = (1 + torch.nn.functional.cosine_similarity(pooled, model.prototype_vectors[None], dim=-1)) / 2
             val, b = (-sim).masked_fill(~own, float("inf")).min(0)
             vecs = pooled[b, torch.arange(p, device=device)]
@@ -96,5 +101,4 @@ def push_prototypes(model: PrototypeModel, batches: Batches, get_image: Callable
             else:
                 rec["similarity"] = float(-best[j])
         records.append(rec)
-    model.train(was_training)
     return records

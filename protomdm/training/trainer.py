@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..config import ModelConfig, TrainConfig, to_dict
+from ..config import TrainConfig, to_dict
+from ..data.images import model_input
 from ..data.synthetic import SyntheticLesions
 from ..errors import UserError
 from ..evaluation.metrics import auroc
@@ -46,17 +46,6 @@ def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, bool]:
     from ..data.nih import NIHDataset
 
     return NIHDataset(root, "train", m.class_names, m.img_size), NIHDataset(root, "test", m.class_names, m.img_size), True
-
-
-def model_input(x: torch.Tensor, config: ModelConfig) -> torch.Tensor:
-    """Pixels in [0, 1] ``(B, C', H', W')`` -> normalised model input ``(B, C, H, W)``."""
-    if tuple(x.shape[-2:]) != tuple(config.img_size):
-        x = F.interpolate(x, size=tuple(config.img_size), mode="bilinear", align_corners=False, antialias=True)
-    if x.shape[1] != config.in_channels:
-        x = x.mean(1, keepdim=True) if config.in_channels == 1 else x.expand(-1, 3, -1, -1)
-    mean = torch.tensor(config.mean, device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(config.std, device=x.device).view(1, -1, 1, 1)
-    return (x - mean) / std
 
 
 def _groups(model: PrototypeModel) -> dict[str, list[torch.nn.Parameter]]:
