@@ -16,6 +16,8 @@ EXAMPLES = """examples:
   protomdm demo                                   # train a small synthetic ProtoPNet and compare MDM with upsampling
   protomdm init-model --model protopnet --backbone resnet18 --classes cat,dog --out model.pt
   protomdm localize --model protopnet --ckpt model.pt --image bird.jpg --prototype 3 --out results/
+  protomdm localize --model xprotonet --ckpt cxr.pt --image scan.dcm --class Effusion --out results/
+  protomdm localize --model xprotonet --ckpt cxr.pt --input dicom_folder/ --out results/ [--resume]
 """
 
 
@@ -51,18 +53,34 @@ def _mdm_config(args: argparse.Namespace):
 
 
 def _cmd_localize(args: argparse.Namespace) -> int:
-    from .pipeline import localize_file
+    from .pipeline import LocalizeJob, localize_file
 
-    res = localize_file(args.ckpt, args.image, args.out, architecture=args.model, method=args.method,
-                        prototype=args.prototype, class_name=args.class_name, percentile=args.percentile,
-                        mdm=_mdm_config(args), device=args.device, overwrite=args.overwrite,
-                        progress=not args.quiet)
-    r = res.record
-    print(f"prototype {r['prototype']} ({r['class_name']}), score {r['score']:.4g}, {r['method']} box {r['box']} "
-          f"in {r['seconds']:.1f}s on {r['device']}")
-    for f in res.files.values():
-        print(f"wrote {f}")
-    return 0
+    settings = dict(architecture=args.model, method=args.method, prototype=args.prototype,
+                    class_name=args.class_name, percentile=args.percentile, mdm=_mdm_config(args),
+                    device=args.device, keep_phi=args.keep_phi)
+    if args.image is not None:
+        if args.resume:
+            raise UserError("--resume applies to --input folder runs only")
+        res = localize_file(args.ckpt, args.image, args.out, overwrite=args.overwrite, progress=not args.quiet,
+                            **settings)
+        r = res.record
+        print(f"prototype {r['prototype']} ({r['class_name']}), score {r['score']:.4g}, {r['method']} box "
+              f"{r['box']} in {r['seconds']:.1f}s on {r['device']}")
+        for f in res.files.values():
+            print(f"wrote {f}")
+        return 0
+    from .batch import FAILURES, RESULTS, localize_folder
+
+    job = LocalizeJob.load(args.ckpt, **settings)
+    res = localize_folder(job, args.input, args.out, resume=args.resume, overwrite=args.overwrite,
+                          progress=not args.quiet)
+    print(f"{res.done} localized, {res.failed} failed, {res.skipped} already done; results in "
+          f"{res.out_dir / RESULTS}")
+    for rel, why in res.failures:
+        print(f"  failed: {why}" if rel in why else f"  failed: {rel}: {why}")
+    if res.failures:
+        print(f"(listed in {res.out_dir / FAILURES})")
+    return 1 if res.failed else 0
 
 
 def _cmd_init_model(args: argparse.Namespace) -> int:
@@ -126,11 +144,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("localize", help="localize a prototype in an image with MDM or the upsampling search",
-                       description="Localize one prototype in one image; writes an overlay PNG, the binary mask PNG "
-                       "and a JSON with the box in the original image's pixels.")
+                       description="Localize one prototype in one image (--image) or in every image of a folder "
+                       "(--input). Writes an overlay PNG, the binary mask PNG and a JSON with the box in the original "
+                       "image's pixels; for DICOM inputs also a DICOM Segmentation and a Parametric Map that viewers "
+                       "overlay on the source image. Output names of DICOM inputs are hashes of the SOP Instance UID, "
+                       "never patient data.")
     p.add_argument("--model", choices=("protopnet", "xprotonet"), help="refuse a checkpoint of another architecture")
     p.add_argument("--ckpt", required=True, help="protomdm checkpoint (see init-model / train)")
-    p.add_argument("--image", required=True, help="PNG, JPEG, NPY or DICOM image")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--image", help="one PNG, JPEG, TIFF, NPY or DICOM image")
+    src.add_argument("--input", metavar="DIR", help="a folder: every image below it (recursively; DICOM, PNG, JPEG "
+                     "mixed), one output subfolder each, plus results.csv and failures.txt")
     who = p.add_mutually_exclusive_group()
     who.add_argument("--prototype", type=int, help="prototype index (default: the most activated prototype of "
                      "--class, or of the predicted class)")
@@ -140,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace outputs already in --out")
+    p.add_argument("--resume", action="store_true", help="--input runs: skip images already done in --out's "
+                   "results.csv, retry the failed ones")
+    p.add_argument("--keep-phi", action="store_true", help="copy patient and study attributes (name, ID, dates, "
+                   "accession number) into the DICOM outputs; by default they are left empty")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_mdm_options(p)
     p.set_defaults(func=_cmd_localize)

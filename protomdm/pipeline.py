@@ -14,6 +14,7 @@ from .config import MDMConfig, ModelConfig
 from .data.images import LoadedImage, box_to_original, read_image, to_model_input
 from .errors import UserError
 from .explain import Localization, MDMLocalizer, PrototypeSelector, UpsampleLocalizer
+from .explain.localization import model_device
 from .models import PrototypeModel, build_model, load_model, save_checkpoint
 from .report.figures import check_writable, resize_map, save_mask_png, save_overlay, write_json
 
@@ -80,48 +81,100 @@ class LocalizeResult:
     files: dict[str, Path]
 
 
+def output_names(stem: str, dicom: bool) -> dict[str, str]:
+    """The files written for one image: overlay, mask and JSON, plus a DICOM SEG and Parametric Map for DICOM."""
+    kinds = [("overlay", "png"), ("mask", "png"), ("localization", "json")]
+    if dicom:
+        kinds += [("seg", "dcm"), ("heatmap_pm", "dcm")]
+    return {k: f"{stem}_{k}.{ext}" for k, ext in kinds}
+
+
+def is_dicom(image: LoadedImage) -> bool:
+    return image.metadata.get("format") == "dicom"
+
+
+@dataclass
+class LocalizeJob:
+    """What to explain and how, for one model: shared by single-image and folder runs.
+
+    ``model`` is loaded once; :meth:`run` localizes one read image and writes its outputs to a folder.
+    """
+
+    model: PrototypeModel
+    checkpoint: str
+    method: str = "mdm"
+    prototype: int | None = None
+    class_name: str | None = None
+    percentile: float = 90.0
+    mdm: MDMConfig | None = None
+    keep_phi: bool = False
+    progress: bool = False
+
+    @classmethod
+    def load(cls, ckpt: str | Path, *, architecture: str | None = None, device: str = "cpu", method: str = "mdm",
+             percentile: float = 90.0, **kw) -> "LocalizeJob":
+        """Check the settings and load the checkpoint (before any image is touched)."""
+        check_percentile(percentile)
+        if method not in METHODS:
+            raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        model = load_model(ckpt, resolve_device(device), architecture=architecture)
+        if kw.get("prototype") is not None:
+            model.check_prototype(kw["prototype"])
+        return cls(model, str(ckpt), method, percentile=percentile, **kw)
+
+    def run(self, image: LoadedImage, out: Path, stem: str) -> LocalizeResult:
+        """Localize in ``image`` and write :func:`output_names` into the existing folder ``out``."""
+        model = self.model
+        dev = model_device(model)
+        x = to_model_input(image, model.config).to(dev)
+        j = choose_prototype(model, x, self.prototype, self.class_name)
+        loc = make_localizer(self.method, self.mdm, self.progress).localize(x, PrototypeSelector(model, j))
+
+        size = image.size
+        heat = resize_map(loc.heatmap, size)
+        mask = resize_map(loc.binary(self.percentile).astype(np.float32), size) >= 0.5
+        box_in = loc.box(self.percentile)
+        box = box_to_original(box_in, loc.heatmap.shape, size) if box_in else None
+        c = model.prototype_class(j)
+        dicom = is_dicom(image)
+        record = {
+            "image": stem if dicom else str(image.source),
+            "image_size": list(size), "input_size": list(loc.heatmap.shape),
+            "model": {"architecture": model.config.architecture, "backbone": model.config.backbone,
+                      "checkpoint": self.checkpoint},
+            "prototype": j, "class_index": c, "class_name": model.class_names[c],
+            "score": loc.score, "percentile": self.percentile,
+            "box": list(box) if box else None, "box_input": list(box_in) if box_in else None,
+            "pixel_spacing": list(image.pixel_spacing) if image.pixel_spacing else None,
+            **loc.summary(),
+        }
+        files = {k: out / n for k, n in output_names(stem, dicom).items()}
+        label = f"{self.method} prototype {j} ({model.class_names[c]})"
+        save_overlay(files["overlay"], image.pixels, heat, box, f"{label}, top {100 - self.percentile:g}% box")
+        save_mask_png(files["mask"], mask)
+        if dicom:
+            from .report.dicom import write_dicom_outputs
+
+            write_dicom_outputs(image.source, mask, np.clip(heat, 0, 1), files["seg"], files["heatmap_pm"], label,
+                                keep_phi=self.keep_phi)
+        write_json(files["localization"], record)
+        return LocalizeResult(loc, record, files)
+
+
 def localize_file(ckpt: str | Path, image_path: str | Path, out_dir: str | Path, *, architecture: str | None = None,
                   method: str = "mdm", prototype: int | None = None, class_name: str | None = None,
                   percentile: float = 90.0, mdm: MDMConfig | None = None, device: str = "cpu",
-                  overwrite: bool = False, progress: bool = False) -> LocalizeResult:
+                  overwrite: bool = False, progress: bool = False, keep_phi: bool = False) -> LocalizeResult:
     """Localize one prototype in one image file and write ``{stem}_overlay.png``, ``{stem}_mask.png`` and
-    ``{stem}_localization.json`` (box in the original image's pixels) to ``out_dir``."""
-    check_percentile(percentile)
-    dev = resolve_device(device)
-    if method not in METHODS:
-        raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    model = load_model(ckpt, dev, architecture=architecture)
+    ``{stem}_localization.json`` (box in the original image's pixels) to ``out_dir``; for a DICOM input also
+    ``{stem}_seg.dcm`` and ``{stem}_heatmap_pm.dcm``, and ``stem`` is a hash of its SOP Instance UID."""
+    job = LocalizeJob.load(ckpt, architecture=architecture, device=device, method=method, percentile=percentile,
+                           prototype=prototype, class_name=class_name, mdm=mdm, keep_phi=keep_phi,
+                           progress=progress)
     image = read_image(image_path)
     stem = output_stem(image)
-    names = {k: f"{stem}_{k}.{ext}" for k, ext in (("overlay", "png"), ("mask", "png"), ("localization", "json"))}
-    out = check_writable(out_dir, names.values(), overwrite)
-    x = to_model_input(image, model.config).to(dev)
-    j = choose_prototype(model, x, prototype, class_name)
-    loc = make_localizer(method, mdm, progress).localize(x, PrototypeSelector(model, j))
-
-    size = image.size
-    heat = resize_map(loc.heatmap, size)
-    mask_in = loc.binary(percentile)
-    mask = resize_map(mask_in.astype(np.float32), size) >= 0.5
-    box_in = loc.box(percentile)
-    box = box_to_original(box_in, loc.heatmap.shape, size) if box_in else None
-    c = model.prototype_class(j)
-    record = {
-        "image": str(image.source) if "sop_instance_uid" not in image.metadata else stem,
-        "image_size": list(size), "input_size": list(loc.heatmap.shape),
-        "model": {"architecture": model.config.architecture, "backbone": model.config.backbone, "checkpoint": str(ckpt)},
-        "prototype": j, "class_index": c, "class_name": model.class_names[c],
-        "score": loc.score, "percentile": percentile,
-        "box": list(box) if box else None, "box_input": list(box_in) if box_in else None,
-        "pixel_spacing": list(image.pixel_spacing) if image.pixel_spacing else None,
-        **loc.summary(),
-    }
-    files = {k: out / n for k, n in names.items()}
-    title = f"{method}: prototype {j} ({model.class_names[c]}), top {100 - percentile:g}% box"
-    save_overlay(files["overlay"], image.pixels, heat, box, title)
-    save_mask_png(files["mask"], mask)
-    write_json(files["localization"], record)
-    return LocalizeResult(loc, record, files)
+    out = check_writable(out_dir, output_names(stem, is_dicom(image)).values(), overwrite)
+    return job.run(image, out, stem)
 
 
 def init_model(out: str | Path, architecture: str, backbone: str, classes: list[str], prototypes_per_class: int = 10,

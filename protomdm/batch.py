@@ -1,0 +1,171 @@
+"""Folder runs: localize every image under a folder, one output subfolder per image, a ``results.csv`` row per image,
+and ``--resume`` after an interruption.
+
+Each image's outputs are written to a hidden temporary folder and renamed into place when complete, and its row is
+appended to ``results.csv`` only after that, so an interrupted run never leaves a partial result that looks finished.
+A bad image fails alone: its row says why and the run goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from .data.images import IMAGE_SUFFIXES, read_image
+from .errors import UserError
+from .pipeline import LocalizeJob, is_dicom, output_stem
+from .report.figures import atomic_write
+
+COLUMNS = ("input", "output", "model", "method", "prototype", "class_name", "score", "box_x0", "box_y0", "box_x1",
+           "box_y1", "seconds", "status", "error")
+DICOM_SUFFIXES = {".dcm", ".dicom", ".dic", ""}
+RESULTS = "results.csv"
+FAILURES = "failures.txt"
+
+
+def find_inputs(root: str | Path) -> list[Path]:
+    """Image files under ``root`` (recursively, sorted): PNG, JPEG, TIFF, BMP, NPY, DICOM (``.dcm`` or no suffix).
+
+    Hidden files and folders (``.DS_Store``, ``.git``, our own temporary folders) and DICOMDIR indexes are skipped."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"--input {root} is not a folder")
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if not name.startswith(".") and name.upper() != "DICOMDIR" and (
+                    p.suffix.lower() in IMAGE_SUFFIXES | DICOM_SUFFIXES):
+                found.append(p)
+    return found
+
+
+def folder_name(path: Path, root: Path) -> str:
+    """The output subfolder for an input: its path below ``root`` with separators as ``__`` (unique per input)."""
+    rel = path.relative_to(root).as_posix()
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in rel.replace("/", "__"))
+    return safe[:100] + ("-" + hashlib.sha256(rel.encode()).hexdigest()[:8] if len(safe) > 100 else "")
+
+
+@dataclass
+class FolderResult:
+    out_dir: Path
+    done: int = 0
+    skipped: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if r.get("status") in ("ok", "failed") and r.get("input")]
+
+
+def _write_rows(path: Path, rows: Iterable[dict[str, str]]) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+
+    atomic_write(path, write)
+
+
+def _append_row(path: Path, row: dict) -> None:
+    with open(path, "a", newline="") as f:
+        csv.DictWriter(f, COLUMNS).writerow(row)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def localize_folder(job: LocalizeJob, input_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
+                    overwrite: bool = False, progress: bool = True, inputs: list[Path] | None = None) -> FolderResult:
+    """Localize every image under ``input_dir`` (or the given ``inputs`` below it) into ``out_dir``.
+
+    Writes ``out_dir/NAME/`` per image (see :func:`protomdm.pipeline.output_names`), ``results.csv`` (columns
+    :data:`COLUMNS`) and ``failures.txt``. With ``resume``, images whose row says ``ok`` and whose folder exists are
+    skipped and failed ones are retried; without it an existing ``results.csv`` is refused unless ``overwrite``.
+    """
+    from tqdm.auto import tqdm
+
+    root = Path(input_dir)
+    files = find_inputs(root) if inputs is None else list(inputs)
+    if not files:
+        raise UserError(f"no images (PNG, JPEG, TIFF, NPY, DICOM) found under {root}")
+    out = Path(out_dir)
+    if out.resolve() == root.resolve() or root.resolve() in out.resolve().parents:
+        raise UserError(f"--out {out} lies inside --input {root}; choose an output folder outside the inputs")
+    results = out / RESULTS
+    if results.exists() and not (resume or overwrite):
+        raise UserError(f"{results} exists from an earlier run; pass --resume to finish it or --overwrite to redo it")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"output folder {out} is not writable ({e.strerror})") from None
+    for stale in out.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+    kept = [r for r in _read_rows(results) if r["status"] == "ok" and (out / r["output"]).is_dir()] if resume else []
+    finished = {r["input"] for r in kept}
+    _write_rows(results, kept)
+    res = FolderResult(out, skipped=len(finished))
+    model = job.model
+    model_name = f"{model.config.architecture}/{model.config.backbone}"
+    todo = [p for p in files if p.relative_to(root).as_posix() not in finished]
+    bar = tqdm(todo, desc="images", unit="img", disable=not progress)
+    for path in bar:
+        rel = path.relative_to(root).as_posix()
+        name = folder_name(path, root)
+        row = dict.fromkeys(COLUMNS, "")
+        row.update(input=rel, model=model_name, method=job.method)
+        tmp = out / f".tmp-{name}"
+        t0 = time.perf_counter()
+        try:
+            image = read_image(path)
+            if is_dicom(image):
+                name = output_stem(image)
+                tmp = out / f".tmp-{name}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            r = job.run(image, tmp, name).record
+            final = out / name
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            box = r["box"] or ["", "", "", ""]
+            row.update(output=name, prototype=r["prototype"], class_name=r["class_name"], score=f"{r['score']:.6g}",
+                       box_x0=box[0], box_y0=box[1], box_x1=box[2], box_y1=box[3], status="ok")
+            res.done += 1
+        except UserError as e:
+            row.update(status="failed", error=str(e))
+            res.failures.append((rel, str(e)))
+        except OSError as e:
+            row.update(status="failed", error=f"{rel}: {e.strerror or e}")
+            res.failures.append((rel, row["error"]))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        row["seconds"] = f"{time.perf_counter() - t0:.2f}"
+        _append_row(results, row)
+        bar.set_postfix(done=res.done, failed=res.failed)
+    failures_file = out / FAILURES
+    if res.failures:
+        atomic_write(failures_file, lambda tmp: Path(tmp).write_text(
+            "".join(f"{rel}\t{why}\n" for rel, why in res.failures)))
+    elif failures_file.exists():
+        failures_file.unlink()
+    return res

@@ -1,0 +1,166 @@
+"""Reading DICOM images as clinical pipelines write them (pydicom).
+
+What reaches the model is the image a radiologist would see by default:
+
+1. stored values -> modality values (Rescale Slope/Intercept or the Modality LUT, via pydicom);
+2. modality values -> display values in [0, 1] by the first VOI LUT of the VOI LUT Sequence, else the first Window
+   Center/Width pair (with its VOI LUT Function: LINEAR, LINEAR_EXACT or SIGMOID), else the image's own min-max;
+3. MONOCHROME1 ("white is zero") inverted so that bone is bright, as in MONOCHROME2;
+4. RGB and YBR kept as RGB (grey models then take the luma), palette colour expanded to RGB.
+
+Single-frame images only: a multi-frame file is refused with a message saying so (export its frames first), because
+a per-frame explanation of a cine or tomosynthesis series is a different question than this tool answers.
+Compressed transfer syntaxes decode when a decoder is installed (``pip install 'protomdm[dicom]'``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ImageError
+from .images import MAX_PIXELS, LoadedImage
+
+DECODER_HINT = "install the DICOM decoders with: pip install 'protomdm[dicom]'"
+
+
+def _first(value) -> float:
+    """The first value of a possibly multi-valued DICOM number."""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        value = value[0]
+    return float(value)
+
+
+def window(x: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
+    """DICOM VOI windowing (PS3.3 C.11.2.1.2) of modality values ``x`` to display values in [0, 1]."""
+    x = x.astype(np.float64)
+    function = (function or "LINEAR").upper()
+    if function == "SIGMOID":
+        return 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
+    if function == "LINEAR_EXACT":
+        return np.clip((x - center) / width + 0.5, 0.0, 1.0)
+    if width < 1:
+        raise ValueError(f"Window Width {width} is below 1, which LINEAR windowing does not allow")
+    y = (x - (center - 0.5)) / (width - 1) + 0.5
+    y = np.where(x <= center - 0.5 - (width - 1) / 2, 0.0, y)
+    y = np.where(x > center - 0.5 + (width - 1) / 2, 1.0, y)
+    return np.clip(y, 0.0, 1.0)
+
+
+def voi_lut(x: np.ndarray, item) -> np.ndarray:
+    """Apply one VOI LUT Sequence item (LUT Descriptor = entries, first mapped value, bits) -> [0, 1]."""
+    n, first, bits = (int(v) for v in item.LUTDescriptor)
+    n = n or 65536  # 0 means 2**16 entries
+    raw = item.LUTData
+    data = np.asarray(raw if not isinstance(raw, bytes) else np.frombuffer(raw, dtype=np.uint16), dtype=np.float64)
+    if data.size < n:
+        raise ValueError(f"VOI LUT has {data.size} entries, its descriptor says {n}")
+    idx = np.clip(np.rint(x).astype(np.int64) - first, 0, n - 1)
+    return data[idx] / float(2 ** bits - 1)
+
+
+def _min_max(x: np.ndarray) -> np.ndarray:
+    lo, hi = float(x.min()), float(x.max())
+    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x, dtype=np.float64)
+
+
+def display_values(ds, stored: np.ndarray) -> np.ndarray:
+    """Stored grey values ``(H, W)`` -> display values ``(H, W)`` in [0, 1], MONOCHROME1 inverted (steps 1-3)."""
+    from pydicom.pixels import apply_modality_lut
+
+    x = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+    seq = ds.get("VOILUTSequence")
+    if seq:
+        y = voi_lut(x, seq[0])
+    elif "WindowCenter" in ds and "WindowWidth" in ds and ds.WindowCenter is not None and ds.WindowWidth is not None:
+        fn = ds.get("VOILUTFunction", "LINEAR")
+        try:
+            y = window(x, _first(ds.WindowCenter), _first(ds.WindowWidth), str(fn))
+        except ValueError as e:
+            warnings.warn(f"{e}; using the image's min-max instead", stacklevel=2)
+            y = _min_max(x)
+    else:
+        y = _min_max(x)
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        y = 1.0 - y
+    return y
+
+
+def _decode(ds, p: Path) -> np.ndarray:
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ds.pixel_array
+    except Exception as e:  # pydicom raises RuntimeError/NotImplementedError/ValueError/... by handler
+        msg = str(e).splitlines()[0][:100] if str(e) else type(e).__name__
+        if ts is not None and ts.is_compressed and any(w in str(e).lower() for w in
+                                                       ("plugin", "handler", "decoder", "no pixel data decoders",
+                                                        "missing required dependencies", "unable to decode")):
+            raise ImageError(f"{p}: cannot decode its {ts.name} pixel data; {DECODER_HINT}") from None
+        raise ImageError(f"{p}: the pixel data cannot be decoded, the file may be truncated ({msg})") from None
+
+
+def read_dicom(path: str | Path, max_pixels: int = MAX_PIXELS) -> LoadedImage:
+    """Read a single-frame DICOM image as display values in [0, 1]: ``(H, W)`` grey or ``(H, W, 3)`` RGB.
+
+    ``metadata`` holds the SOP Instance, Series and Study Instance UIDs, SOP class, modality and photometric
+    interpretation (never patient attributes); ``pixel_spacing`` is Pixel Spacing, else Imager Pixel Spacing.
+
+    Raises:
+        ImageError: not DICOM, truncated, no pixel data, empty, multi-frame, over ``max_pixels``, or compressed with
+            no decoder installed; one line naming the file and the reason.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    p = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(p)
+    except InvalidDicomError:
+        raise ImageError(f"{p}: not a DICOM file (no DICM preamble)") from None
+    except FileNotFoundError:
+        raise ImageError(f"image not found: {p}") from None
+    except Exception as e:  # truncated or corrupt headers surface as EOFError, OSError, struct.error, ValueError...
+        raise ImageError(f"{p}: the DICOM file is truncated or corrupt ({type(e).__name__})") from None
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise ImageError(f"{p}: the DICOM object has no pixel data (SOP class "
+                         f"{getattr(ds.get('SOPClassUID'), 'name', 'unknown')}): not an image, or the file is truncated")
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if rows == 0 or cols == 0:
+        raise ImageError(f"{p}: the image is empty ({rows}x{cols} pixels)")
+    if rows * cols > max_pixels:
+        raise ImageError(f"{p}: the image is too large ({cols}x{rows} pixels, limit {max_pixels} pixels); "
+                         "downsample it first")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise ImageError(f"{p}: multi-frame DICOM ({frames} frames) is not supported; export single frames")
+    arr = _decode(ds, p)
+    pi = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if pi.startswith("MONOCHROME"):
+        if arr.ndim != 2:
+            raise ImageError(f"{p}: expected one grey frame, got pixel data of shape {arr.shape}")
+        pixels = display_values(ds, arr)
+    elif pi == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        rgb = np.asarray(apply_color_lut(arr, ds), dtype=np.float64)
+        pixels = rgb / (65535.0 if rgb.max() > 255 else 255.0)
+    elif pi in ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"):
+        # pydicom already converts YBR to RGB when decoding (its default), so arr is RGB here.
+        pixels = arr.astype(np.float64) / float(2 ** int(ds.get("BitsStored", 8)) - 1)
+    else:
+        raise ImageError(f"{p}: unsupported Photometric Interpretation {pi}")
+    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+    meta = {"format": "dicom", "sop_instance_uid": str(ds.get("SOPInstanceUID", "")),
+            "series_instance_uid": str(ds.get("SeriesInstanceUID", "")),
+            "study_instance_uid": str(ds.get("StudyInstanceUID", "")),
+            "sop_class": getattr(ds.get("SOPClassUID"), "name", ""), "modality": str(ds.get("Modality", "")),
+            "photometric_interpretation": pi, "bits_stored": int(ds.get("BitsStored", 0) or 0),
+            "transfer_syntax": getattr(ds.file_meta.get("TransferSyntaxUID"), "name", "")}
+    return LoadedImage(np.clip(pixels, 0, 1).astype(np.float32), p,
+                       (float(spacing[0]), float(spacing[1])) if spacing else None, meta)

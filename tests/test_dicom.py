@@ -1,0 +1,153 @@
+"""DICOM in (pixel pipeline against hand-computed values, bad files) and DICOM out (SEG and Parametric Map read back
+with highdicom and pydicom), patient-data safety."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
+
+from dicom_factory import PATIENT_ID, PATIENT_NAME, make_dicom
+from protomdm.data.dicom import read_dicom
+from protomdm.data.images import read_image
+from protomdm.errors import ImageError
+
+hd = pytest.importorskip("highdicom")
+
+
+def test_rescale_then_first_window(tmp_path):
+    stored = np.array([[0, 250, 500, 700, 1000]], np.uint16)
+    # modality = 2 x - 1000 -> [-1000, -500, 0, 400, 1000]; window C=0 W=1001 (LINEAR, PS3.3 C.11.2.1.2.1):
+    # 0 below -500.5, 1 above 499.5, else (m + 0.5) / 1000 + 0.5. The second window must be ignored.
+    p = make_dicom(tmp_path / "a.dcm", stored, bits_stored=12, RescaleSlope=2, RescaleIntercept=-1000,
+                   WindowCenter=[0, 300], WindowWidth=[1001, 20])
+    im = read_dicom(p)
+    np.testing.assert_allclose(im.pixels, [[0.0, 0.0005, 0.5005, 0.9005, 1.0]], atol=1e-6)
+    assert im.pixel_spacing == (0.143, 0.139)
+    assert im.metadata["modality"] == "DX" and im.metadata["bits_stored"] == 12
+
+
+def test_monochrome1_is_inverted(tmp_path):
+    stored = np.array([[0, 250, 500, 700, 1000]], np.uint16)
+    kw = dict(bits_stored=12, RescaleSlope=2, RescaleIntercept=-1000, WindowCenter=0, WindowWidth=1001)
+    m2 = read_dicom(make_dicom(tmp_path / "m2.dcm", stored, **kw)).pixels
+    m1 = read_dicom(make_dicom(tmp_path / "m1.dcm", stored, photometric="MONOCHROME1", **kw)).pixels
+    np.testing.assert_allclose(m1, 1.0 - m2, atol=1e-7)
+    np.testing.assert_allclose(m1, [[1.0, 0.9995, 0.4995, 0.0995, 0.0]], atol=1e-6)
+
+
+def test_voi_lut_sequence_wins_over_window(tmp_path):
+    item = Dataset()
+    item.LUTDescriptor = [4, 10, 8]  # 4 entries, first mapped value 10, 8 bits
+    item.LUTData = np.array([0, 51, 102, 255], np.uint16).tobytes()  # OW, as most writers store it
+    stored = np.array([[5, 10, 11, 12, 13, 20]], np.uint16)
+    p = make_dicom(tmp_path / "lut.dcm", stored, bits_stored=12, VOILUTSequence=[item], WindowCenter=1000,
+                   WindowWidth=10)
+    np.testing.assert_allclose(read_dicom(p).pixels, [[0, 0, 51 / 255, 102 / 255, 1, 1]], atol=1e-6)
+
+
+def test_sigmoid_and_linear_exact_windows(tmp_path):
+    stored = np.array([[90, 100, 110]], np.uint16)
+    p = make_dicom(tmp_path / "s.dcm", stored, WindowCenter=100, WindowWidth=20, VOILUTFunction="SIGMOID")
+    np.testing.assert_allclose(read_dicom(p).pixels, [[1 / (1 + np.e ** 2), 0.5, 1 / (1 + np.e ** -2)]], atol=1e-6)
+    p = make_dicom(tmp_path / "e.dcm", stored, WindowCenter=100, WindowWidth=40, VOILUTFunction="LINEAR_EXACT")
+    np.testing.assert_allclose(read_dicom(p).pixels, [[0.25, 0.5, 0.75]], atol=1e-6)
+
+
+def test_signed_16bit_without_window_uses_min_max(tmp_path):
+    stored = np.array([[-1000, 0, 1000], [-500, 500, 0]], np.int16)
+    p = make_dicom(tmp_path / "s16.dcm", stored, signed=True)
+    np.testing.assert_allclose(read_dicom(p).pixels, [[0, 0.5, 1], [0.25, 0.75, 0.5]], atol=1e-6)
+
+
+def test_rgb_and_ybr_stay_rgb(tmp_path):
+    from pydicom.pixels import convert_color_space
+
+    rgb = np.zeros((4, 5, 3), np.uint8)
+    rgb[..., 0], rgb[1, 2] = 255, (10, 200, 30)
+    im = read_dicom(make_dicom(tmp_path / "rgb.dcm", rgb, photometric="RGB", sop_class="1.2.840.10008.5.1.4.1.1.7"))
+    np.testing.assert_allclose(im.pixels, rgb / 255.0, atol=1e-7)
+    ybr = convert_color_space(rgb, "RGB", "YBR_FULL")
+    im = read_dicom(make_dicom(tmp_path / "ybr.dcm", ybr, photometric="YBR_FULL"))
+    np.testing.assert_allclose(im.pixels, rgb / 255.0, atol=3 / 255)  # YBR rounding
+
+
+def test_read_image_dispatches_on_content_not_suffix(tmp_path):
+    p = make_dicom(tmp_path / "IM0001", np.arange(12, dtype=np.uint16).reshape(3, 4))
+    assert read_image(p).metadata["format"] == "dicom"
+
+
+def _bad_files(tmp_path):
+    img = (np.arange(64 * 64) % 4096).astype(np.uint16).reshape(64, 64)
+    good = make_dicom(tmp_path / "good.dcm", img, bits_stored=12)
+    data = good.read_bytes()
+    (tmp_path / "trunc.dcm").write_bytes(data[: len(data) - 3000])
+    (tmp_path / "text.dcm").write_text("this is not a DICOM file\n")
+    yield tmp_path / "text.dcm", "not a DICOM file"
+    yield tmp_path / "trunc.dcm", "truncated"
+    yield make_dicom(tmp_path / "nopix.dcm", np.zeros((0, 0), np.uint16)), "no pixel data"
+    yield make_dicom(tmp_path / "zero.dcm", np.zeros((0, 0), np.uint16), pixel_data=b"", Rows=0, Columns=64), "empty"
+    yield make_dicom(tmp_path / "huge.dcm", np.zeros((2, 2), np.uint16), Rows=20000, Columns=20000), "too large"
+    yield make_dicom(tmp_path / "frames.dcm", np.zeros((4, 4), np.uint16), pixel_data=b"\0" * 64,
+                     NumberOfFrames=2), "multi-frame"
+    lossless = "1.2.840.10008.1.2.4.70"  # JPEG Lossless: neither pydicom nor Pillow decodes it without pylibjpeg/gdcm
+    yield make_dicom(tmp_path / "jpeg.dcm", img, bits_stored=12, transfer_syntax=lossless,
+                     pixel_data=encapsulate([b"\xff\xd8\xff\xc3" + b"\0" * 64])), "decode"
+
+
+def test_bad_dicom_files_give_one_line_errors(tmp_path):
+    for path, reason in _bad_files(tmp_path):
+        with pytest.raises(ImageError) as e:
+            read_image(path)
+        msg = str(e.value)
+        assert reason in msg and "\n" not in msg and str(path.name) in msg, msg
+
+
+def test_missing_decoder_names_the_extra(tmp_path):
+    try:
+        import pylibjpeg  # noqa: F401
+        pytest.skip("a JPEG Lossless decoder is installed here")
+    except ImportError:
+        pass
+    img = np.zeros((8, 8), np.uint16)
+    p = make_dicom(tmp_path / "jpeg.dcm", img, transfer_syntax="1.2.840.10008.1.2.4.70",
+                   pixel_data=encapsulate([b"\xff\xd8\xff\xc3" + b"\0" * 64]))
+    with pytest.raises(ImageError, match=r"pip install 'protomdm\[dicom\]'"):
+        read_dicom(p)
+
+
+def test_seg_and_parametric_map_reference_the_source(tmp_path):
+    import pydicom
+
+    from protomdm.report.dicom import write_dicom_outputs
+
+    rng = np.random.default_rng(0)
+    src = make_dicom(tmp_path / "src.dcm", (rng.random((40, 56)) * 4095).astype(np.uint16), bits_stored=12)
+    mask = np.zeros((40, 56), bool)
+    mask[5:20, 10:30] = True
+    heat = rng.random((40, 56)).astype(np.float32)
+    seg_p, pm_p = write_dicom_outputs(src, mask, heat, tmp_path / "seg.dcm", tmp_path / "pm.dcm", "mdm prototype 1")
+    ds = pydicom.dcmread(src)
+
+    seg = hd.seg.segread(seg_p)
+    got = seg.get_pixels_by_source_instance([ds.SOPInstanceUID], segment_numbers=[1])[0, :, :, 0]
+    np.testing.assert_array_equal(got.astype(bool), mask)
+    pm = pydicom.dcmread(pm_p)
+    assert hd.imread(pm_p).SOPClassUID == pm.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30"  # Parametric Map Storage
+    rwvm = pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    np.testing.assert_allclose(pm.pixel_array * float(rwvm.RealWorldValueSlope), heat, atol=1e-4)
+    for obj in (seg, pm):
+        assert obj.StudyInstanceUID == ds.StudyInstanceUID
+        ref = obj.ReferencedSeriesSequence[0]
+        assert ref.SeriesInstanceUID == ds.SeriesInstanceUID
+        assert ref.ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == ds.SOPInstanceUID
+        assert obj.SOPInstanceUID != ds.SOPInstanceUID and obj.Rows == ds.Rows and obj.Columns == ds.Columns
+        assert str(obj.PatientName) == "" and obj.PatientID == ""
+    for f in (seg_p, pm_p):
+        blob = f.read_bytes()
+        assert PATIENT_NAME.split("^")[0].encode() not in blob and PATIENT_ID.encode() not in blob
+
+    seg_p, _ = write_dicom_outputs(src, mask, heat, tmp_path / "seg2.dcm", tmp_path / "pm2.dcm", "mdm", keep_phi=True)
+    seg = pydicom.dcmread(seg_p)
+    assert str(seg.PatientName) == PATIENT_NAME and seg.PatientID == PATIENT_ID
