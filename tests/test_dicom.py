@@ -151,3 +151,38 @@ def test_seg_and_parametric_map_reference_the_source(tmp_path):
     seg_p, _ = write_dicom_outputs(src, mask, heat, tmp_path / "seg2.dcm", tmp_path / "pm2.dcm", "mdm", keep_phi=True)
     seg = pydicom.dcmread(seg_p)
     assert str(seg.PatientName) == PATIENT_NAME and seg.PatientID == PATIENT_ID
+
+
+def _pydicom_file(name):
+    from pydicom.data import get_testdata_file
+
+    p = get_testdata_file(name, download=False)
+    if p is None:
+        pytest.skip(f"pydicom test file {name} not installed")
+    return p
+
+
+def test_real_files_shipped_with_pydicom():
+    """Files written by real scanners and toolkits (shipped in the pydicom wheel): CT with rescale and window, RLE,
+    JPEG 2000, JPEG with RGB, and the failure cases."""
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    ct = pydicom.dcmread(_pydicom_file("CT_small.dcm"))
+    ours = read_dicom(_pydicom_file("CT_small.dcm")).pixels
+    theirs = apply_modality_lut(ct.pixel_array, ct).astype(np.float64)  # independent: pydicom's own pipeline
+    theirs = apply_voi_lut(theirs, ct) if "WindowCenter" in ct else theirs
+    theirs = (theirs - theirs.min()) / (theirs.max() - theirs.min())
+    assert ours.shape == (128, 128) and np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] > 0.999
+    assert read_dicom(_pydicom_file("MR_small_RLE.dcm")).pixels.shape == (64, 64)
+    assert read_dicom(_pydicom_file("JPEG2000.dcm")).pixels.shape == (1024, 256)
+    assert read_dicom(_pydicom_file("SC_rgb_rle.dcm")).pixels.shape == (100, 100, 3)
+    with pytest.raises(ImageError, match="no pixel data"):
+        read_dicom(_pydicom_file("rtplan.dcm"))
+    with pytest.raises(ImageError, match="truncated"):
+        read_dicom(_pydicom_file("MR_truncated.dcm"))
+    try:
+        import pylibjpeg  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImageError, match=r"protomdm\[dicom\]"):
+            read_dicom(_pydicom_file("SC_rgb_jpeg_gdcm.dcm"))  # real JPEG Lossless
