@@ -18,6 +18,8 @@ EXAMPLES = """examples:
   protomdm localize --model protopnet --ckpt model.pt --image bird.jpg --prototype 3 --out results/
   protomdm localize --model xprotonet --ckpt cxr.pt --image scan.dcm --class Effusion --out results/
   protomdm localize --model xprotonet --ckpt cxr.pt --input dicom_folder/ --out results/ [--resume]
+  protomdm evaluate --dataset nih --root NIH/ --ckpt cxr.pt --methods upsample,mdm,gradcam --out eval/
+  protomdm check-data --dataset cub --root CUB_200_2011/
 """
 
 
@@ -81,6 +83,35 @@ def _cmd_localize(args: argparse.Namespace) -> int:
     if res.failures:
         print(f"(listed in {res.out_dir / FAILURES})")
     return 1 if res.failed else 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation.runner import evaluate
+
+    res = evaluate(args.ckpt, args.out, dataset=args.dataset, root=args.root, methods=args.methods,
+                   percentiles=args.percentiles, limit=args.limit, prototype_policy=args.prototype_policy,
+                   seed=args.seed, mdm=_mdm_config(args), truth=args.truth, part_half_width=args.part_half_width,
+                   faithfulness=not args.no_faithfulness, deletion_steps=args.deletion_steps,
+                   baseline=args.faithfulness_baseline, device=args.device, resume=args.resume,
+                   overwrite=args.overwrite, progress=not args.quiet)
+    print((res.out_dir / "summary.md").read_text())
+    if res.skipped:
+        print(f"skipped {len(res.skipped)} image(s), listed with reasons in {res.out_dir / 'skipped.txt'}")
+    print(f"results in {res.out_dir}: results.csv, summary.csv, summary.md, metrics_vs_percentile.png, "
+          "deletion_insertion.png")
+    return 0
+
+
+def _cmd_check_data(args: argparse.Namespace) -> int:
+    from .data.manifests import check_data
+
+    checks = check_data(args.dataset, args.root)
+    for c in checks:
+        print(f"{c.status:>9}  {c.item}: {c.detail}")
+    bad = [c for c in checks if c.status in ("missing", "malformed")]
+    print(f"{args.dataset} at {args.root}: " + ("complete" if all(c.status in ("ok", "optional") for c in checks)
+                                                 else f"{len(bad)} problem(s)" if bad else "usable, partial copy"))
+    return 1 if bad else 0
 
 
 def _cmd_init_model(args: argparse.Namespace) -> int:
@@ -208,6 +239,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_mdm_options(p)
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("evaluate", help="score prototype localisation against ground truth (NIH, CUB, synthetic)",
+                       description="For each image and ground-truth finding, localize the prototypes of its class "
+                       "with every method and write results.csv (long format), summary.csv/.md (the paper's "
+                       "tables), metrics_vs_percentile.png and deletion_insertion.png.")
+    p.add_argument("--dataset", required=True, choices=("synthetic", "nih", "cub"))
+    p.add_argument("--root", help="your copy of the dataset (nih, cub); check it with protomdm check-data")
+    p.add_argument("--ckpt", required=True, help="protomdm checkpoint trained on that dataset's classes")
+    p.add_argument("--methods", default="upsample,mdm", help="comma-separated: upsample, mdm, gradcam, gradcampp, "
+                   "scorecam, ablationcam, xgradcam, layercam, eigencam, hirescam (default upsample,mdm)")
+    p.add_argument("--percentiles", default="70,80,90,95", help="comma-separated (default 70,80,90,95)")
+    p.add_argument("--limit", type=int, help="at most N images (synthetic: default 50)")
+    p.add_argument("--prototype-policy", choices=("first", "best-dice", "all-of-class"),
+                   help="which of the class's prototypes (default: best-dice on nih, first otherwise)")
+    p.add_argument("--seed", type=int, default=1, help="picks the synthetic images (default 1: the shipped configs' "
+                   "test set, as their training data uses seed 0) and the stability noise")
+    p.add_argument("--truth", default="segmentation", choices=("segmentation", "parts", "bbox"),
+                   help="CUB ground truth (default segmentation)")
+    p.add_argument("--part-half-width", type=int, default=16, help="CUB part squares' half side, original pixels")
+    p.add_argument("--no-faithfulness", action="store_true", help="skip Average Drop/Increase and "
+                   "deletion/insertion (faster)")
+    p.add_argument("--deletion-steps", type=int, default=16, help="deletion/insertion curve steps (default 16)")
+    p.add_argument("--faithfulness-baseline", default="zero", choices=("zero", "blur", "mean"),
+                   help="what removed pixels become in deletion/insertion (default zero = the normalisation mean)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--overwrite", action="store_true", help="start over in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_mdm_options(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("check-data", help="check a copy of NIH ChestX-ray14 or CUB-200-2011 against its manifest",
+                       description="Compares the files, columns and row counts of your copy with "
+                       "data_manifests/DATASET.yaml and says what is missing; exit 1 if something needed is.")
+    p.add_argument("--dataset", required=True, choices=("nih", "cub"))
+    p.add_argument("--root", required=True, help="the folder you unpacked the dataset into")
+    p.set_defaults(func=_cmd_check_data)
 
     p = sub.add_parser("init-model", help="write an untrained checkpoint (smoke tests, your own training loop)")
     p.add_argument("--model", required=True, choices=("protopnet", "xprotonet"))

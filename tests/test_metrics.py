@@ -50,3 +50,84 @@ def test_mask_box_exclusive_ends():
     m = box_mask((2, 1, 5, 3), (6, 8))
     assert mask_box(m) == (2, 1, 5, 3)
     assert mask_box(np.zeros((3, 3), bool)) is None
+
+
+def test_mask_metrics_match_scikit_learn():
+    sk = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        truth = rng.random((16, 20)) < 0.3
+        heat = rng.random((16, 20))
+        masks = top_percentile_mask(heat, [70, 90])
+        for m in masks:
+            y, p = truth.ravel(), m.ravel()
+            assert dice(m, truth) == pytest.approx(sk.f1_score(y, p))
+            assert iou(m, truth) == pytest.approx(sk.jaccard_score(y, p))
+            assert ppv(m, truth) == pytest.approx(sk.precision_score(y, p))
+            assert sensitivity(m, truth) == pytest.approx(sk.recall_score(y, p))
+        np.testing.assert_allclose(dice(masks, truth), [sk.f1_score(truth.ravel(), m.ravel()) for m in masks])
+
+
+def test_pointing_game():
+    from protomdm.evaluation.metrics import pointing_game
+
+    truth = box_mask((4, 4, 6, 6), (10, 10))
+    h = np.zeros((10, 10))
+    h[5, 5] = 1
+    assert pointing_game(h, truth)
+    h[5, 5], h[0, 9] = 0.5, 1  # maximum far from the box
+    assert not pointing_game(h, truth) and not pointing_game(h, truth, tolerance=3)
+    h[0, 9], h[2, 8] = 0, 1  # 2 px from the box (Chebyshev)
+    assert not pointing_game(h, truth, tolerance=1) and pointing_game(h, truth, tolerance=2)
+    assert not pointing_game(h, np.zeros((10, 10), bool), tolerance=20)
+
+
+def test_average_drop_and_increase_by_hand():
+    from protomdm.evaluation.metrics import average_drop, average_increase
+
+    full = np.array([1.0, 2.0, 4.0, 0.0])
+    masked = np.array([0.5, 3.0, 1.0, 5.0])  # drops 50%, 0% (increase), 75%; the last has no evidence: left out
+    assert average_drop(full, masked) == pytest.approx(100 * (0.5 + 0 + 0.75) / 3)
+    assert average_increase(full, masked) == pytest.approx(100 * 2 / 4)
+
+
+def test_curve_auc_and_deletion_insertion_by_hand():
+    import torch
+
+    from protomdm.evaluation.faithfulness import deletion_insertion, heatmap_masked_scores
+    from protomdm.evaluation.metrics import curve_auc
+
+    assert curve_auc(np.linspace(1, 0, 11)) == pytest.approx(0.5)
+    assert curve_auc(np.ones(3)) == pytest.approx(1.0)
+    x = torch.zeros(1, 4, 4)
+    x[0, :2, :2] = 1.0  # evidence: the top-left 2x2 block
+    score = lambda t: t.sum((1, 2, 3))  # noqa: E731
+    good = np.zeros((4, 4))
+    good[:2, :2] = 1
+    dele, ins = deletion_insertion(score, x, good, steps=4)  # 4 pixels per step, the block first
+    np.testing.assert_allclose(dele, [4, 0, 0, 0, 0])
+    np.testing.assert_allclose(ins, [0, 4, 4, 4, 4])
+    bad = 1 - good
+    dele, ins = deletion_insertion(score, x, bad, steps=4)
+    np.testing.assert_allclose(dele, [4, 4, 4, 4, 0])
+    np.testing.assert_allclose(heatmap_masked_scores(score, x, np.stack([good, bad, good / 2])), [4, 0, 2])
+
+
+def test_part_hits_consistency_stability_by_hand():
+    from protomdm.evaluation.metrics import part_consistency, part_hits, part_stability
+
+    region = box_mask((0, 0, 5, 5), (10, 10))
+    parts = np.array([[2, 2, 1], [8, 8, 1], [3, 1, 0]])  # in, out, in-but-invisible
+    np.testing.assert_array_equal(part_hits(region, parts), [True, False, False])
+    # 2 prototypes x 5 images x 2 parts: prototype 0 covers part 0 in 4 of 5 images, prototype 1 in 3 of 5
+    hits = np.zeros((2, 5, 2), bool)
+    hits[0, :4, 0] = True
+    hits[1, :3, 0] = True
+    vis = np.ones((5, 2), bool)
+    assert part_consistency(hits, vis, 0.8) == pytest.approx(50.0)
+    vis2 = vis.copy()
+    vis2[4, 0] = False  # part 0 invisible where prototype 0 missed it: 4 of 4
+    assert part_consistency(hits, vis2, 0.8) == pytest.approx(50.0)
+    noisy = hits.copy()
+    noisy[0, 0, 1] = True  # one image of prototype 0 changes its parts under noise
+    assert part_stability(hits, noisy) == pytest.approx(100 * (4 / 5 + 1) / 2)

@@ -1,5 +1,6 @@
 """CUB-200-2011 as its publisher ships it (``images.txt``, ``image_class_labels.txt``, ``train_test_split.txt``,
-``classes.txt``, ``bounding_boxes.txt``, ``images/``)."""
+``classes.txt``, ``bounding_boxes.txt``, ``parts/parts.txt``, ``parts/part_locs.txt``, ``images/``) and its separate
+segmentations (``segmentations/<class>/<image>.png``, at the root or beside it)."""
 
 from __future__ import annotations
 
@@ -66,3 +67,39 @@ class CUBDataset(Dataset):
         t = torch.from_numpy(np.ascontiguousarray(px.transpose(2, 0, 1)))[None]
         t = F.interpolate(t, size=self.img_size, mode="bilinear", align_corners=False, antialias=True)[0]
         return t.clamp(0, 1), label, torch.zeros(1, *self.img_size, dtype=torch.uint8)
+
+
+def read_parts(root: str | Path) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Part names (``parts/parts.txt``, 15) and, per image id, the ``(15, 3)`` array of x, y, visible from
+    ``parts/part_locs.txt`` (original image pixels; invisible parts have x = y = 0)."""
+    root = Path(root)
+    names = [name for _, name in read_table(root / "parts" / "parts.txt", 2)]
+    locs: dict[str, list[list[float]]] = {}
+    path = root / "parts" / "part_locs.txt"
+    for n, (image_id, part, x, y, vis) in enumerate(read_table(path, 5), 1):
+        try:
+            k, row = int(part) - 1, [float(x), float(y), float(vis)]
+        except ValueError:
+            raise UserError(f"{path}: a row for image {image_id} has a non-number ({part} {x} {y} {vis})") from None
+        if not 0 <= k < len(names):
+            raise UserError(f"{path}: image {image_id} names part {part}, but parts.txt has {len(names)} parts")
+        locs.setdefault(image_id, [[0.0, 0.0, 0.0] for _ in names])[k] = row
+    return names, {i: np.asarray(v, np.float64) for i, v in locs.items()}
+
+
+def find_segmentations(root: Path) -> Path | None:
+    """The segmentation folder: ``root/segmentations`` or ``root/../segmentations`` (as the two archives unpack)."""
+    for p in (root / "segmentations", root.parent / "segmentations"):
+        if p.is_dir():
+            return p
+    return None
+
+
+def part_mask(parts: np.ndarray, size: tuple[int, int], half_width: int) -> np.ndarray:
+    """``(H, W)`` bool: a ``(2 half_width + 1)``-pixel square around each visible part location."""
+    m = np.zeros(size, bool)
+    for x, y, vis in parts:
+        if vis > 0:
+            xi, yi = int(np.floor(x)), int(np.floor(y))
+            m[max(0, yi - half_width):max(0, yi + half_width + 1), max(0, xi - half_width):max(0, xi + half_width + 1)] = True
+    return m

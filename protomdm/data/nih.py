@@ -1,9 +1,10 @@
-"""NIH ChestX-ray14 as its publisher ships it (``Data_Entry_2017.csv``, ``train_val_list.txt``, ``test_list.txt``,
-images under ``images*/images/`` or flat)."""
+"""NIH ChestX-ray14 as its publisher ships it (``Data_Entry_2017.csv``, ``BBox_List_2017.csv``, ``train_val_list.txt``,
+``test_list.txt``, images under ``images*/images/`` or flat)."""
 
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,64 @@ from .images import read_image
 FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
             "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia")
 BOX_NAME_TO_LABEL = {"Infiltrate": "Infiltration"}  # the box list and the label list spell this one differently
+BOX_FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
+                "Pneumothorax")  # the 8 findings with boxes, in the label list's spelling
+IMAGE_SIZE = (1024, 1024)  # the published PNGs' size, the frame of the boxes
+
+
+@dataclass(frozen=True)
+class NIHBox:
+    """One row of ``BBox_List_2017.csv``: a finding's box on an image, in the 1024x1024 image's pixels."""
+
+    image: str
+    finding: str  # label-list spelling ("Infiltration")
+    x: float
+    y: float
+    w: float
+    h: float
+    line: int
+
+    def scaled(self, size: tuple[int, int], original: tuple[int, int] = IMAGE_SIZE) -> tuple[int, int, int, int]:
+        """The box ``(x0, y0, x1, y1)`` (exclusive ends) in an image resized from ``original`` to ``size`` (H, W),
+        rounded outwards so it covers every pixel the box touches."""
+        sy, sx = size[0] / original[0], size[1] / original[1]
+        x0, y0 = int(np.floor(self.x * sx)), int(np.floor(self.y * sy))
+        x1, y1 = int(np.ceil((self.x + self.w) * sx)), int(np.ceil((self.y + self.h) * sy))
+        return max(0, x0), max(0, y0), min(size[1], x1), min(size[0], y1)
+
+
+def read_boxes(path: str | Path) -> list[NIHBox]:
+    """Rows of ``BBox_List_2017.csv``: header ``Image Index,Finding Label,Bbox [x,y,w,h],,,`` then
+    ``name,finding,x,y,w,h`` (trailing empty columns allowed). A malformed row names its line number."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"missing dataset file: {path}")
+    boxes = []
+    with path.open(newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, [])
+        if header[:2] != ["Image Index", "Finding Label"]:
+            raise UserError(f"{path}: expected the columns 'Image Index,Finding Label,Bbox [x,y,w,h]', got "
+                            f"{','.join(header[:3])}")
+        for row in reader:
+            n = reader.line_num
+            while row and not row[-1].strip():
+                row = row[:-1]
+            if not row:
+                continue
+            if len(row) != 6:
+                raise UserError(f"{path}, line {n}: expected 6 values (image, finding, x, y, w, h), got {len(row)}")
+            finding = BOX_NAME_TO_LABEL.get(row[1], row[1])
+            if finding not in FINDINGS:
+                raise UserError(f"{path}, line {n}: unknown finding {row[1]!r}")
+            try:
+                x, y, w, h = (float(v) for v in row[2:])
+            except ValueError:
+                raise UserError(f"{path}, line {n}: box values must be numbers, got {row[2:]}") from None
+            if w <= 0 or h <= 0:
+                raise UserError(f"{path}, line {n}: box width and height must be positive, got {w} x {h}")
+            boxes.append(NIHBox(row[0], finding, x, y, w, h, n))
+    return boxes
 
 
 def find_images(root: Path) -> dict[str, Path]:

@@ -121,3 +121,71 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
             greater = (pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()
             out[c] = greater / (len(pos) * len(neg))
     return out
+
+
+def pointing_game(heatmap: np.ndarray, truth: np.ndarray, tolerance: int = 0) -> bool:
+    """Pointing game hit (Zhang et al. 2016): the heatmap's maximum (first in raster order when tied) lies in
+    ``truth``, or within ``tolerance`` pixels of it (Chebyshev distance; the original uses 15 px). An empty truth
+    is a miss."""
+    h = np.asarray(heatmap)
+    y, x = np.unravel_index(int(np.argmax(h)), h.shape)
+    t = np.asarray(truth, dtype=bool)
+    r = int(tolerance)
+    return bool(t[max(0, y - r):y + r + 1, max(0, x - r):x + r + 1].any())
+
+
+def average_drop(full: np.ndarray, masked: np.ndarray) -> float:
+    """Average Drop in % (Chattopadhyay et al. 2018): ``100 * mean(max(0, Y - O) / Y)`` over explanations, with
+    ``Y`` the score on the image and ``O`` on the image multiplied by the heatmap. Lower is better. Entries with
+    ``Y <= 0`` (no evidence to keep) are left out; NaN if none remain."""
+    y, o = np.asarray(full, np.float64).ravel(), np.asarray(masked, np.float64).ravel()
+    ok = y > 0
+    return float(100 * np.mean(np.maximum(0.0, y[ok] - o[ok]) / y[ok])) if ok.any() else float("nan")
+
+
+def average_increase(full: np.ndarray, masked: np.ndarray) -> float:
+    """Increase in Confidence in % (Chattopadhyay et al. 2018): how often ``O > Y``. Higher is better."""
+    y, o = np.asarray(full, np.float64).ravel(), np.asarray(masked, np.float64).ravel()
+    return float(100 * np.mean(o > y)) if y.size else float("nan")
+
+
+def curve_auc(curve: np.ndarray) -> np.ndarray | float:
+    """Area under deletion/insertion curve(s) ``(..., S + 1)`` sampled at fractions ``0, 1/S, ..., 1`` of the
+    pixels (trapezoid rule, x from 0 to 1). Deletion: lower is better; insertion: higher is better."""
+    c = np.asarray(curve, np.float64)
+    out = (c[..., 1:] + c[..., :-1]).sum(-1) / (2 * (c.shape[-1] - 1))
+    return out if out.ndim else float(out)
+
+
+def part_hits(region: np.ndarray, parts: np.ndarray) -> np.ndarray:
+    """Which object parts a prototype's region covers: ``(K,)`` bool, part ``k`` hit if it is visible and its
+    keypoint lies in ``region (H, W)``. ``parts``: ``(K, 3)`` rows of x, y (pixels of ``region``), visible (0/1)."""
+    parts = np.asarray(parts, np.float64).reshape(-1, 3)
+    h, w = region.shape
+    xi, yi = np.floor(parts[:, 0]).astype(int), np.floor(parts[:, 1]).astype(int)
+    inside = (parts[:, 2] > 0) & (xi >= 0) & (yi >= 0) & (xi < w) & (yi < h)
+    hits = np.zeros(len(parts), bool)
+    hits[inside] = np.asarray(region, bool)[yi[inside], xi[inside]]
+    return hits
+
+
+def part_consistency(hits: np.ndarray, visible: np.ndarray, threshold: float = 0.8) -> float:
+    """Consistency score (Huang et al., ICCV 2023) in %: the share of prototypes that cover one same part in at least
+    ``threshold`` of the images (of their class) where that part is visible.
+
+    Args:
+        hits: ``(P, N, K)`` bool, prototype x image x part (see :func:`part_hits`).
+        visible: ``(P, N, K)`` or ``(N, K)`` bool.
+    """
+    hits = np.asarray(hits, bool)
+    vis = np.broadcast_to(np.asarray(visible, bool), hits.shape)
+    n_vis = vis.sum(1)
+    freq = np.where(n_vis > 0, (hits & vis).sum(1) / np.maximum(n_vis, 1), 0.0)  # (P, K)
+    return float(100 * np.mean(freq.max(-1) >= threshold)) if len(hits) else float("nan")
+
+
+def part_stability(hits: np.ndarray, hits_perturbed: np.ndarray) -> float:
+    """Stability score (Huang et al., ICCV 2023) in %: how often a prototype covers exactly the same parts after the
+    image is perturbed (e.g. Gaussian noise), averaged over images, then prototypes. Both ``(P, N, K)`` bool."""
+    a, b = np.asarray(hits, bool), np.asarray(hits_perturbed, bool)
+    return float(100 * np.mean(np.all(a == b, -1).mean(-1))) if a.size else float("nan")

@@ -1,0 +1,376 @@
+"""``protomdm evaluate``: localize the prototypes of each ground-truth finding with every method and score them.
+
+Writes to the output folder:
+
+- ``results.csv``: one row per (image, finding, prototype, method, percentile, metric) with its value: Dice, IoU,
+  PPV and sensitivity of the top-percentile mask per percentile, and, percentile-free, the pointing game (0/1), the
+  score on the image and on the image blended by the heatmap (Average Drop/Increase's ``Y`` and ``O``), and the
+  deletion and insertion AUC (curves normalised by the unmasked score). On CUB also the parts each prototype's
+  region covers, on the image and under noise (part consistency and stability).
+- ``curves.csv``: the deletion/insertion curves.
+- ``summary.csv`` and ``summary.md``: means per method x percentile (per finding too on NIH), in the layout of
+  the MDM paper's tables; ``metrics_vs_percentile.png`` (its Figure 5) and ``deletion_insertion.png``.
+- ``skipped.txt``: images listed by the dataset but missing or unreadable.
+
+A run is resumable: rows are appended per (image, finding, method) once complete, and ``resume`` skips those.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from ..config import MDMConfig
+from ..data.images import model_input
+from ..errors import UserError
+from ..explain import MDMLocalizer, PrototypeSelector, UpsampleLocalizer
+from ..explain.cam import CAM_METHODS, CAMLocalizer
+from ..explain.localization import model_device
+from ..models import PrototypeModel, load_model
+from ..report.figures import atomic_write
+from . import metrics as M
+from .faithfulness import deletion_insertion, heatmap_masked_scores
+from .samples import EvalSample, Skipped, cub_samples, nih_samples, synthetic_samples
+
+DATASETS = ("synthetic", "nih", "cub")
+METHODS = ("upsample", "mdm", *CAM_METHODS)
+POLICIES = ("first", "best-dice", "all-of-class")
+COLUMNS = ("image", "finding", "prototype", "method", "percentile", "metric", "value")
+MASK_METRICS = tuple(M.MASK_METRICS)
+
+
+@dataclass
+class EvalResult:
+    out_dir: Path
+    images: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+    summary: list[dict] = field(default_factory=list)
+
+
+def make_localizer(method: str, mdm: MDMConfig | None):
+    if method == "mdm":
+        return MDMLocalizer(mdm)
+    if method == "upsample":
+        return UpsampleLocalizer()
+    return CAMLocalizer(method)
+
+
+def parse_methods(text: str | Sequence[str]) -> list[str]:
+    methods = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise UserError(f"unknown method(s) {', '.join(bad) or '(none)'}; choose from {', '.join(METHODS)}")
+    return methods
+
+
+def parse_percentiles(text: str | Sequence[float]) -> list[float]:
+    try:
+        ps = [float(p) for p in (text.split(",") if isinstance(text, str) else text)]
+    except ValueError:
+        raise UserError(f"percentiles must be numbers separated by commas, got {text!r}") from None
+    if not ps or any(not 0 < p < 100 for p in ps):
+        raise UserError(f"percentiles must lie strictly between 0 and 100, got {text!r}")
+    return sorted(set(ps))
+
+
+def _samples(dataset: str, root: str | Path | None, model: PrototypeModel, limit: int | None, seed: int,
+             truth: str, part_half_width: int) -> Iterable[EvalSample | Skipped]:
+    cfg = model.config
+    if dataset == "synthetic":
+        return synthetic_samples(cfg, limit or 50, seed, multilabel=cfg.architecture == "xprotonet")
+    if root is None:
+        raise UserError(f"--dataset {dataset} needs --root (the folder of your copy)")
+    if not Path(root).is_dir():
+        raise UserError(f"--root {root} is not a folder")
+    if dataset == "nih":
+        return nih_samples(root, cfg, limit)
+    if dataset == "cub":
+        return cub_samples(root, cfg, truth, part_half_width, limit)
+    raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.6g}"
+
+
+class _Scorer:
+    """Scores one localization against one finding; holds the shared settings."""
+
+    def __init__(self, model: PrototypeModel, percentiles: list[float], faithfulness: bool, steps: int,
+                 baseline: str, parts: bool) -> None:
+        self.model, self.percentiles, self.faithfulness = model, percentiles, faithfulness
+        self.steps, self.baseline, self.parts = steps, baseline, parts
+        self.region_percentile = 90.0 if 90.0 in percentiles else percentiles[len(percentiles) // 2]
+
+    def rows(self, x: torch.Tensor, heat: np.ndarray, score: float, finding, j: int,
+             noisy_heat: np.ndarray | None) -> tuple[list[tuple], list[tuple]]:
+        """``(metric rows (percentile, metric, value), curve rows (kind, values))`` for prototype ``j``."""
+        out, curves = [], []
+        vals = M.localisation_scores(heat, finding.truth, self.percentiles)
+        for i, p in enumerate(self.percentiles):
+            out += [(p, m, float(vals[m][i])) for m in MASK_METRICS]
+        out.append(("", "pointing_game", float(M.pointing_game(heat, finding.truth))))
+        if self.faithfulness:
+            sel = PrototypeSelector(self.model, j)
+            out.append(("", "score", score))
+            out.append(("", "score_heatmap_masked", float(heatmap_masked_scores(sel, x[0], heat[None],
+                                                                               self.baseline)[0])))
+            dele, ins = deletion_insertion(sel, x[0], heat, self.steps, self.baseline)
+            full = score if abs(score) > 1e-12 else 1.0
+            dele, ins = dele / full, ins / full
+            out += [("", "deletion_auc", M.curve_auc(dele)), ("", "insertion_auc", M.curve_auc(ins))]
+            curves += [("deletion", dele), ("insertion", ins)]
+        if self.parts and finding.parts is not None:
+            region = M.top_percentile_mask(heat, self.region_percentile)
+            bits = lambda h: "".join("1" if b else "0" for b in h)  # noqa: E731
+            out.append((self.region_percentile, "part_hits", bits(M.part_hits(region, finding.parts))))
+            out.append((self.region_percentile, "part_visible", bits(finding.parts[:, 2] > 0)))
+            if noisy_heat is not None:
+                noisy = M.top_percentile_mask(noisy_heat, self.region_percentile)
+                out.append((self.region_percentile, "part_hits_noisy", bits(M.part_hits(noisy, finding.parts))))
+        return out, curves
+
+
+def evaluate(ckpt: str | Path, out_dir: str | Path, *, dataset: str = "synthetic", root: str | Path | None = None,
+             methods: Sequence[str] = ("upsample", "mdm"), percentiles: Sequence[float] = (70, 80, 90, 95),
+             limit: int | None = None, prototype_policy: str | None = None, seed: int = 1,
+             mdm: MDMConfig | None = None, truth: str = "segmentation", part_half_width: int = 16,
+             faithfulness: bool = True, deletion_steps: int = 16, baseline: str = "zero",
+             stability_noise: float = 0.2, device: str = "cpu", resume: bool = False, overwrite: bool = False,
+             progress: bool = True) -> EvalResult:
+    """Evaluate prototype localisation on a dataset; see the module docstring for what is written.
+
+    ``prototype_policy``: ``first`` (the first prototype of the finding's class, as the MDM paper does on CUB),
+    ``best-dice`` (the class's prototype with the best mean Dice over the percentiles, as it does on NIH) or
+    ``all-of-class``; default ``best-dice`` on NIH, else ``first``. ``seed`` picks the synthetic images.
+    """
+    from tqdm.auto import tqdm
+
+    from ..pipeline import resolve_device
+
+    methods = parse_methods(methods)
+    percentiles = parse_percentiles(percentiles)
+    policy = prototype_policy or ("best-dice" if dataset == "nih" else "first")
+    if policy not in POLICIES:
+        raise UserError(f"unknown prototype policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    if dataset not in DATASETS:
+        raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    model = load_model(ckpt, resolve_device(device)).eval()
+    samples = _samples(dataset, root, model, limit, seed, truth, part_half_width)
+    out = Path(out_dir)
+    results, curves_csv = out / "results.csv", out / "curves.csv"
+    if results.exists() and not (resume or overwrite):
+        raise UserError(f"{results} exists from an earlier run; pass --resume to finish it or --overwrite to redo it")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create output folder {out}: {e.strerror}") from None
+    done = _done_keys(results) if resume else set()
+    if not resume:
+        for path, cols in ((results, COLUMNS), (curves_csv, ("image", "finding", "prototype", "method", "curve",
+                                                             "values"))):
+            atomic_write(path, lambda tmp, cols=cols: Path(tmp).write_text(",".join(cols) + "\n"))
+    parts = dataset == "cub"
+    scorer = _Scorer(model, percentiles, faithfulness, deletion_steps, baseline, parts)
+    localizers = {m: make_localizer(m, mdm) for m in methods}
+    res = EvalResult(out)
+    gen = torch.Generator().manual_seed(seed)
+    bar = tqdm(samples, total=limit, desc=f"evaluate {dataset}", unit="img", disable=not progress)
+    for sample in bar:
+        if isinstance(sample, Skipped):
+            res.skipped.append(sample)
+            continue
+        res.images += 1
+        x = model_input(sample.pixels[None].to(model_device(model)), model.config)
+        noisy_x = x + stability_noise * torch.randn(x.shape, generator=gen).to(x.device) if parts else None
+        for finding in sample.findings:
+            own = model.prototypes_of_class(finding.class_index)
+            protos = own[:1] if policy == "first" else own
+            for method in methods:
+                key = (sample.id, finding.name, method)
+                if key in done:
+                    continue
+                sel = PrototypeSelector(model, protos)
+                locs = localizers[method].localize_many(x, sel)[0]
+                noisy = localizers[method].localize_many(noisy_x, sel)[0] if noisy_x is not None else None
+                per_proto = {}
+                for k, (j, loc) in enumerate(zip(protos, locs)):
+                    per_proto[j] = scorer.rows(x, loc.heatmap, float(loc.score or 0.0), finding, j,
+                                               noisy[k].heatmap if noisy else None)
+                if policy == "best-dice":
+                    best = max(per_proto, key=lambda j: np.mean([v for p, m, v in per_proto[j][0] if m == "dice"]))
+                    per_proto = {best: per_proto[best]}
+                _append(results, [(sample.id, finding.name, j, method, p if p == "" else f"{p:g}", m,
+                                   v if isinstance(v, str) else _fmt(v))
+                                  for j, (rows, _) in per_proto.items() for p, m, v in rows])
+                _append(curves_csv, [(sample.id, finding.name, j, method, kind, " ".join(_fmt(v) for v in c))
+                                     for j, (_, cs) in per_proto.items() for kind, c in cs])
+        bar.set_postfix(skipped=len(res.skipped))
+    if res.skipped:
+        atomic_write(out / "skipped.txt", lambda tmp: Path(tmp).write_text(
+            "".join(f"{s.id}\t{s.reason}\n" for s in res.skipped)))
+    res.summary = write_summary(out, dataset, len(res.skipped))
+    return res
+
+
+def _done_keys(results: Path) -> set[tuple[str, str, str]]:
+    if not results.exists():
+        raise UserError(f"--resume: {results} does not exist; run without --resume first")
+    with results.open(newline="") as f:
+        return {(r["image"], r["finding"], r["method"]) for r in csv.DictReader(f)}
+
+
+def _append(path: Path, rows: list[tuple]) -> None:
+    with path.open("a", newline="") as f:
+        csv.writer(f).writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def summarise(rows: list[dict[str, str]], by_finding: bool = False) -> list[dict]:
+    """Means of ``results.csv`` rows per (method, finding or "all", percentile, metric), plus Average Drop and
+    Increase, pointing-game accuracy and, with part rows, part consistency and stability."""
+    groups: dict[tuple, list[float]] = defaultdict(list)
+    pairs: dict[tuple, dict[str, float]] = defaultdict(dict)
+    part_rows: dict[tuple, dict[str, str]] = defaultdict(dict)
+    for r in rows:
+        findings = ("all", r["finding"]) if by_finding else ("all",)
+        unit = (r["image"], r["finding"], r["prototype"])
+        if r["metric"] in ("score", "score_heatmap_masked"):
+            for f in findings:
+                pairs[(r["method"], f, unit)][r["metric"]] = float(r["value"])
+        elif r["metric"].startswith("part_"):
+            part_rows[(r["method"], r["prototype"], r["image"])][r["metric"]] = r["value"]
+        else:
+            for f in findings:
+                groups[(r["method"], f, r["percentile"], r["metric"])].append(float(r["value"]))
+    out = [{"method": m, "finding": f, "percentile": p, "metric": k, "value": float(np.mean(v)), "n": len(v)}
+           for (m, f, p, k), v in sorted(groups.items())]
+    for m, f in sorted({(m, f) for m, f, _ in pairs}):
+        ys = [(d["score"], d["score_heatmap_masked"]) for (mm, ff, _), d in pairs.items() if (mm, ff) == (m, f)
+              and len(d) == 2]
+        y, o = np.array(ys).T if ys else (np.array([]), np.array([]))
+        out += [{"method": m, "finding": f, "percentile": "", "metric": "average_drop", "value": M.average_drop(y, o),
+                 "n": len(ys)},
+                {"method": m, "finding": f, "percentile": "", "metric": "average_increase",
+                 "value": M.average_increase(y, o), "n": len(ys)}]
+    for m in sorted({m for m, _, _ in part_rows}):
+        by_proto: dict[str, list[dict[str, str]]] = defaultdict(list)
+        for (mm, j, _), d in part_rows.items():
+            if mm == m:
+                by_proto[j].append(d)
+        bits = lambda s: [c == "1" for c in s]  # noqa: E731
+        hits = [[bits(d["part_hits"]) for d in ds] for ds in by_proto.values()]
+        vis = [[bits(d["part_visible"]) for d in ds] for ds in by_proto.values()]
+        cons = float(np.mean([M.part_consistency(np.array([h]), np.array([v])) for h, v in zip(hits, vis)]))
+        out.append({"method": m, "finding": "all", "percentile": "", "metric": "part_consistency", "value": cons,
+                    "n": len(hits)})
+        noisy = [[bits(d["part_hits_noisy"]) for d in ds if "part_hits_noisy" in d] for ds in by_proto.values()]
+        if all(len(a) == len(b) for a, b in zip(noisy, hits)):
+            stab = float(np.mean([M.part_stability(np.array([h]), np.array([n])) for h, n in zip(hits, noisy)]))
+            out.append({"method": m, "finding": "all", "percentile": "", "metric": "part_stability", "value": stab,
+                        "n": len(hits)})
+    return out
+
+
+def write_summary(out: Path, dataset: str, skipped: int = 0) -> list[dict]:
+    """summary.csv, summary.md and the two plots, from results.csv and curves.csv."""
+    rows = _read(out / "results.csv")
+    summary = summarise(rows, by_finding=dataset == "nih")
+
+    def write_csv(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, ["method", "finding", "percentile", "metric", "value", "n"])
+            w.writeheader()
+            w.writerows({**r, "value": _fmt(r["value"])} for r in summary)
+
+    atomic_write(out / "summary.csv", write_csv)
+    md = markdown_tables(summary, dataset, len({r["image"] for r in rows}), skipped)
+    atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(md))
+    if summary:
+        plot_metrics(out / "metrics_vs_percentile.png", summary)
+        curves = _read(out / "curves.csv")
+        if curves:
+            plot_curves(out / "deletion_insertion.png", curves)
+    return summary
+
+
+def markdown_tables(summary: list[dict], dataset: str, images: int, skipped: int) -> str:
+    methods = sorted({r["method"] for r in summary}, key=lambda m: METHODS.index(m) if m in METHODS else 99)
+    ps = sorted({r["percentile"] for r in summary if r["percentile"] != ""}, key=float)
+    get = {(r["method"], r["finding"], r["percentile"], r["metric"]): r["value"] for r in summary}
+    lines = [f"# Prototype localisation on {dataset}: {images} images evaluated, {skipped} skipped", ""]
+    for metric in MASK_METRICS:
+        lines += [f"## {metric} of the top-(100-p)% mask", "", "| method | " + " | ".join(f"p{float(p):g}" for p in ps) + " |",
+                  "|---|" + "---|" * len(ps)]
+        lines += [f"| {m} | " + " | ".join(f"{get.get((m, 'all', p, metric), float('nan')):.3f}" for p in ps) + " |"
+                  for m in methods]
+        lines.append("")
+    free = ["pointing_game", "average_drop", "average_increase", "deletion_auc", "insertion_auc", "part_consistency",
+            "part_stability"]
+    free = [k for k in free if any((m, "all", "", k) in get for m in methods)]
+    if free:
+        lines += ["## Faithfulness and parts (percentile-free)", "", "| method | " + " | ".join(free) + " |",
+                  "|---|" + "---|" * len(free)]
+        lines += [f"| {m} | " + " | ".join(f"{get.get((m, 'all', '', k), float('nan')):.3f}" for k in free) + " |"
+                  for m in methods]
+        lines.append("")
+    findings = sorted({r["finding"] for r in summary} - {"all"})
+    if findings:
+        lines += ["## Dice per finding", "", "| finding | method | " + " | ".join(f"p{float(p):g}" for p in ps) + " |",
+                  "|---|---|" + "---|" * len(ps)]
+        lines += [f"| {f} | {m} | " + " | ".join(f"{get.get((m, f, p, 'dice'), float('nan')):.3f}" for p in ps)
+                  + " |" for f in findings for m in methods]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_metrics(path: Path, summary: list[dict]) -> Path:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 3.2), dpi=100)
+    axes = fig.subplots(1, len(MASK_METRICS))
+    for ax, metric in zip(axes, MASK_METRICS):
+        for m in sorted({r["method"] for r in summary}):
+            pts = sorted((float(r["percentile"]), r["value"]) for r in summary if r["method"] == m and
+                         r["finding"] == "all" and r["metric"] == metric and r["percentile"] != "")
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=m)
+        ax.set_title(metric)
+        ax.set_xlabel("percentile p (top 100-p% kept)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def plot_curves(path: Path, curves: list[dict]) -> Path:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 3.2), dpi=100)
+    axes = dict(zip(("deletion", "insertion"), fig.subplots(1, 2)))
+    by: dict[tuple[str, str], list[np.ndarray]] = defaultdict(list)
+    for r in curves:
+        by[(r["method"], r["curve"])].append(np.array(r["values"].split(), float))
+    for (m, kind), cs in sorted(by.items()):
+        mean = np.mean(cs, 0)
+        axes[kind].plot(np.linspace(0, 1, len(mean)), mean, label=f"{m} (AUC {M.curve_auc(mean):.3f})")
+    for kind, ax in axes.items():
+        ax.set_title(f"{kind} (score / unmasked score)")
+        ax.set_xlabel("fraction of pixels " + ("removed" if kind == "deletion" else "restored"))
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))

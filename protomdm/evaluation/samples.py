@@ -1,0 +1,166 @@
+"""Evaluation samples: an image with the ground truth of each finding it carries, at the model's input size.
+
+Each source yields :class:`EvalSample` or, for an image listed but unreadable or missing, :class:`Skipped` with the
+reason, so an evaluation goes on and reports how many it skipped.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import ModelConfig
+from ..errors import UserError
+from .metrics import box_mask
+
+
+@dataclass
+class Finding:
+    """One ground-truth finding of a sample. ``truth``: ``(H, W)`` bool at the model's input size; ``parts``:
+    ``(K, 3)`` x, y, visible in the same pixels (CUB), else None."""
+
+    name: str
+    class_index: int
+    truth: np.ndarray
+    parts: np.ndarray | None = None
+
+
+@dataclass
+class EvalSample:
+    """``pixels``: ``(C, H, W)`` in [0, 1] at the model's input size."""
+
+    id: str
+    pixels: torch.Tensor
+    findings: list[Finding] = field(default_factory=list)
+
+
+@dataclass
+class Skipped:
+    id: str
+    reason: str
+
+
+def _resize(pixels: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """``(H, W)`` or ``(H, W, 3)`` in [0, 1] -> ``(C, h, w)`` at ``size``."""
+    t = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
+    t = t[None] if t.dim() == 2 else t.permute(2, 0, 1)
+    return F.interpolate(t[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0].clamp(0, 1)
+
+
+def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    t = torch.from_numpy(np.asarray(mask, np.float32))[None, None]
+    return F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].numpy() >= 0.5
+
+
+def synthetic_samples(config: ModelConfig, n: int, seed: int, multilabel: bool) -> Iterator[EvalSample]:
+    """Planted-lesion images of the model's classes (its class names must be synthetic shapes)."""
+    from ..data.synthetic import SHAPES, SyntheticLesions
+
+    if not set(config.class_names) <= set(SHAPES):
+        raise UserError(f"--dataset synthetic needs a model trained on synthetic shapes ({', '.join(SHAPES)}); "
+                        f"this one's classes are {', '.join(config.class_names)}")
+    data = SyntheticLesions(config.class_names, n=n, size=config.img_size[0], channels=config.in_channels,
+                            multilabel=multilabel, seed=seed)
+    for i in range(n):
+        s = data.sample(i)
+        yield EvalSample(f"synthetic-{seed}-{i:05d}", _resize(s.image.transpose(1, 2, 0), config.img_size),
+                         [Finding(config.class_names[k], k, _resize_mask(s.masks[k], config.img_size))
+                          for k in np.flatnonzero(s.labels)])
+
+
+def nih_samples(root: str | Path, config: ModelConfig, limit: int | None = None) -> Iterator[EvalSample | Skipped]:
+    """Images of ``BBox_List_2017.csv`` (in its order) with a box of a finding the model knows."""
+    from ..data.images import read_image
+    from ..data.nih import IMAGE_SIZE, find_images, read_boxes
+
+    root = Path(root)
+    by_image: OrderedDict[str, list] = OrderedDict()
+    for b in read_boxes(root / "BBox_List_2017.csv"):
+        if b.finding in config.class_names:
+            by_image.setdefault(b.image, []).append(b)
+    if not by_image:
+        raise UserError(f"none of the box list's findings is a class of this model ({', '.join(config.class_names)})")
+    images = find_images(root)
+    for k, (name, boxes) in enumerate(by_image.items()):
+        if limit is not None and k >= limit:
+            return
+        if name not in images:
+            yield Skipped(name, f"{name} is in BBox_List_2017.csv but not under {root}/images*")
+            continue
+        try:
+            px = read_image(images[name]).pixels
+        except UserError as e:
+            yield Skipped(name, str(e))
+            continue
+        findings: dict[str, Finding] = {}
+        for b in boxes:  # several boxes of one finding: their union
+            truth = box_mask(b.scaled(config.img_size, IMAGE_SIZE), config.img_size)
+            f = findings.setdefault(b.finding, Finding(b.finding, config.class_names.index(b.finding), truth))
+            f.truth = f.truth | truth
+        yield EvalSample(name, _resize(px, config.img_size), list(findings.values()))
+
+
+CUB_TRUTHS = ("segmentation", "parts", "bbox")
+
+
+def cub_samples(root: str | Path, config: ModelConfig, truth: str = "segmentation", part_half_width: int = 16,
+                limit: int | None = None, split: str = "test") -> Iterator[EvalSample | Skipped]:
+    """CUB images of the model's classes. Cropped to the bird's box, as ProtoPNet trains, for ``segmentation`` and
+    ``parts`` ground truth; whole images for ``bbox`` (in a crop the box would be the whole image).
+    ``part_half_width`` is in original-image pixels."""
+    from ..data.cub import find_segmentations, part_mask, read_parts, read_table
+    from ..data.images import read_image
+
+    if truth not in CUB_TRUTHS:
+        raise UserError(f"CUB ground truth must be one of {', '.join(CUB_TRUTHS)}, got {truth!r}")
+    root = Path(root)
+    classes = dict(read_table(root / "classes.txt", 2))
+    paths = dict(read_table(root / "images.txt", 2))
+    labels = dict(read_table(root / "image_class_labels.txt", 2))
+    is_train = dict(read_table(root / "train_test_split.txt", 2))
+    boxes = {i: tuple(map(float, b)) for i, *b in read_table(root / "bounding_boxes.txt", 5)}
+    _, parts = read_parts(root)
+    seg_dir = find_segmentations(root)
+    if truth == "segmentation" and seg_dir is None:
+        raise UserError(f"no segmentations/ folder at {root} or beside it (CUB ships them as a separate archive); "
+                        "use --truth parts or --truth bbox, or unpack segmentations.tgz")
+    want = {"train": "1", "test": "0"}.get(split)
+    ids = [i for i in paths if (want is None or is_train.get(i) == want) and classes.get(labels.get(i)) in
+           config.class_names]
+    for k, i in enumerate(ids[:limit] if limit is not None else ids):
+        rel = paths[i]
+        try:
+            px = read_image(root / "images" / rel).pixels
+            h, w = px.shape[:2]
+            if truth == "segmentation":
+                seg = read_image(seg_dir / Path(rel).with_suffix(".png")).pixels
+                full = (seg if seg.ndim == 2 else seg.mean(-1)) >= 0.5
+            elif truth == "parts":
+                full = part_mask(parts.get(i, np.zeros((0, 3))), (h, w), part_half_width)
+            else:
+                x, y, bw, bh = boxes[i]
+                full = box_mask((int(x), int(y), int(np.ceil(x + bw)), int(np.ceil(y + bh))), (h, w))
+        except (UserError, KeyError) as e:
+            yield Skipped(rel, str(e) if isinstance(e, UserError) else f"{rel}: no {e.args[0]} entry")
+            continue
+        x0, y0, x1, y1 = 0, 0, w, h
+        if truth != "bbox" and i in boxes:
+            x, y, bw, bh = boxes[i]
+            x0, y0, x1, y1 = int(x), int(y), min(w, int(np.ceil(x + bw))), min(h, int(np.ceil(y + bh)))
+        p = parts.get(i)
+        if p is not None:  # part locations into the crop's, then the input's pixels
+            p = p.copy()
+            p[:, 0] = (p[:, 0] - x0) * config.img_size[1] / (x1 - x0)
+            p[:, 1] = (p[:, 1] - y0) * config.img_size[0] / (y1 - y0)
+        c = config.class_names.index(classes[labels[i]])
+        crop = px[y0:y1, x0:x1]
+        if config.in_channels == 3 and crop.ndim == 2:
+            crop = np.repeat(crop[..., None], 3, -1)
+        yield EvalSample(rel, _resize(crop, config.img_size),
+                         [Finding(classes[labels[i]], c, _resize_mask(full[y0:y1, x0:x1], config.img_size), p)])

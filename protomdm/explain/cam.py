@@ -1,0 +1,125 @@
+"""The Grad-CAM family, from the maintained ``grad-cam`` package (pytorch-grad-cam), behind our Localizer interface.
+
+Any selector becomes a "classifier" whose outputs are its targets, so Grad-CAM explains a prototype's score exactly
+as it explains a class logit. :func:`default_target_layers` picks the layer the package's docs recommend for
+torchvision CNNs and Transformers (with the token reshape for ViT and Swin) and the backbone of our prototype
+networks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .localization import Localization, Localizer, eval_mode, model_device
+
+CAM_METHODS = {"gradcam": "GradCAM", "gradcampp": "GradCAMPlusPlus", "scorecam": "ScoreCAM",
+               "ablationcam": "AblationCAM", "xgradcam": "XGradCAM", "layercam": "LayerCAM",
+               "eigencam": "EigenCAM", "hirescam": "HiResCAM"}
+
+
+def _import_cam():
+    try:
+        import pytorch_grad_cam
+    except ImportError:
+        raise UserError("the Grad-CAM methods need the grad-cam package: pip install 'protomdm[cam]'") from None
+    return pytorch_grad_cam
+
+
+class _SelectorAsClassifier(nn.Module):
+    """``forward(x) -> (B, K)``: the selector's targets, maps averaged, as if they were class logits."""
+
+    def __init__(self, selector) -> None:
+        super().__init__()
+        self.selector = selector
+        self.model = selector.model  # registered, so hooks and .eval() reach it
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.selector.targets(x)
+        return t.flatten(2).mean(-1) if t.dim() > 2 else t
+
+
+def vit_reshape(tokens: torch.Tensor) -> torch.Tensor:
+    """ViT tokens ``(B, 1 + h*w, C)`` -> ``(B, C, h, w)`` (class token dropped)."""
+    b, n, c = tokens.shape
+    side = int(round((n - 1) ** 0.5))
+    return tokens[:, 1:].reshape(b, side, side, c).permute(0, 3, 1, 2)
+
+
+def swin_reshape(tokens: torch.Tensor) -> torch.Tensor:
+    """torchvision Swin activations ``(B, h, w, C)`` -> ``(B, C, h, w)``."""
+    return tokens.permute(0, 3, 1, 2)
+
+
+def default_target_layers(model: nn.Module) -> tuple[list[nn.Module], Callable | None]:
+    """The layer(s) to take activations and gradients from, and the reshape transform they need."""
+    from torchvision import models as tvm
+
+    if hasattr(model, "prototype_class_identity") and hasattr(model, "features"):
+        return [model.features], None  # our prototype networks: the backbone's output
+    if isinstance(model, tvm.ResNet):
+        return [model.layer4[-1]], None
+    if isinstance(model, (tvm.DenseNet, tvm.VGG, tvm.EfficientNet, tvm.MobileNetV2, tvm.MobileNetV3,
+                          tvm.ConvNeXt)):
+        return [model.features[-1]], None
+    if isinstance(model, tvm.VisionTransformer):
+        return [model.encoder.layers[-1].ln_1], vit_reshape
+    if isinstance(model, tvm.SwinTransformer):
+        return [model.features[-1][-1].norm1], swin_reshape
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise UserError(f"cannot choose a Grad-CAM layer for {type(model).__name__}: pass target_layers")
+    return [convs[-1]], None
+
+
+class CAMLocalizer(Localizer):
+    """Grad-CAM, Grad-CAM++, Score-CAM, Ablation-CAM, ... of a selector's targets.
+
+    Args:
+        method: a key of :data:`CAM_METHODS`.
+        target_layers: modules of the selector's model; default :func:`default_target_layers`.
+        reshape_transform: for token-shaped activations (ViT, Swin); default chosen with the layers.
+        batch_size: forward batch of Score-CAM and Ablation-CAM.
+    """
+
+    def __init__(self, method: str = "gradcam", target_layers: Sequence[nn.Module] | None = None,
+                 reshape_transform: Callable | None = None, batch_size: int = 32) -> None:
+        if method not in CAM_METHODS:
+            raise UserError(f"unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}")
+        self.method, self.target_layers, self.reshape_transform = method, target_layers, reshape_transform
+        self.batch_size = batch_size
+
+    def localize_many(self, images: torch.Tensor, selector) -> list[list[Localization]]:
+        """``images: (B, C, H, W)`` -> ``result[b][k]`` for each of the selector's ``K`` targets."""
+        pgc = _import_cam()
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        model = selector.model
+        layers, reshape = (self.target_layers, self.reshape_transform) if self.target_layers else \
+            default_target_layers(model)
+        reshape = self.reshape_transform or reshape
+        wrapper = _SelectorAsClassifier(selector)
+        cls = getattr(pgc, CAM_METHODS[self.method])
+        x = images.to(model_device(model))
+        t0 = time.perf_counter()
+        with eval_mode(model):
+            with torch.no_grad():
+                scores = wrapper(x).float().cpu().numpy()
+            with cls(model=wrapper, target_layers=list(layers), reshape_transform=reshape) as cam:
+                if hasattr(cam, "batch_size"):
+                    cam.batch_size = self.batch_size
+                with contextlib.redirect_stderr(io.StringIO()):  # Score/Ablation-CAM print their own bars
+                    # an input that requires grad keeps a graph even when every weight is frozen (our MDM freezes)
+                    maps = [cam(input_tensor=x.detach().clone().requires_grad_(True), targets=[ClassifierOutputTarget(k)] * len(x))
+                            for k in range(selector.num_targets)]  # each (B, H, W) in [0, 1]
+        seconds = (time.perf_counter() - t0) / max(1, len(x) * selector.num_targets)
+        settings = {"layers": [type(m).__name__ for m in layers]}
+        return [[Localization(np.asarray(maps[k][b], np.float32), self.method, float(scores[b, k]), settings,
+                              seconds, str(x.device)) for k in range(selector.num_targets)] for b in range(len(x))]
