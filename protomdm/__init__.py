@@ -7,10 +7,11 @@ networks' own upsampling search.
 from .config import MDMConfig, ModelConfig
 from .errors import UserError
 from .explain import Localization, LogitSelector, MDMLocalizer, PrototypeSelector, UpsampleLocalizer
+from .localize import localize_prototype
 from .models import ProtoPNet, XProtoNet, build_model, load_model, save_checkpoint
 
 __version__ = "0.1.0"
 
 __all__ = ["Localization", "LogitSelector", "MDMConfig", "MDMLocalizer", "ModelConfig", "ProtoPNet",
            "PrototypeSelector", "UpsampleLocalizer", "UserError", "XProtoNet", "build_model", "load_model",
-           "save_checkpoint"]
+           "localize_prototype", "save_checkpoint"]

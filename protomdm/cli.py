@@ -12,6 +12,8 @@ from typing import Callable, Sequence
 
 from .errors import UserError
 
+CAM_NAMES = ("gradcam", "gradcampp", "scorecam", "ablationcam", "xgradcam", "layercam", "eigencam", "hirescam")
+
 EXAMPLES = """examples:
   protomdm demo                                   # train a small synthetic ProtoPNet and compare MDM with upsampling
   protomdm init-model --model protopnet --backbone resnet18 --classes cat,dog --out model.pt
@@ -20,6 +22,7 @@ EXAMPLES = """examples:
   protomdm localize --model xprotonet --ckpt cxr.pt --input dicom_folder/ --out results/ [--resume]
   protomdm evaluate --dataset nih --root NIH/ --ckpt cxr.pt --methods upsample,mdm,gradcam --out eval/
   protomdm check-data --dataset cub --root CUB_200_2011/
+  protomdm explain --arch resnet50 --pretrained --image bird.jpg --methods mdm,gradcam,scorecam --out results/
 """
 
 
@@ -59,7 +62,8 @@ def _cmd_localize(args: argparse.Namespace) -> int:
 
     settings = dict(architecture=args.model, method=args.method, prototype=args.prototype,
                     class_name=args.class_name, percentile=args.percentile, mdm=_mdm_config(args),
-                    device=args.device, keep_phi=args.keep_phi)
+                    device=args.device, keep_phi=args.keep_phi, trust_pickle=args.trust_pickle,
+                    code_dir=args.code_dir)
     if args.image is not None:
         if args.resume:
             raise UserError("--resume applies to --input folder runs only")
@@ -83,6 +87,20 @@ def _cmd_localize(args: argparse.Namespace) -> int:
     if res.failures:
         print(f"(listed in {res.out_dir / FAILURES})")
     return 1 if res.failed else 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from .classifiers import build_classifier, explain_classifier
+    model = build_classifier(args.arch, args.ckpt, args.pretrained, args.img_size)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    rec = explain_classifier(model, args.image, args.out, class_index=args.class_index, methods=methods,
+                             img_size=args.img_size, mdm=_mdm_config(args), title=f"{args.arch}",
+                             overwrite=args.overwrite, progress=not args.quiet)
+    print(f"{args.arch}: class {rec['class_index']} (logit {rec['logit']:.4g}); "
+          + ", ".join(f"{m} {v['seconds']:.1f}s" for m, v in rec["methods"].items()))
+    for f in rec["files"]:
+        print(f"wrote {f}")
+    return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -197,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace outputs already in --out")
     p.add_argument("--resume", action="store_true", help="--input runs: skip images already done in --out's "
                    "results.csv, retry the failed ones")
+    p.add_argument("--trust-pickle", action="store_true", help="--ckpt is a whole model pickled by another codebase "
+                   "(e.g. the original ProtoPNet's torch.save(model)); loading it runs code from the file")
+    p.add_argument("--code-dir", metavar="DIR", help="with --trust-pickle: the repository defining the pickled "
+                   "classes, importable during the load only")
     p.add_argument("--keep-phi", action="store_true", help="copy patient and study attributes (name, ID, dates, "
                    "accession number) into the DICOM outputs; by default they are left empty")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -240,6 +262,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mdm_options(p)
     p.set_defaults(func=_cmd_bench)
 
+    p = sub.add_parser("explain", help="MDM and the Grad-CAM family on a plain torchvision classifier",
+                       description="Explain one class logit of a torchvision classifier (CNN or Transformer) with MDM "
+                       "and Grad-CAM methods, side by side in one figure.")
+    p.add_argument("--arch", required=True, help="torchvision model name: resnet50, vgg19, densenet121, vit_b_16, "
+                   "swin_b, ...")
+    w = p.add_mutually_exclusive_group()
+    w.add_argument("--ckpt", help="a state_dict file for --arch (loaded with weights_only=True)")
+    w.add_argument("--pretrained", action="store_true", help="torchvision's ImageNet weights (downloads once)")
+    p.add_argument("--image", required=True, help="PNG, JPEG, TIFF, NPY or DICOM image")
+    p.add_argument("--class", dest="class_index", type=int, help="class index to explain (default: the predicted)")
+    p.add_argument("--methods", default="mdm,gradcam,gradcampp,scorecam",
+                   help="comma-separated: mdm and any of " + ", ".join(CAM_NAMES) + " (default mdm,gradcam,"
+                   "gradcampp,scorecam)")
+    p.add_argument("--img-size", type=int, default=224, help="input side (default 224)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_mdm_options(p)
+    p.set_defaults(func=_cmd_explain)
+
     p = sub.add_parser("evaluate", help="score prototype localisation against ground truth (NIH, CUB, synthetic)",
                        description="For each image and ground-truth finding, localize the prototypes of its class "
                        "with every method and write results.csv (long format), summary.csv/.md (the paper's "
@@ -247,8 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, choices=("synthetic", "nih", "cub"))
     p.add_argument("--root", help="your copy of the dataset (nih, cub); check it with protomdm check-data")
     p.add_argument("--ckpt", required=True, help="protomdm checkpoint trained on that dataset's classes")
-    p.add_argument("--methods", default="upsample,mdm", help="comma-separated: upsample, mdm, gradcam, gradcampp, "
-                   "scorecam, ablationcam, xgradcam, layercam, eigencam, hirescam (default upsample,mdm)")
+    p.add_argument("--methods", default="upsample,mdm", help="comma-separated: upsample, mdm, " + ", ".join(CAM_NAMES)
+                   + " (default upsample,mdm)")
     p.add_argument("--percentiles", default="70,80,90,95", help="comma-separated (default 70,80,90,95)")
     p.add_argument("--limit", type=int, help="at most N images (synthetic: default 50)")
     p.add_argument("--prototype-policy", choices=("first", "best-dice", "all-of-class"),

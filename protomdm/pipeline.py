@@ -112,12 +112,23 @@ class LocalizeJob:
 
     @classmethod
     def load(cls, ckpt: str | Path, *, architecture: str | None = None, device: str = "cpu", method: str = "mdm",
-             percentile: float = 90.0, **kw) -> "LocalizeJob":
-        """Check the settings and load the checkpoint (before any image is touched)."""
+             percentile: float = 90.0, trust_pickle: bool = False, code_dir: str | Path | None = None,
+             **kw) -> "LocalizeJob":
+        """Check the settings and load the checkpoint (before any image is touched). ``trust_pickle`` loads a
+        whole pickled model with the original ProtoPNet interface (this runs code from the file), importing its
+        classes from ``code_dir``."""
         check_percentile(percentile)
         if method not in METHODS:
             raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        model = load_model(ckpt, resolve_device(device), architecture=architecture)
+        if code_dir is not None and not trust_pickle:
+            raise UserError("--code-dir is only used with --trust-pickle")
+        if trust_pickle:
+            from .integrations import as_prototype_model
+            from .models.checkpoint import load_pickled_model
+
+            model = as_prototype_model(load_pickled_model(ckpt, code_dir, resolve_device(device)))
+        else:
+            model = load_model(ckpt, resolve_device(device), architecture=architecture)
         if kw.get("prototype") is not None:
             model.check_prototype(kw["prototype"])
         return cls(model, str(ckpt), method, percentile=percentile, **kw)
@@ -164,13 +175,14 @@ class LocalizeJob:
 def localize_file(ckpt: str | Path, image_path: str | Path, out_dir: str | Path, *, architecture: str | None = None,
                   method: str = "mdm", prototype: int | None = None, class_name: str | None = None,
                   percentile: float = 90.0, mdm: MDMConfig | None = None, device: str = "cpu",
-                  overwrite: bool = False, progress: bool = False, keep_phi: bool = False) -> LocalizeResult:
+                  overwrite: bool = False, progress: bool = False, keep_phi: bool = False,
+                  trust_pickle: bool = False, code_dir: str | Path | None = None) -> LocalizeResult:
     """Localize one prototype in one image file and write ``{stem}_overlay.png``, ``{stem}_mask.png`` and
     ``{stem}_localization.json`` (box in the original image's pixels) to ``out_dir``; for a DICOM input also
     ``{stem}_seg.dcm`` and ``{stem}_heatmap_pm.dcm``, and ``stem`` is a hash of its SOP Instance UID."""
     job = LocalizeJob.load(ckpt, architecture=architecture, device=device, method=method, percentile=percentile,
                            prototype=prototype, class_name=class_name, mdm=mdm, keep_phi=keep_phi,
-                           progress=progress)
+                           progress=progress, trust_pickle=trust_pickle, code_dir=code_dir)
     image = read_image(image_path)
     stem = output_stem(image)
     out = check_writable(out_dir, output_names(stem, is_dicom(image)).values(), overwrite)

@@ -132,7 +132,17 @@ def _looks_like_dicom(p: Path) -> bool:
         return False
 
 
-def model_input(pixels: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+@dataclass(frozen=True)
+class InputSpec:
+    """What a plain classifier expects (the input fields of :class:`~protomdm.config.ModelConfig`)."""
+
+    img_size: tuple[int, int] = (224, 224)
+    in_channels: int = 3
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)  # ImageNet, as torchvision's weights
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+
+
+def model_input(pixels: torch.Tensor, config: ModelConfig | InputSpec) -> torch.Tensor:
     """Pixels in [0, 1] ``(B, C', H', W')`` -> the model's input ``(B, C, H, W)``: resized (bilinear, antialiased)
     to ``config.img_size``, grey <-> RGB matched to ``config.in_channels`` (luma weights), normalised."""
     t = pixels
@@ -147,7 +157,7 @@ def model_input(pixels: torch.Tensor, config: ModelConfig) -> torch.Tensor:
     return (t.clamp(0, 1) - mean) / std
 
 
-def to_model_input(image: LoadedImage | np.ndarray, config: ModelConfig) -> torch.Tensor:
+def to_model_input(image: LoadedImage | np.ndarray, config: ModelConfig | InputSpec) -> torch.Tensor:
     """One image (``(H, W)`` or ``(H, W, 3)`` in [0, 1]) as the model's input ``(1, C, H, W)``; see
     :func:`model_input`."""
     a = image.pixels if isinstance(image, LoadedImage) else np.asarray(image, dtype=np.float32)

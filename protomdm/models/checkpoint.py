@@ -6,12 +6,15 @@ The config is a plain dict (see :class:`~protomdm.config.ModelConfig`) and the f
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import pickletools
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -65,8 +68,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise CheckpointError(f"checkpoint is not a file: {p}")
     if not zipfile.is_zipfile(p):
-        raise CheckpointError(f"{p}: not a PyTorch checkpoint (not in torch.save's zip format; truncated, or another "
-                              "kind of file)")
+        raise CheckpointError(f"{p}: not a protomdm checkpoint (not in torch.save's zip format: truncated, another kind "
+                              "of file, or a whole model saved by PyTorch < 1.6, which only --trust-pickle loads)")
+    foreign = sorted({g.split(".")[0] for g in pickle_globals(p)} - SAFE_MODULES)
+    if foreign:
+        raise CheckpointError(
+            f"{p}: holds a pickled whole model (classes from {', '.join(foreign)}); unpickling runs code from the file, "
+            "so it is refused. If you trust its source, pass --trust-pickle, and --code-dir the repository that "
+            "defines those modules")
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -84,6 +93,84 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if ckpt.get("version") != VERSION:
         raise CheckpointError(f"{p}: checkpoint version {ckpt.get('version')} is not supported (expected {VERSION})")
     return ckpt
+
+
+SAFE_MODULES = {"torch", "collections", "builtins", "_codecs", "numpy"}
+
+
+def pickle_globals(path: str | Path) -> set[str]:
+    """``module.name`` of every class or function a ``torch.save`` file's pickle refers to, read from its opcodes
+    without unpickling anything (so without running any of its code)."""
+    with zipfile.ZipFile(path) as z:
+        name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+        if name is None:
+            return set()
+        data = z.read(name)
+    found, strings, memo = set(), [], {}
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                found.add(arg.replace(" ", "."))
+            elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8", "SHORT_BINSTRING",
+                             "BINSTRING", "STRING"):
+                strings.append(arg)
+            elif op.name in ("BINGET", "LONG_BINGET", "GET"):
+                strings.append(memo.get(arg, ""))
+            elif op.name == "MEMOIZE" and strings:
+                memo[len(memo)] = strings[-1]
+            elif op.name in ("BINPUT", "LONG_BINPUT", "PUT") and strings:
+                memo[arg] = strings[-1]
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.add(f"{strings[-2]}.{strings[-1]}")
+    except ValueError:  # a truncated pickle: torch.load reports it below
+        pass
+    return found
+
+
+@contextlib.contextmanager
+def code_dir_on_path(code_dir: str | Path | None) -> Iterator[None]:
+    """Put ``code_dir`` first on ``sys.path`` for the duration of the block only."""
+    if code_dir is None:
+        yield
+        return
+    d = str(Path(code_dir).resolve())
+    sys.path.insert(0, d)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(d)
+
+
+def load_pickled_model(path: str | Path, code_dir: str | Path | None = None,
+                       device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Unpickle a whole model saved with ``torch.save(model, path)`` (e.g. by the original ProtoPNet code).
+
+    This runs code from the file: call it only for files you trust. ``code_dir`` (the repository that defines the
+    pickled classes) is importable during the load only.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    if code_dir is not None and not Path(code_dir).is_dir():
+        raise CheckpointError(f"--code-dir {code_dir} is not a folder")
+    try:
+        with code_dir_on_path(code_dir):
+            obj = torch.load(p, map_location=device, weights_only=False)
+    except ModuleNotFoundError as e:
+        where = f"in --code-dir {code_dir}" if code_dir else "on the import path; pass --code-dir (their repository)"
+        raise CheckpointError(f"{p}: the pickled model needs module {e.name!r}, not found {where}") from None
+    except (AttributeError, ImportError) as e:
+        raise CheckpointError(f"{p}: the pickled model's code does not match --code-dir: {str(e)[:200]}") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{p}: not a readable pickled model: {str(e).splitlines()[0][:160]}") from None
+    if isinstance(obj, dict) and isinstance(obj.get("model"), torch.nn.Module):
+        obj = obj["model"]
+    if isinstance(obj, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+        obj = obj.module
+    if not isinstance(obj, torch.nn.Module):
+        raise CheckpointError(f"{p}: holds a {type(obj).__name__}, not a whole model")
+    return obj.to(device).eval()
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", architecture: str | None = None) -> PrototypeModel:

@@ -1,0 +1,5 @@
+"""Adapters that let protomdm's selectors and localizers work on models from other codebases."""
+
+from .protopnet import ProtoPNetAdapter, as_prototype_model
+
+__all__ = ["ProtoPNetAdapter", "as_prototype_model"]
