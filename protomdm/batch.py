@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .data.images import IMAGE_SUFFIXES, read_image
+from .distributed import DistEnv
 from .errors import UserError
 from .pipeline import LocalizeJob, is_dicom, output_stem
 from .report.figures import atomic_write
@@ -73,6 +74,38 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
         return [r for r in csv.DictReader(f) if r.get("status") in ("ok", "failed") and r.get("input")]
 
 
+def _part_files(out: Path) -> list[Path]:
+    """Per-rank results of a torchrun run not merged yet (``results.rankR.csv``)."""
+    return sorted(out.glob("results.rank*.csv"))
+
+
+def _all_rows(out: Path) -> list[dict[str, str]]:
+    """Every row on disk: the merged results, then the per-rank parts."""
+    return [r for p in [out / RESULTS, *_part_files(out)] for r in _read_rows(p)]
+
+
+def merge_results(out: Path, order: list[str]) -> list[dict[str, str]]:
+    """Write ``results.csv`` with one row per input (ok beats failed, later beats earlier) in ``order``, and
+    ``failures.txt``; remove the per-rank parts."""
+    best: dict[str, dict[str, str]] = {}
+    for r in _all_rows(out):
+        old = best.get(r["input"])
+        if old is None or r["status"] == "ok" or old["status"] != "ok":
+            best[r["input"]] = r
+    rank = {rel: i for i, rel in enumerate(order)}
+    rows = sorted(best.values(), key=lambda r: (rank.get(r["input"], len(rank)), r["input"]))
+    _write_rows(out / RESULTS, rows)
+    for p in _part_files(out):
+        p.unlink()
+    failed = [r for r in rows if r["status"] == "failed"]
+    if failed:
+        atomic_write(out / FAILURES, lambda tmp: Path(tmp).write_text(
+            "".join(f"{r['input']}\t{r['error']}\n" for r in failed)))
+    elif (out / FAILURES).exists():
+        (out / FAILURES).unlink()
+    return rows
+
+
 def _write_rows(path: Path, rows: Iterable[dict[str, str]]) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="") as f:
@@ -91,12 +124,18 @@ def _append_row(path: Path, row: dict) -> None:
 
 
 def localize_folder(job: LocalizeJob, input_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
-                    overwrite: bool = False, progress: bool = True, inputs: list[Path] | None = None) -> FolderResult:
+                    overwrite: bool = False, progress: bool = True, inputs: list[Path] | None = None,
+                    dist: DistEnv = DistEnv()) -> FolderResult:
     """Localize every image under ``input_dir`` (or the given ``inputs`` below it) into ``out_dir``.
 
     Writes ``out_dir/NAME/`` per image (see :func:`protomdm.pipeline.output_names`), ``results.csv`` (columns
-    :data:`COLUMNS`) and ``failures.txt``. With ``resume``, images whose row says ``ok`` and whose folder exists are
-    skipped and failed ones are retried; without it an existing ``results.csv`` is refused unless ``overwrite``.
+    :data:`COLUMNS`, one row per input in path order) and ``failures.txt``. With ``resume``, images whose row says
+    ``ok`` and whose folder exists are skipped and failed ones are retried; without it an existing ``results.csv`` is
+    refused unless ``overwrite``.
+
+    Under torchrun (``dist``), rank ``r`` takes every ``world``-th input, appends its rows to
+    ``results.rankR.csv``, and rank 0 merges them into ``results.csv`` once all ranks are done. A run that died
+    leaves the parts behind; ``resume`` (with any number of ranks) reads them and redoes only what is missing.
     """
     from tqdm.auto import tqdm
 
@@ -108,26 +147,39 @@ def localize_folder(job: LocalizeJob, input_dir: str | Path, out_dir: str | Path
     if out.resolve() == root.resolve() or root.resolve() in out.resolve().parents:
         raise UserError(f"--out {out} lies inside --input {root}; choose an output folder outside the inputs")
     results = out / RESULTS
-    if results.exists() and not (resume or overwrite):
+    if (results.exists() or (out.is_dir() and _part_files(out))) and not (resume or overwrite):
         raise UserError(f"{results} exists from an earlier run; pass --resume to finish it or --overwrite to redo it")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"output folder {out} is not writable ({e.strerror})") from None
-    for stale in out.glob(".tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    if dist.is_main:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            probe = out / f".write-test-{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise UserError(f"output folder {out} is not writable ({e.strerror})") from None
+        for stale in out.glob(".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        if not resume:
+            for p in [results, *_part_files(out)]:
+                p.unlink(missing_ok=True)
+    dist.barrier()  # the others start once the folder is set up
 
-    kept = [r for r in _read_rows(results) if r["status"] == "ok" and (out / r["output"]).is_dir()] if resume else []
-    finished = {r["input"] for r in kept}
-    _write_rows(results, kept)
-    res = FolderResult(out, skipped=len(finished))
+    order = [p.relative_to(root).as_posix() for p in files]
+    finished = {r["input"] for r in _all_rows(out) if r["status"] == "ok" and (out / r["output"]).is_dir()}
+    part = out / (f"results.rank{dist.rank}.csv" if dist.active else RESULTS)
+    if not dist.active:
+        _write_rows(results, [r for r in _all_rows(out) if r["input"] in finished and r["status"] == "ok"])
+        for p in _part_files(out):
+            p.unlink()
+    elif not part.exists():
+        _write_rows(part, [])
+    mine = dist.shard(files)
+    res = FolderResult(out, skipped=sum(1 for p in mine if p.relative_to(root).as_posix() in finished))
     model = job.model
     model_name = f"{model.config.architecture}/{model.config.backbone}"
-    todo = [p for p in files if p.relative_to(root).as_posix() not in finished]
-    bar = tqdm(todo, desc="images", unit="img", disable=not progress)
+    todo = [p for p in mine if p.relative_to(root).as_posix() not in finished]
+    bar = tqdm(todo, desc="images" + (f" (rank {dist.rank})" if dist.active else ""), unit="img",
+               disable=not progress, position=dist.rank if dist.active else None)
     for path in bar:
         rel = path.relative_to(root).as_posix()
         name = folder_name(path, root)
@@ -160,12 +212,11 @@ def localize_folder(job: LocalizeJob, input_dir: str | Path, out_dir: str | Path
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         row["seconds"] = f"{time.perf_counter() - t0:.2f}"
-        _append_row(results, row)
+        _append_row(part, row)
         bar.set_postfix(done=res.done, failed=res.failed)
-    failures_file = out / FAILURES
-    if res.failures:
-        atomic_write(failures_file, lambda tmp: Path(tmp).write_text(
-            "".join(f"{rel}\t{why}\n" for rel, why in res.failures)))
-    elif failures_file.exists():
-        failures_file.unlink()
+    shares = dist.all_gather((res.done, res.skipped, res.failures))  # also: every rank has finished its share
+    if dist.is_main:
+        merge_results(out, order)
+        res.done, res.skipped = sum(d for d, _, _ in shares), sum(k for _, k, _ in shares)
+        res.failures = [f for _, _, fs in shares for f in fs]
     return res

@@ -76,10 +76,16 @@ def _cmd_localize(args: argparse.Namespace) -> int:
             print(f"wrote {f}")
         return 0
     from .batch import FAILURES, RESULTS, localize_folder
+    from .distributed import init_distributed
+    from .pipeline import resolve_device
 
+    dist = init_distributed(resolve_device(args.device))
+    settings["device"] = str(dist.device(resolve_device(args.device)))
     job = LocalizeJob.load(args.ckpt, **settings)
     res = localize_folder(job, args.input, args.out, resume=args.resume, overwrite=args.overwrite,
-                          progress=not args.quiet)
+                          progress=not args.quiet, dist=dist)
+    if not dist.is_main:
+        return 0
     print(f"{res.done} localized, {res.failed} failed, {res.skipped} already done; results in "
           f"{res.out_dir / RESULTS}")
     for rel, why in res.failures:
@@ -104,14 +110,19 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .distributed import init_distributed
     from .evaluation.runner import evaluate
+    from .pipeline import resolve_device
 
+    dist = init_distributed(resolve_device(args.device))
     res = evaluate(args.ckpt, args.out, dataset=args.dataset, root=args.root, methods=args.methods,
                    percentiles=args.percentiles, limit=args.limit, prototype_policy=args.prototype_policy,
                    seed=args.seed, mdm=_mdm_config(args), truth=args.truth, part_half_width=args.part_half_width,
                    faithfulness=not args.no_faithfulness, deletion_steps=args.deletion_steps,
                    baseline=args.faithfulness_baseline, device=args.device, resume=args.resume,
-                   overwrite=args.overwrite, progress=not args.quiet)
+                   overwrite=args.overwrite, progress=not args.quiet, dist=dist)
+    if not dist.is_main:
+        return 0
     print((res.out_dir / "summary.md").read_text())
     if res.skipped:
         print(f"skipped {len(res.skipped)} image(s), listed with reasons in {res.out_dir / 'skipped.txt'}")

@@ -29,6 +29,7 @@ import torch
 
 from ..config import MDMConfig
 from ..data.images import model_input
+from ..distributed import DistEnv
 from ..errors import UserError
 from ..explain import MDMLocalizer, PrototypeSelector, UpsampleLocalizer
 from ..explain.cam import CAM_METHODS, CAMLocalizer
@@ -43,6 +44,7 @@ DATASETS = ("synthetic", "nih", "cub")
 METHODS = ("upsample", "mdm", *CAM_METHODS)
 POLICIES = ("first", "best-dice", "all-of-class")
 COLUMNS = ("image", "finding", "prototype", "method", "percentile", "metric", "value")
+CURVE_COLUMNS = ("image", "finding", "prototype", "method", "curve", "values")
 MASK_METRICS = tuple(M.MASK_METRICS)
 
 
@@ -81,18 +83,18 @@ def parse_percentiles(text: str | Sequence[float]) -> list[float]:
 
 
 def _samples(dataset: str, root: str | Path | None, model: PrototypeModel, limit: int | None, seed: int,
-             truth: str, part_half_width: int) -> Iterable[EvalSample | Skipped]:
+             truth: str, part_half_width: int, shard: tuple[int, int]) -> Iterable[EvalSample | Skipped]:
     cfg = model.config
     if dataset == "synthetic":
-        return synthetic_samples(cfg, limit or 50, seed, multilabel=cfg.architecture == "xprotonet")
+        return synthetic_samples(cfg, limit or 50, seed, multilabel=cfg.architecture == "xprotonet", shard=shard)
     if root is None:
         raise UserError(f"--dataset {dataset} needs --root (the folder of your copy)")
     if not Path(root).is_dir():
         raise UserError(f"--root {root} is not a folder")
     if dataset == "nih":
-        return nih_samples(root, cfg, limit)
+        return nih_samples(root, cfg, limit, shard=shard)
     if dataset == "cub":
-        return cub_samples(root, cfg, truth, part_half_width, limit)
+        return cub_samples(root, cfg, truth, part_half_width, limit, shard=shard)
     raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
 
 
@@ -144,12 +146,16 @@ def evaluate(ckpt: str | Path, out_dir: str | Path, *, dataset: str = "synthetic
              mdm: MDMConfig | None = None, truth: str = "segmentation", part_half_width: int = 16,
              faithfulness: bool = True, deletion_steps: int = 16, baseline: str = "zero",
              stability_noise: float = 0.2, device: str = "cpu", resume: bool = False, overwrite: bool = False,
-             progress: bool = True) -> EvalResult:
+             progress: bool = True, dist: DistEnv = DistEnv()) -> EvalResult:
     """Evaluate prototype localisation on a dataset; see the module docstring for what is written.
 
     ``prototype_policy``: ``first`` (the first prototype of the finding's class, as the MDM paper does on CUB),
     ``best-dice`` (the class's prototype with the best mean Dice over the percentiles, as it does on NIH) or
     ``all-of-class``; default ``best-dice`` on NIH, else ``first``. ``seed`` picks the synthetic images.
+
+    Under torchrun (``dist``) rank ``r`` takes every ``world``-th image and writes ``results.rankR.csv`` (and
+    ``curves.rankR.csv``); rank 0 merges them and writes the summary once all are done. ``resume`` after a failed
+    rank redoes only the missing (image, finding, method) groups, with any number of ranks.
     """
     from tqdm.auto import tqdm
 
@@ -162,20 +168,28 @@ def evaluate(ckpt: str | Path, out_dir: str | Path, *, dataset: str = "synthetic
         raise UserError(f"unknown prototype policy {policy!r}; choose one of {', '.join(POLICIES)}")
     if dataset not in DATASETS:
         raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-    model = load_model(ckpt, resolve_device(device)).eval()
-    samples = _samples(dataset, root, model, limit, seed, truth, part_half_width)
+    model = load_model(ckpt, dist.device(resolve_device(device))).eval()
+    samples = _samples(dataset, root, model, limit, seed, truth, part_half_width, (dist.rank, dist.world_size))
     out = Path(out_dir)
-    results, curves_csv = out / "results.csv", out / "curves.csv"
-    if results.exists() and not (resume or overwrite):
-        raise UserError(f"{results} exists from an earlier run; pass --resume to finish it or --overwrite to redo it")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create output folder {out}: {e.strerror}") from None
-    done = _done_keys(results) if resume else set()
-    if not resume:
-        for path, cols in ((results, COLUMNS), (curves_csv, ("image", "finding", "prototype", "method", "curve",
-                                                             "values"))):
+    merged = out / "results.csv"
+    if (merged.exists() or (out.is_dir() and _parts(out, "results"))) and not (resume or overwrite):
+        raise UserError(f"{merged} exists from an earlier run; pass --resume to finish it or --overwrite to redo it")
+    if resume and not (merged.exists() or _parts(out, "results")):
+        raise UserError(f"--resume: {merged} does not exist; run without --resume first")
+    if dist.is_main:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create output folder {out}: {e.strerror}") from None
+        if not resume:
+            for p in [*_parts(out, "results"), *_parts(out, "curves"), out / "curves.csv", merged]:
+                p.unlink(missing_ok=True)
+    dist.barrier()
+    done = _done_keys(out)
+    suffix = f".rank{dist.rank}.csv" if dist.active else ".csv"
+    results, curves_csv = out / f"results{suffix}", out / f"curves{suffix}"
+    for path, cols in ((results, COLUMNS), (curves_csv, CURVE_COLUMNS)):
+        if not path.exists():
             atomic_write(path, lambda tmp, cols=cols: Path(tmp).write_text(",".join(cols) + "\n"))
     parts = dataset == "cub"
     scorer = _Scorer(model, percentiles, faithfulness, deletion_steps, baseline, parts)
@@ -213,6 +227,11 @@ def evaluate(ckpt: str | Path, out_dir: str | Path, *, dataset: str = "synthetic
                 _append(curves_csv, [(sample.id, finding.name, j, method, kind, " ".join(_fmt(v) for v in c))
                                      for j, (_, cs) in per_proto.items() for kind, c in cs])
         bar.set_postfix(skipped=len(res.skipped))
+    shares = dist.all_gather((res.images, res.skipped))  # also: every rank has finished its share
+    res.images, res.skipped = sum(n for n, _ in shares), [s for _, sk in shares for s in sk]
+    if not dist.is_main:
+        return res
+    _merge_parts(out)
     if res.skipped:
         atomic_write(out / "skipped.txt", lambda tmp: Path(tmp).write_text(
             "".join(f"{s.id}\t{s.reason}\n" for s in res.skipped)))
@@ -220,11 +239,40 @@ def evaluate(ckpt: str | Path, out_dir: str | Path, *, dataset: str = "synthetic
     return res
 
 
-def _done_keys(results: Path) -> set[tuple[str, str, str]]:
-    if not results.exists():
-        raise UserError(f"--resume: {results} does not exist; run without --resume first")
-    with results.open(newline="") as f:
-        return {(r["image"], r["finding"], r["method"]) for r in csv.DictReader(f)}
+def _parts(out: Path, kind: str) -> list[Path]:
+    """Per-rank files of a torchrun run not merged yet (``results.rankR.csv``, ``curves.rankR.csv``)."""
+    return sorted(out.glob(f"{kind}.rank*.csv"))
+
+
+def _done_keys(out: Path) -> set[tuple[str, str, str]]:
+    """(image, finding, method) groups already in results.csv or a rank's part."""
+    keys = set()
+    for path in [out / "results.csv", *_parts(out, "results")]:
+        if path.exists():
+            keys |= {(r["image"], r["finding"], r["method"]) for r in _read(path)}
+    return keys
+
+
+def _merge_parts(out: Path) -> None:
+    """Fold the ranks' parts into results.csv and curves.csv (a row seen twice is kept once) and remove them."""
+    for kind, cols, key_len in (("results", COLUMNS, 6), ("curves", CURVE_COLUMNS, 5)):
+        parts = _parts(out, kind)
+        if not parts:
+            continue
+        rows: dict[tuple, dict] = {}
+        for path in [out / f"{kind}.csv", *parts]:
+            for r in (_read(path) if path.exists() else []):
+                rows[tuple(r[c] for c in cols[:key_len])] = r
+
+        def write(tmp: str, rows=rows, cols=cols) -> None:
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, cols)
+                w.writeheader()
+                w.writerows(rows.values())
+
+        atomic_write(out / f"{kind}.csv", write)
+        for p in parts:
+            p.unlink()
 
 
 def _append(path: Path, rows: list[tuple]) -> None:

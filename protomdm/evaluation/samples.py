@@ -58,7 +58,11 @@ def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].numpy() >= 0.5
 
 
-def synthetic_samples(config: ModelConfig, n: int, seed: int, multilabel: bool) -> Iterator[EvalSample]:
+Shard = tuple[int, int]  # (rank, world size): keep the items whose position % world == rank, before reading them
+
+
+def synthetic_samples(config: ModelConfig, n: int, seed: int, multilabel: bool,
+                      shard: Shard = (0, 1)) -> Iterator[EvalSample]:
     """Planted-lesion images of the model's classes (its class names must be synthetic shapes)."""
     from ..data.synthetic import SHAPES, SyntheticLesions
 
@@ -67,14 +71,15 @@ def synthetic_samples(config: ModelConfig, n: int, seed: int, multilabel: bool) 
                         f"this one's classes are {', '.join(config.class_names)}")
     data = SyntheticLesions(config.class_names, n=n, size=config.img_size[0], channels=config.in_channels,
                             multilabel=multilabel, seed=seed)
-    for i in range(n):
+    for i in range(shard[0], n, shard[1]):
         s = data.sample(i)
         yield EvalSample(f"synthetic-{seed}-{i:05d}", _resize(s.image.transpose(1, 2, 0), config.img_size),
                          [Finding(config.class_names[k], k, _resize_mask(s.masks[k], config.img_size))
                           for k in np.flatnonzero(s.labels)])
 
 
-def nih_samples(root: str | Path, config: ModelConfig, limit: int | None = None) -> Iterator[EvalSample | Skipped]:
+def nih_samples(root: str | Path, config: ModelConfig, limit: int | None = None,
+                shard: Shard = (0, 1)) -> Iterator[EvalSample | Skipped]:
     """Images of ``BBox_List_2017.csv`` (in its order) with a box of a finding the model knows."""
     from ..data.images import read_image
     from ..data.nih import IMAGE_SIZE, find_images, read_boxes
@@ -90,6 +95,8 @@ def nih_samples(root: str | Path, config: ModelConfig, limit: int | None = None)
     for k, (name, boxes) in enumerate(by_image.items()):
         if limit is not None and k >= limit:
             return
+        if k % shard[1] != shard[0]:
+            continue
         if name not in images:
             yield Skipped(name, f"{name} is in BBox_List_2017.csv but not under {root}/images*")
             continue
@@ -110,7 +117,7 @@ CUB_TRUTHS = ("segmentation", "parts", "bbox")
 
 
 def cub_samples(root: str | Path, config: ModelConfig, truth: str = "segmentation", part_half_width: int = 16,
-                limit: int | None = None, split: str = "test") -> Iterator[EvalSample | Skipped]:
+                limit: int | None = None, split: str = "test", shard: Shard = (0, 1)) -> Iterator[EvalSample | Skipped]:
     """CUB images of the model's classes. Cropped to the bird's box, as ProtoPNet trains, for ``segmentation`` and
     ``parts`` ground truth; whole images for ``bbox`` (in a crop the box would be the whole image).
     ``part_half_width`` is in original-image pixels."""
@@ -134,6 +141,8 @@ def cub_samples(root: str | Path, config: ModelConfig, truth: str = "segmentatio
     ids = [i for i in paths if (want is None or is_train.get(i) == want) and classes.get(labels.get(i)) in
            config.class_names]
     for k, i in enumerate(ids[:limit] if limit is not None else ids):
+        if k % shard[1] != shard[0]:
+            continue
         rel = paths[i]
         try:
             px = read_image(root / "images" / rel).pixels

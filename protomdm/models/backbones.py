@@ -16,19 +16,23 @@ TORCHVISION_BACKBONES = (
     "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn",
     "densenet121", "densenet161", "densenet169", "densenet201",
 )
-BACKBONES = TORCHVISION_BACKBONES + ("monai_densenet121", "tiny")
+BACKBONES = TORCHVISION_BACKBONES + ("monai_densenet121", "tiny", "tiny_gn")
 
 
 class TinyCNN(nn.Sequential):
-    """Four 3x3 conv blocks, stride 8 overall: a CPU-friendly backbone for the synthetic data and tests."""
+    """Four 3x3 conv blocks, stride 8 overall: a CPU-friendly backbone for the synthetic data and tests.
 
-    def __init__(self, in_channels: int = 3, width: int = 32) -> None:
+    ``norm="group"`` (backbone ``tiny_gn``) uses GroupNorm, whose result does not depend on the batch: multi-process
+    CPU training then equals one process exactly (SyncBatchNorm, which keeps BatchNorm exact, needs GPUs).
+    """
+
+    def __init__(self, in_channels: int = 3, width: int = 32, norm: str = "batch") -> None:
         chans = [in_channels, width, 2 * width, 4 * width, 4 * width]
         layers: list[nn.Module] = []
         for i in range(4):
             layers += [
                 nn.Conv2d(chans[i], chans[i + 1], 3, stride=2 if i < 3 else 1, padding=1, bias=False),
-                nn.BatchNorm2d(chans[i + 1]),
+                nn.BatchNorm2d(chans[i + 1]) if norm == "batch" else nn.GroupNorm(8, chans[i + 1]),
                 nn.ReLU(inplace=True),
             ]
         super().__init__(*layers)
@@ -67,10 +71,10 @@ def build_backbone(name: str, pretrained: bool = False, in_channels: int = 3) ->
     """
     if name not in BACKBONES:
         raise ConfigError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
-    if name == "tiny":
+    if name in ("tiny", "tiny_gn"):
         if pretrained:
-            raise ConfigError("the 'tiny' backbone has no pretrained weights")
-        net = TinyCNN(in_channels)
+            raise ConfigError(f"the {name!r} backbone has no pretrained weights")
+        net = TinyCNN(in_channels, norm="group" if name == "tiny_gn" else "batch")
         return net, net.out_channels
     if name == "monai_densenet121":
         try:

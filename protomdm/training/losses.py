@@ -46,10 +46,11 @@ def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
 
 
 def xprotonet_loss(model: XProtoNet, x: torch.Tensor, y: torch.Tensor, coefs: LossConfig,
-                   pos_weight: torch.Tensor | None, generator: torch.Generator
+                   pos_weight: torch.Tensor | None, theta: torch.Tensor
                    ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
     """Weighted BCE + per-class cluster/separation on occurrence-weighted similarities + occurrence sparsity +
-    transformation consistency (occurrence maps of a warped image == warped occurrence maps)."""
+    transformation consistency (occurrence maps of a warped image == warped occurrence maps), with the images'
+    random affine transforms ``theta: (B, 2, 3)`` (see :func:`random_affine`)."""
     out = model.outputs(x)
     bce = F.binary_cross_entropy_with_logits(out.logits, y, pos_weight=pos_weight)
     sims = out.similarities.view(x.shape[0], model.num_classes, -1)  # (B, C, K)
@@ -58,7 +59,6 @@ def xprotonet_loss(model: XProtoNet, x: torch.Tensor, y: torch.Tensor, coefs: Lo
     cluster = ((1 - best) * pos).sum() / pos.sum().clamp_min(1)
     separation = (best * neg).sum() / neg.sum().clamp_min(1)
     sparsity = out.occurrence.mean()
-    theta = random_affine(x.shape[0], generator, x.device)
     occ_of_warped = model.heads(warp(x, theta))[1]
     warped_occ = warp(out.occurrence, theta)
     valid = warp(torch.ones_like(out.occurrence[:, :1]), theta)  # ignore what the warp pulled in from outside

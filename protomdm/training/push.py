@@ -6,11 +6,13 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from ..distributed import DistEnv
 from ..explain import PrototypeSelector, UpsampleLocalizer
 from ..explain.localization import eval_mode
 from ..models import ProtoPNet, PrototypeModel, XProtoNet
 
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]  # (model-ready images (B, C, H, W), targets), in order
+# (model-ready images (B, C, H, W), targets, their dataset indices (B,)), in dataset order
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 def receptive_field_box(model: ProtoPNet, x: torch.Tensor, cell: tuple[int, int]) -> list[int]:
@@ -26,7 +28,8 @@ def receptive_field_box(model: ProtoPNet, x: torch.Tensor, cell: tuple[int, int]
 
 @torch.no_grad()
 def push_prototypes(model: PrototypeModel, batches: Batches, get_image: Callable[[int], torch.Tensor],
-                    multilabel: bool = False, percentile: float = 95.0) -> list[dict[str, Any]]:
+                    multilabel: bool = False, percentile: float = 95.0, dist: DistEnv = DistEnv()
+                    ) -> list[dict[str, Any]]:
     """Project each prototype onto its nearest latent vector among training images of its own class.
 
     ProtoPNet: the latent patch with the smallest squared distance. XProtoNet: the occurrence-weighted feature
@@ -34,8 +37,11 @@ def push_prototypes(model: PrototypeModel, batches: Batches, get_image: Callable
     prototype's class.
 
     Args:
-        batches: the training set in a fixed order, as model inputs and targets (class index, or multi-hot).
+        batches: the training set (under torchrun: this rank's shard of it) in a fixed order, as model inputs,
+            targets (class index, or multi-hot) and dataset indices.
         get_image: dataset index -> model input ``(1, C, H, W)``, to draw the records' boxes.
+        dist: under torchrun, each rank searches its shard and the nearest patch is chosen across all ranks (ties:
+            the smallest dataset index, as one process scanning in order would pick).
 
     Returns:
         One record per prototype: ``image`` (dataset index), ``patch`` (h, w) for ProtoPNet, ``distance`` or
@@ -43,21 +49,19 @@ def push_prototypes(model: PrototypeModel, batches: Batches, get_image: Callable
         the upsampled activation / occurrence map on that image), in input pixels.
     """
     with eval_mode(model):
-        return _push(model, batches, get_image, multilabel, percentile)
+        return _push(model, batches, get_image, multilabel, percentile, dist)
 
 
 def _push(model: PrototypeModel, batches: Batches, get_image: Callable[[int], torch.Tensor], multilabel: bool,
-          percentile: float) -> list[dict[str, Any]]:
+          percentile: float, dist: DistEnv) -> list[dict[str, Any]]:
     p = model.num_prototypes
     identity = model.prototype_class_identity
     device = identity.device
     best = torch.full((p,), float("inf"), device=device)  # distance (ProtoPNet) or -similarity (XProtoNet)
     best_vec = model.prototype_vectors.detach().clone().view(p, -1)
     where: list[tuple[int, int, int] | None] = [None] * p
-    offset = 0
-    for x, y in batches:
+    for x, y, idx in batches:
         x, y = x.to(device), y.to(device)
-        n = x.shape[0]
         own = (y.float() @ identity.t() if multilabel else identity[:, y].t()) > 0  # (B, P)
         if isinstance(model, ProtoPNet):
             z, d = model.push_forward(x)
@@ -80,8 +84,14 @@ def _push(model: PrototypeModel, batches: Batches, get_image: Callable[[int], to
         best = torch.where(better, val, best)
         best_vec[better] = vecs[better]
         for j in torch.nonzero(better).flatten().tolist():
-            where[j] = (offset + int(loc[j, 0]), int(loc[j, 1]), int(loc[j, 2]))
-        offset += n
+            where[j] = (int(idx[int(loc[j, 0])]), int(loc[j, 1]), int(loc[j, 2]))
+    if dist.active:  # the nearest across ranks; equal distances: the smallest dataset index
+        ranks = dist.all_gather((best.cpu(), best_vec.cpu(), where))
+        for j in range(p):
+            cands = [(float(b[j]), w[j][0], r) for r, (b, _, w) in enumerate(ranks) if w[j] is not None]
+            if cands:
+                _, _, r = min(cands)
+                best[j], best_vec[j], where[j] = ranks[r][0][j], ranks[r][1][j].to(device), ranks[r][2][j]
     model.prototype_vectors.copy_(best_vec.view_as(model.prototype_vectors))
 
     records: list[dict[str, Any]] = []

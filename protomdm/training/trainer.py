@@ -5,23 +5,26 @@ from __future__ import annotations
 import csv
 import io
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..config import TrainConfig, to_dict
 from ..data.images import model_input
 from ..data.synthetic import SyntheticLesions
+from ..distributed import DistEnv, init_distributed
 from ..errors import UserError
 from ..evaluation.metrics import auroc
 from ..models import ProtoPNet, PrototypeModel, build_model, read_checkpoint, save_checkpoint
 from ..report.figures import atomic_write
-from .losses import protopnet_loss, xprotonet_loss
+from .losses import protopnet_loss, random_affine, xprotonet_loss
 from .push import push_prototypes
 
 LOG_NAME = "log.csv"
@@ -66,6 +69,18 @@ def _set_trainable(model: PrototypeModel, groups: dict[str, list], which: set[st
             p.requires_grad_(name in which)
 
 
+class _LossStep(nn.Module):
+    """``forward(x, y, ...) -> loss_fn(model, x, y, ...)``: the training step as a module, so that
+    DistributedDataParallel sees the forward pass and averages the gradients."""
+
+    def __init__(self, model: PrototypeModel, loss_fn) -> None:
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, *args):
+        return self.loss_fn(self.model, *args)
+
+
 @dataclass
 class TrainResult:
     out_dir: Path
@@ -78,14 +93,26 @@ class TrainResult:
 class Trainer:
     """Runs a :class:`TrainConfig`; see :func:`train`."""
 
-    def __init__(self, cfg: TrainConfig, out_dir: str | Path, device: torch.device, progress: bool = True) -> None:
-        self.cfg, self.out, self.device, self.progress = cfg, Path(out_dir), device, progress
+    def __init__(self, cfg: TrainConfig, out_dir: str | Path, device: torch.device, progress: bool = True,
+                 dist: DistEnv = DistEnv()) -> None:
+        self.cfg, self.out, self.dist = cfg, Path(out_dir), dist
+        self.device, self.progress = dist.device(device), progress and dist.is_main
         self.train_set, self.test_set, self.multilabel = build_datasets(cfg)
         if self.multilabel != (cfg.model.architecture == "xprotonet"):
             raise UserError("ProtoPNet trains on single-label data and XProtoNet on multi-label data; "
                             "check data.multilabel and model.architecture")
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg.model).to(device)
+        model = build_model(cfg.model)
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        if dist.active and has_bn:
+            if self.device.type == "cuda":
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            elif dist.is_main:
+                warnings.warn("BatchNorm statistics are per process on CPUs (SyncBatchNorm needs GPUs), so this run "
+                              "differs slightly from one process; a GroupNorm backbone (tiny_gn) matches exactly",
+                              stacklevel=2)
+        self.model = model.to(self.device)
+        self._ddp: dict[frozenset, nn.Module] = {}
         self.groups = _groups(self.model)
         o = cfg.optim
         self.warm_opt = torch.optim.Adam([{"params": self.groups["add_on"], "lr": o.warm_lr, "weight_decay": o.weight_decay},
@@ -127,58 +154,90 @@ class Trainer:
         return ((len(labels) - pos) / pos.clamp_min(1)).to(self.device)
 
     # ------------------------------------------------------------------ loops
-    def _loader(self, dataset: Dataset, shuffle: bool, generator: torch.Generator | None = None) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.cfg.data.batch_size, shuffle=shuffle, generator=generator,
-                          num_workers=self.cfg.data.num_workers)
+    def _plan(self, n: int, gen: torch.Generator | None, training: bool = False) -> list[tuple[int, list[int]]]:
+        """Global batches of a pass over ``n`` items (shuffled with ``gen`` if given): ``(global size, this rank's
+        indices)``. Rank ``r`` takes every ``world``-th item of each global batch, so the ranks together see exactly
+        one process's batches. Under torchrun a last training batch smaller than the number of ranks is dropped
+        (every rank must take part in each gradient step)."""
+        order = torch.randperm(n, generator=gen).tolist() if gen is not None else list(range(n))
+        b, world = self.cfg.data.batch_size, self.dist.world_size
+        plan = [(len(order[i:i + b]), order[i:i + b][self.dist.rank::world]) for i in range(0, n, b)]
+        return [(g, mine) for g, mine in plan if len(mine) > 0 and not (training and g < world)]
+
+    def _loader(self, dataset: Dataset, plan: list[tuple[int, list[int]]]) -> DataLoader:
+        return DataLoader(dataset, batch_sampler=[mine for _, mine in plan], num_workers=self.cfg.data.num_workers)
+
+    def _step_module(self, trainable: set[str]) -> nn.Module:
+        """The loss as a module; wrapped in DistributedDataParallel under torchrun (one per set of trainable
+        groups, since DDP fixes the parameters it synchronises when it is built)."""
+        key = frozenset(trainable)
+        if key not in self._ddp:
+            loss_fn = protopnet_loss if isinstance(self.model, ProtoPNet) else xprotonet_loss
+            step = _LossStep(self.model, loss_fn)
+            if self.dist.active:
+                step = nn.parallel.DistributedDataParallel(
+                    step, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self._ddp[key] = step
+        return self._ddp[key]
 
     def _run_epoch(self, opt: torch.optim.Optimizer, trainable: set[str], stage: str, gen: torch.Generator,
                    use_l1: bool = True) -> dict[str, float]:
-        model, cfg = self.model, self.cfg
+        model, cfg, dist = self.model, self.cfg, self.dist
         _set_trainable(model, self.groups, trainable)
+        step = self._step_module(trainable)
         model.train()
         sums: dict[str, float] = {}
         n = 0
-        bar = tqdm(self._loader(self.train_set, True, gen), desc=f"epoch {self.epoch + 1} {stage}",
-                   disable=not self.progress, leave=False, unit="batch")
-        for pixels, y, _ in bar:
+        plan = self._plan(len(self.train_set), gen, training=True)
+        bar = tqdm(zip(plan, self._loader(self.train_set, plan)), total=len(plan), leave=False, unit="batch",
+                   desc=f"epoch {self.epoch + 1} {stage}", disable=not self.progress)
+        for (global_n, _), (pixels, y, _) in bar:
             pixels, y = pixels.to(self.device), y.to(self.device)
-            if cfg.data.flip:
-                flip = torch.rand(pixels.shape[0], generator=gen) < 0.5
+            mine = slice(dist.rank, global_n, dist.world_size)  # this rank's positions in the global batch
+            if cfg.data.flip:  # drawn for the whole global batch, so every rank draws the same numbers
+                flip = (torch.rand(global_n, generator=gen) < 0.5)[mine]
                 pixels = torch.where(flip.to(self.device)[:, None, None, None], pixels.flip(-1), pixels)
             x = model_input(pixels, cfg.model)
             if isinstance(model, ProtoPNet):
-                loss, parts, logits = protopnet_loss(model, x, y, cfg.loss, use_l1)
+                loss, parts, logits = step(x, y, cfg.loss, use_l1)
                 parts["acc"] = float((logits.argmax(1) == y).float().mean())
             else:
-                loss, parts, logits = xprotonet_loss(model, x, y.float(), cfg.loss, self.pos_weight, gen)
+                theta = random_affine(global_n, gen, self.device)[mine]
+                loss, parts, logits = step(x, y.float(), cfg.loss, self.pos_weight, theta)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            # DDP averages gradients over ranks: weigh each rank's batch mean by its share of the global batch
+            (loss * (len(y) * dist.world_size / global_n)).backward()
             opt.step()
             parts["loss"] = float(loss.detach())
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v * pixels.shape[0]
             n += pixels.shape[0]
             bar.set_postfix(loss=f"{parts['loss']:.3f}")
-        return {f"train_{k}": v / max(n, 1) for k, v in sums.items()}
+        keys = sorted(sums)
+        total = dist.all_reduce_sum(torch.tensor([sums[k] for k in keys] + [n], dtype=torch.float64))
+        return {f"train_{k}": float(v) / max(float(total[-1]), 1) for k, v in zip(keys, total[:-1])}
 
     @torch.no_grad()
     def evaluate(self) -> tuple[str, float]:
-        """Test accuracy (ProtoPNet) or mean per-class AUROC (XProtoNet)."""
+        """Test accuracy (ProtoPNet) or mean per-class AUROC (XProtoNet); under torchrun each rank scores a shard."""
         self.model.eval()
         outs, ys = [], []
-        for pixels, y, _ in self._loader(self.test_set, False):
+        for pixels, y, _ in self._loader(self.test_set, self._plan(len(self.test_set), None)):
             outs.append(self.model(model_input(pixels.to(self.device), self.cfg.model)).cpu())
             ys.append(y)
-        logits, y = torch.cat(outs), torch.cat(ys)
+        parts = self.dist.all_gather((torch.cat(outs) if outs else None, torch.cat(ys) if ys else None))
+        logits = torch.cat([o for o, _ in parts if o is not None])
+        y = torch.cat([t for _, t in parts if t is not None])
         if self.multilabel:
             return "test_mean_auroc", float(np.nanmean(auroc(logits.numpy(), y.numpy())))
         return "test_accuracy", float((logits.argmax(1) == y).float().mean())
 
     def _push(self) -> None:
-        ordered = self._loader(self.train_set, False)
-        batches = ((model_input(p.to(self.device), self.cfg.model), y) for p, y, _ in ordered)
+        plan = self._plan(len(self.train_set), None)
+        batches = ((model_input(p.to(self.device), self.cfg.model), y, torch.tensor(idx))
+                   for (_, idx), (p, y, _) in zip(plan, self._loader(self.train_set, plan)))
         get = lambda i: model_input(self.train_set[i][0][None].to(self.device), self.cfg.model)  # noqa: E731
-        self.push_records = push_prototypes(self.model, batches, get, multilabel=self.multilabel)
+        self.push_records = push_prototypes(self.model, batches, get, multilabel=self.multilabel, dist=self.dist)
 
     def run(self, stop_after: int | None = None) -> TrainResult:
         cfg, o = self.cfg, self.cfg.optim
@@ -200,8 +259,9 @@ class Trainer:
             if pushed:
                 self._push()
                 metric_name, value = self.evaluate()
-                save_checkpoint(self.model, self.out / f"push_epoch{self.epoch + 1}.pt",
-                                {"push": self.push_records, metric_name: value})
+                if self.dist.is_main:
+                    save_checkpoint(self.model, self.out / f"push_epoch{self.epoch + 1}.pt",
+                                    {"push": self.push_records, metric_name: value})
                 for _ in range(o.last_layer_epochs):
                     row.update({f"last_{k}": v for k, v in self._run_epoch(
                         self.last_opt, {"last"}, "last-layer", gen).items()})
@@ -213,12 +273,14 @@ class Trainer:
                              metric_name: round(value, 5), "seconds": round(time.perf_counter() - t0, 2)})
             improved = value > self.best
             self.best = max(self.best, value)
-            extra = {"train_state": self.state(), "push": self.push_records, metric_name: value}
-            save_checkpoint(self.model, self.out / "last.pt", extra)
-            if improved:
-                save_checkpoint(self.model, self.out / "best.pt", {"push": self.push_records, metric_name: value,
-                                                                   "epoch": self.epoch})
-            self._write_log()
+            if self.dist.is_main:  # one writer; the others wait so that a resume sees complete files
+                extra = {"train_state": self.state(), "push": self.push_records, metric_name: value}
+                save_checkpoint(self.model, self.out / "last.pt", extra)
+                if improved:
+                    save_checkpoint(self.model, self.out / "best.pt", {"push": self.push_records,
+                                                                       metric_name: value, "epoch": self.epoch})
+                self._write_log()
+            self.dist.barrier()
             if self.progress:
                 tqdm.write(f"epoch {self.epoch}/{total} {stage}: loss {row['train_loss']:.4f}, "
                            f"{metric_name} {value:.4f}")
@@ -241,15 +303,19 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: str | Path | None = Non
     """Train the model of ``cfg``; write ``last.pt``, ``best.pt``, ``push_epochN.pt`` and ``log.csv`` to ``out_dir``.
 
     Deterministic on the CPU for a given ``cfg.seed``; ``resume`` (a run's ``last.pt``) continues it to the same
-    result as an uninterrupted run. ``stop_after`` ends after that many epochs (to split long runs).
+    result as an uninterrupted run. ``stop_after`` ends after that many epochs (to split long runs). Under
+    ``torchrun`` it trains with DistributedDataParallel, rank 0 writing the files; see :mod:`protomdm.distributed`.
     """
     from ..pipeline import resolve_device
 
     out = Path(out_dir)
+    dev = resolve_device(device or cfg.device)
     if resume is None and (out / "last.pt").exists():
         raise UserError(f"{out} already holds a training run; pass --resume {out / 'last.pt'} or another --out")
-    trainer = Trainer(cfg, out, resolve_device(device or cfg.device), progress)
-    out.mkdir(parents=True, exist_ok=True)
+    dist = init_distributed(dev)
+    trainer = Trainer(cfg, out, dev, progress, dist)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     if resume is not None:
         trainer.load_state(resume)
     return trainer.run(stop_after)
