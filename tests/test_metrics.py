@@ -77,7 +77,7 @@ def test_pointing_game():
     assert pointing_game(h, truth)
     h[5, 5], h[0, 9] = 0.5, 1  # maximum far from the box
     assert not pointing_game(h, truth) and not pointing_game(h, truth, tolerance=3)
-    h[0, 9], h[2, 8] = 0, 1  # 2 px from the box (Chebyshev)
+    h[0, 9], h[2, 7] = 0, 1  # 2 px from the box (Chebyshev: 2 rows above, 2 columns right)
     assert not pointing_game(h, truth, tolerance=1) and pointing_game(h, truth, tolerance=2)
     assert not pointing_game(h, np.zeros((10, 10), bool), tolerance=20)
 

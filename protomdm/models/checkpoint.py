@@ -68,9 +68,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise CheckpointError(f"checkpoint is not a file: {p}")
     if not zipfile.is_zipfile(p):
-        raise CheckpointError(f"{p}: not a protomdm checkpoint (not in torch.save's zip format: truncated, another kind "
-                              "of file, or a whole model saved by PyTorch < 1.6, which only --trust-pickle loads)")
-    foreign = sorted({g.split(".")[0] for g in pickle_globals(p)} - SAFE_MODULES)
+        raise CheckpointError(f"{p}: not a PyTorch checkpoint in torch.save's zip format (truncated, another kind of "
+                              "file, or a whole model saved by PyTorch < 1.6, which only --trust-pickle loads)")
+    refs = pickle_globals(p)
+    foreign = sorted({g.split(".")[0] for g in refs} - SAFE_MODULES
+                     | {"torch.nn" for g in refs if g.startswith("torch.nn.modules.")})
     if foreign:
         raise CheckpointError(
             f"{p}: holds a pickled whole model (classes from {', '.join(foreign)}); unpickling runs code from the file, "
@@ -95,7 +97,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-SAFE_MODULES = {"torch", "collections", "builtins", "_codecs", "numpy"}
+SAFE_MODULES = {"torch", "collections", "builtins", "__builtin__", "copyreg", "_codecs", "numpy"}
 
 
 def pickle_globals(path: str | Path) -> set[str]:
