@@ -35,6 +35,9 @@ CANDIDATES = {  # name: MDMConfig overrides
     "400 @ 1.5e-2": {"steps": 400, "lr": 1.5e-2},
     "200 @ 3e-2": {"steps": 200, "lr": 3e-2},
     "100 @ 6e-2": {"steps": 100, "lr": 6e-2},
+    "200 -> 2000 extrapolated": {"steps": 200, "horizon": 2000},
+    "400 -> 2000 extrapolated": {"steps": 400, "horizon": 2000},
+    "600 -> 2000 extrapolated": {"steps": 600, "horizon": 2000},
 }
 
 

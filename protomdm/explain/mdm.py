@@ -239,6 +239,9 @@ class MDMLocalizer(Localizer):
                 bar.set_postfix(active=int(active.sum()))
             bar.close()
             with torch.no_grad():
+                if cfg.horizon is not None and cfg.horizon > cfg.steps:
+                    for i, p in enumerate(params):
+                        self._extrapolate(p, exp_avg[i], exp_sq[i], steps[:, i].view(-1, 1, 1, 1), cfg.horizon)
                 masks = torch.stack([self._upsample(p, (h, w))[:, 0] for p in params], 1)
         return MaskFit(masks.cpu(), steps.cpu(), list(targets.cpu()), time.perf_counter() - t0, batch)
 
@@ -292,6 +295,15 @@ class MDMLocalizer(Localizer):
                 batch = max(1, batch // 2)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
+
+    def _extrapolate(self, p, m, v, t, horizon):
+        """Continue each element's last Adam step ``lr * m_hat / (sqrt(v_hat) + eps)`` linearly from step ``t``
+        (per task) to ``horizon``, then clamp to [0, 1]: elements still travelling at a steady rate reach where the
+        full schedule would take them; elements at rest (``m_hat`` near 0) stay put."""
+        b1, b2 = ADAM_BETAS
+        tf = t.to(p.dtype).clamp_min(1)
+        rate = (m / (1 - b1**tf)) / ((v / (1 - b2**tf)).sqrt() + ADAM_EPS)
+        p.sub_(self.config.lr * (horizon - tf).clamp_min(0) * rate).clamp_(0, 1)
 
     def _adam_update(self, p, g, m, v, rows, t):
         """torch.optim.Adam's update (no weight decay) of the ``rows`` still training, all at step ``t``."""
