@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import resource
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,26 +40,39 @@ def _peak_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process-wide high-water mark (Linux: KiB)
 
 
-def bench_model(backbone: str, img_size: int, ckpt: str | None, seed: int) -> PrototypeModel:
-    """The model to time: a checkpoint (a trained model gives meaningful agreement figures), else a ProtoPNet with
-    random weights on ``backbone``."""
+def bench_model(backbone: str, img_size: int, ckpt: str | None, seed: int, progress: bool = False
+                ) -> tuple[PrototypeModel, str]:
+    """The model to time and what it is: a checkpoint; for the tiny backbone at the demo's size, the demo's
+    synthetic ProtoPNet trained on the spot (about half a minute on 2 CPU cores), since only a trained model gives
+    meaningful agreement figures; else a ProtoPNet with random weights on ``backbone`` (timing only)."""
     if ckpt:
-        return load_model(ckpt)
+        return load_model(ckpt), f"checkpoint {ckpt}"
+    from .demo import demo_config
+    from .training import train
+
+    cfg = demo_config()
+    if backbone == cfg.model.backbone and img_size == cfg.model.img_size[0]:
+        with tempfile.TemporaryDirectory() as tmp:
+            train(cfg, tmp, progress=progress)
+            return load_model(Path(tmp) / "best.pt"), f"the demo's synthetic ProtoPNet (trained) at {img_size}px"
     torch.manual_seed(seed)
-    return build_model(ModelConfig(backbone=backbone, class_names=("disk", "square", "cross"), prototypes_per_class=2,
-                                   img_size=(img_size, img_size), mean=(0.5,) * 3, std=(0.25,) * 3))
+    model = build_model(ModelConfig(backbone=backbone, class_names=("disk", "square", "cross"), prototypes_per_class=2,
+                                    img_size=(img_size, img_size), mean=(0.5,) * 3, std=(0.25,) * 3))
+    return model, f"ProtoPNet/{backbone} with random weights at {img_size}px (timing only: agreement is meaningless)"
 
 
 def run_bench(backbone: str = "tiny", img_size: int = 64, device: str = "cpu", images: int = 2,
               ref_steps: int = 300, mdm: MDMConfig | None = None, seed: int = 0, progress: bool = True,
-              ckpt: str | None = None) -> list[BenchRow]:
+              ckpt: str | None = None) -> tuple[list[BenchRow], str]:
     """Time the paper's schedule (each mask alone, ``ref_steps`` Adam steps) and ours (all masks of all images in
     one batch; ``mdm.steps`` of every ``mdm.horizon`` steps taken, the rest extrapolated, scaled to ``ref_steps``)
     on ``images`` synthetic images, and measure their agreement (Dice of the p90 masks, Pearson r of the
-    heatmaps). Seconds are also projected to the full schedules (the paper's 2000 steps, ours ``mdm.steps``)."""
+    heatmaps). Seconds are also projected to the full schedules (the paper's 2000 steps, ours ``mdm.steps``).
+    Returns the rows and a description of the model."""
     dev = resolve_device(device)
     cfg = mdm or MDMConfig()
-    model = bench_model(backbone, img_size, ckpt, seed).to(dev).eval()
+    model, what = bench_model(backbone, img_size, ckpt, seed, progress)
+    model = model.to(dev).eval()
     classes = model.class_names if set(model.class_names) <= set(SHAPES) else ("disk", "square", "cross")
     size = model.config.img_size[0]
     data = SyntheticLesions(classes, n=images, size=size, channels=model.config.in_channels, seed=seed + 1)
@@ -93,12 +108,13 @@ def run_bench(backbone: str = "tiny", img_size: int = 64, device: str = "cpu", i
     sync()
     t_ours = (time.perf_counter() - t0) / images
     agree = [float(dice(r.binary(90), o.binary(90))) for r, o in zip(ref, ours)]
-    corr = [float(np.corrcoef(r.heatmap.ravel(), o.heatmap.ravel())[0, 1]) for r, o in zip(ref, ours)]
+    corr = [float(np.corrcoef(r.heatmap.ravel(), o.heatmap.ravel())[0, 1]) if r.heatmap.std() > 0 and
+            o.heatmap.std() > 0 else float("nan") for r, o in zip(ref, ours)]
     steps_ours = float(np.mean([o.steps for o in ours]))
     return [BenchRow("paper (sequential)", t_ref, mem_ref, ref_steps, t_ref / ref_steps * PAPER_STEPS),
             BenchRow("ours (batched, extrapolated)" if ours_cfg.horizon else "ours (batched)", t_ours,
                      _peak_mb(dev), steps_ours, t_ours / max(steps_ours, 1) * full * share,
-                     float(np.mean(agree)), float(np.nanmean(corr)))]
+                     float(np.mean(agree)), float(np.mean(corr)))], what
 
 
 def format_table(rows: list[BenchRow], note: str) -> str:

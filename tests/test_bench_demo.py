@@ -11,7 +11,7 @@ def test_bench_compares_the_schedules_and_they_agree(tmp_path):
     from protomdm.training import train
 
     train(small_config(), tmp_path / "m", progress=False)
-    rows = run_bench(images=1, ref_steps=30, mdm=MDMConfig(horizon=None), progress=False,
+    rows, what = run_bench(images=1, ref_steps=30, mdm=MDMConfig(horizon=None), progress=False,
                      ckpt=str(tmp_path / "m" / "best.pt"))
     paper, ours = rows
     assert paper.steps == 30 and ours.steps == 30
@@ -22,9 +22,9 @@ def test_bench_compares_the_schedules_and_they_agree(tmp_path):
 
 
 def test_bench_command_says_what_it_shortened(capsys):
-    code = main(["bench", "--img-size", "32", "--images", "1", "--ref-steps", "5", "--quiet"])
+    code = main(["bench", "--img-size", "32", "--images", "1", "--ref-steps", "5", "--quiet"])  # random weights
     out = capsys.readouterr().out
-    assert code == 0 and "it has 2000" in out and "ours (batched, extrapolated)" in out
+    assert code == 0 and "it has 2000" in out and "ours (batched, extrapolated)" in out and "timing only" in out
     ours = next(line.split() for line in out.splitlines() if line.startswith("ours"))
     assert ours[-3] == "1"  # 1 of the paper's 5 steps taken: the same share as 400 of 2000
 
