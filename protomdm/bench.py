@@ -65,7 +65,7 @@ def run_bench(backbone: str = "tiny", img_size: int = 64, device: str = "cpu", i
               ref_steps: int = 300, mdm: MDMConfig | None = None, seed: int = 0, progress: bool = True,
               ckpt: str | None = None) -> tuple[list[BenchRow], str]:
     """Time the paper's schedule (each mask alone, ``ref_steps`` Adam steps) and ours (all masks of all images in
-    one batch; ``mdm.steps`` of every ``mdm.horizon`` steps taken, the rest extrapolated, scaled to ``ref_steps``)
+    one batch; ``mdm.steps_taken`` of every ``mdm.steps`` steps taken, the rest extrapolated, scaled to ``ref_steps``)
     on ``images`` synthetic images, and measure their agreement (Dice of the p90 masks, Pearson r of the
     heatmaps). Seconds are also projected to the full schedules (the paper's 2000 steps, ours ``mdm.steps``).
     Returns the rows and a description of the model."""
@@ -79,11 +79,10 @@ def run_bench(backbone: str = "tiny", img_size: int = 64, device: str = "cpu", i
     x = model_input(torch.stack([data[i][0] for i in range(images)]), model.config).to(dev)
     with torch.no_grad():
         protos = [choose_prototype(model, x[i:i + 1], None, None) for i in range(images)]
-    full = cfg.horizon or cfg.steps  # the schedule ours stands for (2000)
-    share = cfg.steps / full if cfg.horizon else 1.0
-    ours_cfg = dataclasses.replace(cfg, steps=max(1, round(ref_steps * share)),
-                                   horizon=ref_steps if cfg.horizon else None)
-    paper = MDMLocalizer(dataclasses.replace(cfg, steps=ref_steps, horizon=None, tol=None), progress=progress)
+    share = cfg.steps_taken / cfg.steps  # ours takes this share of the schedule's steps (400 / 2000)
+    ours_cfg = dataclasses.replace(cfg, steps=ref_steps, extrapolate_after=max(1, round(ref_steps * share)))
+    paper = MDMLocalizer(dataclasses.replace(cfg, steps=ref_steps, extrapolate_after=None, tol=None),
+                         progress=progress)
 
     def sync() -> None:
         if dev.type == "cuda":
@@ -112,8 +111,8 @@ def run_bench(backbone: str = "tiny", img_size: int = 64, device: str = "cpu", i
             o.heatmap.std() > 0 else float("nan") for r, o in zip(ref, ours)]
     steps_ours = float(np.mean([o.steps for o in ours]))
     return [BenchRow("paper (sequential)", t_ref, mem_ref, ref_steps, t_ref / ref_steps * PAPER_STEPS),
-            BenchRow("ours (batched, extrapolated)" if ours_cfg.horizon else "ours (batched)", t_ours,
-                     _peak_mb(dev), steps_ours, t_ours / max(steps_ours, 1) * full * share,
+            BenchRow("ours (batched, extrapolated)" if share < 1 else "ours (batched)", t_ours,
+                     _peak_mb(dev), steps_ours, t_ours / max(steps_ours, 1) * cfg.steps_taken,
                      float(np.mean(agree)), float(np.mean(corr)))], what
 
 

@@ -36,10 +36,9 @@ def _parse_classes(text: str) -> list[str]:
 def _add_mdm_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("MDM settings (defaults: configs/mdm.yaml's values, the paper's)")
     g.add_argument("--mdm-config", metavar="YAML", help="read MDM settings from a YAML file; flags below override it")
-    g.add_argument("--steps", type=int, help="Adam steps taken per mask (default 400)")
-    g.add_argument("--horizon", type=int, help="schedule length reached by extrapolating each mask's trajectory "
-                   "after --steps (default 2000, the paper's; 0: none, --steps 2000 --horizon 0 is the paper's "
-                   "schedule in full)")
+    g.add_argument("--steps", type=int, help="schedule length per mask (default 2000, the paper's)")
+    g.add_argument("--extrapolate-after", type=int, metavar="N", help="take N Adam steps, then extrapolate each "
+                   "mask's trajectory linearly to --steps (default 400; 0: take every step, the paper's schedule)")
     g.add_argument("--lambda", dest="lambda_l1", type=float, help="weight of the L1 mask-area term")
     g.add_argument("--gamma", type=float, help="heatmap = sum of masks, zero where the sum < gamma (default 5)")
     g.add_argument("--lr", type=float, help="Adam learning rate (default 3e-3)")
@@ -57,8 +56,8 @@ def _mdm_config(args: argparse.Namespace):
                                                 "precision") if getattr(args, k) is not None}
     if args.tol is not None:
         overrides["tol"] = args.tol if args.tol > 0 else None
-    if args.horizon is not None:
-        overrides["horizon"] = args.horizon if args.horizon > 0 else None
+    if args.extrapolate_after is not None:
+        overrides["extrapolate_after"] = args.extrapolate_after if args.extrapolate_after > 0 else None
     return dataclasses.replace(cfg, **overrides)
 
 
@@ -195,7 +194,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             f"{args.device}. The paper's schedule ran {args.ref_steps} steps per mask"
             + (f" (it has {PAPER_STEPS}; ours was scaled to the same share, and 'full s/img' projects both to "
                f"their full schedules from the measured time per step)" if short else "")
-            + f"; ours: {mdm.steps} of every {mdm.horizon or mdm.steps} steps taken, the rest extrapolated, "
+            + f"; ours: {mdm.steps_taken} of every {mdm.steps} steps taken, the rest extrapolated, "
             f"tol {mdm.tol}, precision {mdm.precision}. Agreement is ours against the paper's schedule.")
     print(format_table(rows, note))
     return 0
@@ -250,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "OUT/report.csv.")
     p.add_argument("--out", default="protomdm-demo", help="output folder (default protomdm-demo)")
     p.add_argument("--images", type=int, default=4, help="test images to localize (default 4)")
-    p.add_argument("--steps", type=int, default=300, help="MDM steps per mask (default 300)")
+    p.add_argument("--steps", type=int, default=2000, help="MDM schedule per mask (default 2000, the paper's, of "
+                   "which 400 steps are taken and the rest extrapolated)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
 

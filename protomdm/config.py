@@ -171,10 +171,10 @@ class MDMConfig:
     """Settings of the Multiple Dynamic Mask search (Peng et al.).
 
     The defaults follow the paper (27 masks of 6..32 cells, init 0.5, Adam lr 3e-3, gamma 5, a 2000-step
-    schedule), reached faster: ``steps`` (400) Adam steps are taken and each mask element's trajectory is then
-    extrapolated linearly to ``horizon`` (2000) steps from its last Adam update. On the synthetic benchmark this
-    keeps the p90 mask within Dice 0.95 of the full 2000 steps for every image (``scripts/schedule_study.py``).
-    ``horizon: null`` (or ``steps >= horizon``) takes every step, as the paper does. ``tol`` adds a stopping rule:
+    ``steps`` schedule), reached faster: after ``extrapolate_after`` (400) Adam steps each mask element's trajectory
+    is extrapolated linearly to step ``steps`` from its last Adam update. On the synthetic benchmark this keeps the
+    p90 mask within Dice 0.95 of the full 2000 steps for every image (``scripts/schedule_study.py``).
+    ``extrapolate_after: null`` (or ``>= steps``) takes every step, as the paper does. ``tol`` adds a stopping rule:
     an image's masks stop once its thresholded heatmap has stopped changing.
     """
 
@@ -182,7 +182,7 @@ class MDMConfig:
     lambda_l1: float = 0.05
     gamma: float = 5.0
     lr: float = 3e-3
-    steps: int = 400
+    steps: int = 2000
     init: float = 0.5
     baseline: str = "zero"  # what masked-out pixels become: zero | blur | mean (in the model's input space)
     blur_sigma: float = 10.0
@@ -194,7 +194,7 @@ class MDMConfig:
     batch_masks: int | None = None  # most masked images per forward pass; None: all at once
     precision: str = "fp32"
     channels_last: bool = False
-    horizon: int | None = 2000  # the schedule length reached: steps taken + linear extrapolation of the rest
+    extrapolate_after: int | None = 400  # Adam steps taken; the rest of `steps` extrapolated linearly
 
     def __post_init__(self) -> None:
         self.sizes = tuple(self.sizes)
@@ -213,7 +213,13 @@ class MDMConfig:
         _check(0 < self.stop_percentile < 100, "stop_percentile must lie strictly between 0 and 100")
         _check(self.batch_masks is None or self.batch_masks >= 1, "batch_masks must be >= 1 or null")
         _check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        _check(self.horizon is None or self.horizon >= 1, f"horizon must be null or >= 1, got {self.horizon}")
+        _check(self.extrapolate_after is None or self.extrapolate_after >= 1,
+               f"extrapolate_after must be null or >= 1, got {self.extrapolate_after}")
+
+    @property
+    def steps_taken(self) -> int:
+        """Adam steps actually taken per mask: ``steps``, or fewer when the rest is extrapolated."""
+        return min(self.steps, self.extrapolate_after or self.steps)
 
 
 def load_mdm_config(path: str | Path) -> MDMConfig:

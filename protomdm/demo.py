@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +56,7 @@ def run_demo(out_dir: str | Path = "protomdm-demo", n_images: int = 4, mdm: MDMC
     x = model_input(torch.stack([torch.from_numpy(s.image) for s in samples]), model.config)
     protos = [choose_prototype(model, x[i:i + 1], None, model.class_names[int(s.labels.argmax())])
               for i, s in enumerate(samples)]
-    mdm_loc = MDMLocalizer(mdm or replace(MDMConfig(), steps=300), progress=progress)
+    mdm_loc = MDMLocalizer(mdm or MDMConfig(), progress=progress)
     rows, panels = [], []
     for i, (s, j) in enumerate(zip(samples, protos)):
         truth = s.masks[int(s.labels.argmax())]

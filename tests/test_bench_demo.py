@@ -11,7 +11,7 @@ def test_bench_compares_the_schedules_and_they_agree(tmp_path):
     from protomdm.training import train
 
     train(small_config(), tmp_path / "m", progress=False)
-    rows, what = run_bench(images=1, ref_steps=30, mdm=MDMConfig(horizon=None), progress=False,
+    rows, what = run_bench(images=1, ref_steps=30, mdm=MDMConfig(extrapolate_after=None), progress=False,
                      ckpt=str(tmp_path / "m" / "best.pt"))
     paper, ours = rows
     assert paper.steps == 30 and ours.steps == 30

@@ -40,7 +40,7 @@ def test_default_settings_are_the_papers():
     cfg = MDMConfig()
     assert cfg.sizes == tuple(5 + i for i in range(1, 28)) and len(cfg.sizes) == 27
     assert (cfg.init, cfg.lr, cfg.gamma, cfg.baseline) == (0.5, 3e-3, 5.0, "zero")
-    assert (cfg.steps, cfg.horizon) == (400, 2000)  # the paper's 2000-step schedule, 1600 of them extrapolated
+    assert (cfg.steps, cfg.extrapolate_after) == (2000, 400)  # the paper's 2000 steps, the last 1600 extrapolated
 
 
 def test_heatmap_rule_by_hand():
@@ -56,7 +56,7 @@ def test_heatmap_rule_by_hand():
 def test_batched_equals_one_mask_at_a_time():
     model = tiny_model("protopnet", seed=1, img_size=(32, 32))
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
-    loc = MDMLocalizer(sizes=(3, 5, 8), steps=25, horizon=None, gamma=0.0, lambda_l1=0.5)
+    loc = MDMLocalizer(sizes=(3, 5, 8), steps=25, gamma=0.0, lambda_l1=0.5)
     sel = PrototypeSelector(model, prototype=3)
     batched = loc.fit_masks(x, sel)
     seq = loc.localize_sequential(x, sel)
@@ -119,8 +119,8 @@ def test_out_of_memory_at_batch_one_is_a_clear_error():
 
 def test_early_stopping_gives_the_full_result():
     sel = LogitSelector(BoxOracle(BOX), 0)
-    full = MDMLocalizer(steps=600, horizon=None).localize(oracle_image(), sel)
-    early_fit = MDMLocalizer(steps=600, horizon=None, tol=0.02, patience=25, min_steps=50).fit_masks(oracle_image(), sel)
+    full = MDMLocalizer(steps=600, extrapolate_after=None).localize(oracle_image(), sel)
+    early_fit = MDMLocalizer(steps=600, extrapolate_after=None, tol=0.02, patience=25, min_steps=50).fit_masks(oracle_image(), sel)
     assert early_fit.steps.max() < 600  # the masks stopped early
     early = top_percentile_mask(masks_to_heatmap(early_fit.masks[0], 5.0), 90)
     assert dice(full.binary(90), early) >= 0.95
@@ -128,10 +128,10 @@ def test_early_stopping_gives_the_full_result():
 
 def test_extrapolated_schedule_reaches_the_full_one():
     sel = LogitSelector(BoxOracle(BOX), 0)
-    full = MDMLocalizer(steps=500, horizon=None).localize(oracle_image(), sel)
-    short = MDMLocalizer(steps=100, horizon=500).localize(oracle_image(), sel)
-    cut = MDMLocalizer(steps=100, horizon=None).localize(oracle_image(), sel)
-    assert short.steps == cut.steps == 100 and short.settings["horizon"] == 500
+    full = MDMLocalizer(steps=500, extrapolate_after=None).localize(oracle_image(), sel)
+    short = MDMLocalizer(steps=500, extrapolate_after=100).localize(oracle_image(), sel)
+    cut = MDMLocalizer(steps=100, extrapolate_after=None).localize(oracle_image(), sel)
+    assert short.steps == cut.steps == 100 and short.settings["extrapolate_after"] == 100
     assert dice(full.binary(90), short.binary(90)) >= 0.95
     assert np.abs(full.heatmap - short.heatmap).mean() < np.abs(full.heatmap - cut.heatmap).mean()
 

@@ -209,8 +209,8 @@ class MDMLocalizer(Localizer):
             active = torch.ones(n_tasks, n_masks, dtype=torch.bool, device=device)
             prev_top, calm = None, torch.zeros(n_tasks, dtype=torch.long, device=device)
             batch = cfg.batch_masks or n_tasks * n_masks
-            bar = tqdm(total=cfg.steps, disable=not self.progress, desc="MDM", unit="step", leave=False)
-            for step in range(1, cfg.steps + 1):
+            bar = tqdm(total=cfg.steps_taken, disable=not self.progress, desc="MDM", unit="step", leave=False)
+            for step in range(1, cfg.steps_taken + 1):
                 act = active.flatten().nonzero().flatten()  # entries (t * N + i) still training
                 if act.numel() == 0:
                     break
@@ -239,9 +239,9 @@ class MDMLocalizer(Localizer):
                 bar.set_postfix(active=int(active.sum()))
             bar.close()
             with torch.no_grad():
-                if cfg.horizon is not None and cfg.horizon > cfg.steps:
+                if cfg.steps_taken < cfg.steps:
                     for i, p in enumerate(params):
-                        self._extrapolate(p, exp_avg[i], exp_sq[i], steps[:, i].view(-1, 1, 1, 1), cfg.horizon)
+                        self._extrapolate(p, exp_avg[i], exp_sq[i], steps[:, i].view(-1, 1, 1, 1), cfg.steps)
                 masks = torch.stack([self._upsample(p, (h, w))[:, 0] for p in params], 1)
         return MaskFit(masks.cpu(), steps.cpu(), list(targets.cpu()), time.perf_counter() - t0, batch)
 
