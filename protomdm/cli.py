@@ -225,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--prototype", type=int, help="prototype index (default: the most activated prototype of "
                      "--class, or of the predicted class)")
     who.add_argument("--class", dest="class_name", help="class name: explain its most activated prototype")
-    p.add_argument("--method", default="mdm", choices=("mdm", "upsample"), help="default: mdm")
+    p.add_argument("--method", default="mdm", choices=("mdm", "upsample", *CAM_NAMES),
+                   help="mdm (default), upsample (the network's own search) or a Grad-CAM method")
     p.add_argument("--percentile", type=float, default=90.0, help="keep the top (100-p)%% of the heatmap (default 90)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--out", required=True, help="output folder")

@@ -13,12 +13,13 @@ import torch
 from .config import MDMConfig, ModelConfig
 from .data.images import LoadedImage, box_to_original, read_image, to_model_input
 from .errors import UserError
-from .explain import Localization, MDMLocalizer, PrototypeSelector, UpsampleLocalizer
+from .explain import CAMLocalizer, Localization, MDMLocalizer, PrototypeSelector, UpsampleLocalizer
+from .explain.cam import CAM_METHODS
 from .explain.localization import model_device
 from .models import PrototypeModel, build_model, load_model, save_checkpoint
 from .report.figures import check_writable, resize_map, save_mask_png, save_overlay, write_json
 
-METHODS = ("mdm", "upsample")
+METHODS = ("mdm", "upsample", *CAM_METHODS)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -58,10 +59,13 @@ def choose_prototype(model: PrototypeModel, x: torch.Tensor, prototype: int | No
 
 
 def make_localizer(method: str, mdm: MDMConfig | None = None, progress: bool = False):
+    """The localizer of a method name: ``mdm``, ``upsample`` or one of the Grad-CAM family."""
     if method == "mdm":
         return MDMLocalizer(mdm, progress=progress)
     if method == "upsample":
         return UpsampleLocalizer()
+    if method in CAM_METHODS:
+        return CAMLocalizer(method)
     raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
 
 

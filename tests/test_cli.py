@@ -15,7 +15,7 @@ def run_cli(capsys, *args):
     return code, out.out, out.err
 
 
-@pytest.mark.parametrize("method", ["mdm", "upsample"])
+@pytest.mark.parametrize("method", ["mdm", "upsample", "gradcampp"])
 def test_localize_end_to_end(capsys, tmp_path, architecture, ckpt_path, png_path, method):
     out = tmp_path / "out"
     code, stdout, _ = run_cli(capsys, "localize", "--model", architecture, "--ckpt", ckpt_path, "--image", png_path,

@@ -31,17 +31,16 @@ from ..config import MDMConfig
 from ..data.images import model_input
 from ..distributed import DistEnv
 from ..errors import UserError
-from ..explain import MDMLocalizer, PrototypeSelector, UpsampleLocalizer
-from ..explain.cam import CAM_METHODS, CAMLocalizer
+from ..explain import PrototypeSelector
 from ..explain.localization import model_device
 from ..models import PrototypeModel, load_model
+from ..pipeline import METHODS, make_localizer, resolve_device
 from ..report.figures import atomic_write
 from . import metrics as M
 from .faithfulness import deletion_insertion, heatmap_masked_scores
 from .samples import EvalSample, Skipped, cub_samples, nih_samples, synthetic_samples
 
 DATASETS = ("synthetic", "nih", "cub")
-METHODS = ("upsample", "mdm", *CAM_METHODS)
 POLICIES = ("first", "best-dice", "all-of-class")
 COLUMNS = ("image", "finding", "prototype", "method", "percentile", "metric", "value")
 CURVE_COLUMNS = ("image", "finding", "prototype", "method", "curve", "values")
@@ -54,14 +53,6 @@ class EvalResult:
     images: int = 0
     skipped: list[Skipped] = field(default_factory=list)
     summary: list[dict] = field(default_factory=list)
-
-
-def make_localizer(method: str, mdm: MDMConfig | None):
-    if method == "mdm":
-        return MDMLocalizer(mdm)
-    if method == "upsample":
-        return UpsampleLocalizer()
-    return CAMLocalizer(method)
 
 
 def parse_methods(text: str | Sequence[str]) -> list[str]:
@@ -159,7 +150,6 @@ def evaluate(ckpt: str | Path, out_dir: str | Path, *, dataset: str = "synthetic
     """
     from tqdm.auto import tqdm
 
-    from ..pipeline import resolve_device
 
     methods = parse_methods(methods)
     percentiles = parse_percentiles(percentiles)
