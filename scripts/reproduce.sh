@@ -4,8 +4,8 @@
 #
 #   [DEVICE=cuda] [CONFIG=...] scripts/reproduce.sh {cub|nih} DATA_ROOT [OUT_DIR]
 set -euo pipefail
-DATASET=${1:?usage: scripts/reproduce.sh {cub|nih} DATA_ROOT [OUT_DIR]}
-ROOT=${2:?usage: scripts/reproduce.sh {cub|nih} DATA_ROOT [OUT_DIR]}
+DATASET=${1:?"usage: scripts/reproduce.sh cub|nih DATA_ROOT [OUT_DIR]"}
+ROOT=${2:?"usage: scripts/reproduce.sh cub|nih DATA_ROOT [OUT_DIR]"}
 OUT=${3:-runs/reproduce_$DATASET}
 DEVICE=${DEVICE:-cuda}
 case "$DATASET" in
