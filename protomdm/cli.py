@@ -48,6 +48,18 @@ def _add_mdm_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="autocast precision of the forward passes")
 
 
+def _add_job_options(p: argparse.ArgumentParser, resume: str | None = None, device: bool = True) -> None:
+    """--device, --out, --overwrite, [--resume] and --quiet, and the MDM settings: what every job command takes."""
+    if device:
+        p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace outputs already in --out")
+    if resume:
+        p.add_argument("--resume", action="store_true", help=resume)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_mdm_options(p)
+
+
 def _mdm_config(args: argparse.Namespace):
     from .config import MDMConfig, load_mdm_config
 
@@ -228,19 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="mdm", choices=("mdm", "upsample", *CAM_NAMES),
                    help="mdm (default), upsample (the network's own search) or a Grad-CAM method")
     p.add_argument("--percentile", type=float, default=90.0, help="keep the top (100-p)%% of the heatmap (default 90)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--overwrite", action="store_true", help="replace outputs already in --out")
-    p.add_argument("--resume", action="store_true", help="--input runs: skip images already done in --out's "
-                   "results.csv, retry the failed ones")
     p.add_argument("--trust-pickle", action="store_true", help="--ckpt is a whole model pickled by another codebase "
                    "(e.g. the original ProtoPNet's torch.save(model)); loading it runs code from the file")
     p.add_argument("--code-dir", metavar="DIR", help="with --trust-pickle: the repository defining the pickled "
                    "classes, importable during the load only")
     p.add_argument("--keep-phi", action="store_true", help="copy patient and study attributes (name, ID, dates, "
                    "accession number) into the DICOM outputs; by default they are left empty")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_mdm_options(p)
+    _add_job_options(p, resume="--input runs: skip images already done in --out's results.csv, retry the failed "
+                     "ones")
     p.set_defaults(func=_cmd_localize)
 
     p = sub.add_parser("demo", help="train a small synthetic ProtoPNet (once) and compare MDM with upsampling",
@@ -300,10 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated: mdm and any of " + ", ".join(CAM_NAMES) + " (default mdm,gradcam,"
                    "gradcampp,scorecam)")
     p.add_argument("--img-size", type=int, default=224, help="input side (default 224)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_mdm_options(p)
+    _add_job_options(p, device=False)
     p.set_defaults(func=_cmd_explain)
 
     p = sub.add_parser("evaluate", help="score prototype localisation against ground truth (NIH, CUB, synthetic)",
@@ -329,12 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deletion-steps", type=int, default=16, help="deletion/insertion curve steps (default 16)")
     p.add_argument("--faithfulness-baseline", default="zero", choices=("zero", "blur", "mean"),
                    help="what removed pixels become in deletion/insertion (default zero = the normalisation mean)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--overwrite", action="store_true", help="start over in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_mdm_options(p)
+    _add_job_options(p, resume="continue an interrupted run in --out")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("check-data", help="check a copy of NIH ChestX-ray14 or CUB-200-2011 against its manifest",
