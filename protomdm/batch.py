@@ -8,20 +8,17 @@ A bad image fails alone: its row says why and the run goes on.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
-
 from .data.images import IMAGE_SUFFIXES, read_image
-from .distributed import DistEnv
+from .distributed import DistEnv, rank_parts
 from .errors import UserError
 from .pipeline import LocalizeJob, is_dicom, output_stem
-from .report.figures import atomic_write
+from .report.figures import append_csv, atomic_write, read_csv, write_csv
 
 COLUMNS = ("input", "output", "model", "method", "prototype", "class_name", "score", "box_x0", "box_y0", "box_x1",
            "box_y1", "seconds", "status", "error")
@@ -67,21 +64,10 @@ class FolderResult:
         return len(self.failures)
 
 
-def _read_rows(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return [r for r in csv.DictReader(f) if r.get("status") in ("ok", "failed") and r.get("input")]
-
-
-def _part_files(out: Path) -> list[Path]:
-    """Per-rank results of a torchrun run not merged yet (``results.rankR.csv``)."""
-    return sorted(out.glob("results.rank*.csv"))
-
-
 def _all_rows(out: Path) -> list[dict[str, str]]:
-    """Every row on disk: the merged results, then the per-rank parts."""
-    return [r for p in [out / RESULTS, *_part_files(out)] for r in _read_rows(p)]
+    """Every complete row on disk: the merged results, then the per-rank parts a torchrun run left."""
+    return [r for p in [out / RESULTS, *rank_parts(out / RESULTS)] for r in read_csv(p)
+            if r.get("status") in ("ok", "failed") and r.get("input")]
 
 
 def merge_results(out: Path, order: list[str]) -> list[dict[str, str]]:
@@ -94,8 +80,8 @@ def merge_results(out: Path, order: list[str]) -> list[dict[str, str]]:
             best[r["input"]] = r
     rank = {rel: i for i, rel in enumerate(order)}
     rows = sorted(best.values(), key=lambda r: (rank.get(r["input"], len(rank)), r["input"]))
-    _write_rows(out / RESULTS, rows)
-    for p in _part_files(out):
+    write_csv(out / RESULTS, COLUMNS, rows)
+    for p in rank_parts(out / RESULTS):
         p.unlink()
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
@@ -104,23 +90,6 @@ def merge_results(out: Path, order: list[str]) -> list[dict[str, str]]:
     elif (out / FAILURES).exists():
         (out / FAILURES).unlink()
     return rows
-
-
-def _write_rows(path: Path, rows: Iterable[dict[str, str]]) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, COLUMNS)
-            w.writeheader()
-            w.writerows(rows)
-
-    atomic_write(path, write)
-
-
-def _append_row(path: Path, row: dict) -> None:
-    with open(path, "a", newline="") as f:
-        csv.DictWriter(f, COLUMNS).writerow(row)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def localize_folder(job: LocalizeJob, input_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
@@ -147,7 +116,7 @@ def localize_folder(job: LocalizeJob, input_dir: str | Path, out_dir: str | Path
     if out.resolve() == root.resolve() or root.resolve() in out.resolve().parents:
         raise UserError(f"--out {out} lies inside --input {root}; choose an output folder outside the inputs")
     results = out / RESULTS
-    if (results.exists() or (out.is_dir() and _part_files(out))) and not (resume or overwrite):
+    if (results.exists() or rank_parts(results)) and not (resume or overwrite):
         raise UserError(f"{results} exists from an earlier run; pass --resume to finish it or --overwrite to redo it")
     if dist.is_main:
         try:
@@ -160,19 +129,19 @@ def localize_folder(job: LocalizeJob, input_dir: str | Path, out_dir: str | Path
         for stale in out.glob(".tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
         if not resume:
-            for p in [results, *_part_files(out)]:
+            for p in [results, *rank_parts(results)]:
                 p.unlink(missing_ok=True)
     dist.barrier()  # the others start once the folder is set up
 
     order = [p.relative_to(root).as_posix() for p in files]
     finished = {r["input"] for r in _all_rows(out) if r["status"] == "ok" and (out / r["output"]).is_dir()}
-    part = out / (f"results.rank{dist.rank}.csv" if dist.active else RESULTS)
+    part = dist.part(results)
     if not dist.active:
-        _write_rows(results, [r for r in _all_rows(out) if r["input"] in finished and r["status"] == "ok"])
-        for p in _part_files(out):
+        write_csv(results, COLUMNS, [r for r in _all_rows(out) if r["input"] in finished and r["status"] == "ok"])
+        for p in rank_parts(results):
             p.unlink()
     elif not part.exists():
-        _write_rows(part, [])
+        write_csv(part, COLUMNS, [])
     mine = dist.shard(files)
     res = FolderResult(out, skipped=sum(1 for p in mine if p.relative_to(root).as_posix() in finished))
     model = job.model
@@ -212,7 +181,7 @@ def localize_folder(job: LocalizeJob, input_dir: str | Path, out_dir: str | Path
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         row["seconds"] = f"{time.perf_counter() - t0:.2f}"
-        _append_row(part, row)
+        append_csv(part, COLUMNS, [row])
         bar.set_postfix(done=res.done, failed=res.failed)
     shares = dist.all_gather((res.done, res.skipped, res.failures))  # also: every rank has finished its share
     if dist.is_main:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,7 @@ from .evaluation.metrics import dice, iou
 from .explain import MDMLocalizer, PrototypeSelector, UpsampleLocalizer
 from .models import load_model
 from .pipeline import choose_prototype
-from .report.figures import atomic_write, save_panels
+from .report.figures import save_panels, write_csv
 from .training import train
 from .data.images import model_input
 
@@ -73,11 +71,7 @@ def run_demo(out_dir: str | Path = "protomdm-demo", n_images: int = 4, mdm: MDMC
         panels.append(panel)
     out.mkdir(parents=True, exist_ok=True)
     figure = save_panels(out / "report.png", panels, f"Prototype localisation, top {100 - percentile:g}% vs ground truth")
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    table = atomic_write(out / "report.csv", lambda tmp: Path(tmp).write_text(buf.getvalue()))
+    table = write_csv(out / "report.csv", list(rows[0]), rows)
     means = {m: {k: float(np.mean([r[k] for r in rows if r["method"] == m])) for k in ("dice", "iou", "seconds")}
              for m in ("upsample", "mdm")}
     return {"means": means, "figure": figure, "table": table, "model": model_dir / "best.pt"}

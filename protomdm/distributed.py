@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from datetime import timedelta
 from typing import Any, Sequence, TypeVar
 
@@ -43,6 +44,11 @@ class DistEnv:
             return torch.device("cuda", self.local_rank)
         return device
 
+    def part(self, path: Path) -> Path:
+        """Where this rank writes its share of ``path`` (``results.csv`` -> ``results.rank1.csv``); ``path`` itself
+        outside torchrun."""
+        return path.with_name(f"{path.stem}.rank{self.rank}{path.suffix}") if self.active else path
+
     def barrier(self) -> None:
         if self.active:
             dist.barrier()
@@ -59,6 +65,11 @@ class DistEnv:
         if self.active:
             dist.all_reduce(t)
         return t
+
+
+def rank_parts(path: Path) -> list[Path]:
+    """The per-rank shares of ``path`` that a torchrun run left unmerged (see :meth:`DistEnv.part`)."""
+    return sorted(path.parent.glob(f"{path.stem}.rank*{path.suffix}")) if path.parent.is_dir() else []
 
 
 def init_distributed(device: torch.device | str = "cpu", timeout_s: float = 1800) -> DistEnv:

@@ -17,8 +17,6 @@ A run is resumable: rows are appended per (image, finding, method) once complete
 
 from __future__ import annotations
 
-import csv
-import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,13 +27,13 @@ import torch
 
 from ..config import MDMConfig
 from ..data.images import model_input
-from ..distributed import DistEnv
+from ..distributed import DistEnv, rank_parts
 from ..errors import UserError
 from ..explain import PrototypeSelector
 from ..explain.localization import model_device
 from ..models import PrototypeModel, load_model
 from ..pipeline import METHODS, make_localizer, resolve_device
-from ..report.figures import atomic_write
+from ..report.figures import append_csv, atomic_write, read_csv, write_csv
 from . import metrics as M
 from .faithfulness import deletion_insertion, heatmap_masked_scores
 from .samples import EvalSample, Skipped, cub_samples, nih_samples, synthetic_samples
@@ -162,9 +160,9 @@ def evaluate(ckpt: str | Path, out_dir: str | Path, *, dataset: str = "synthetic
     samples = _samples(dataset, root, model, limit, seed, truth, part_half_width, (dist.rank, dist.world_size))
     out = Path(out_dir)
     merged = out / "results.csv"
-    if (merged.exists() or (out.is_dir() and _parts(out, "results"))) and not (resume or overwrite):
+    if (merged.exists() or rank_parts(merged)) and not (resume or overwrite):
         raise UserError(f"{merged} exists from an earlier run; pass --resume to finish it or --overwrite to redo it")
-    if resume and not (merged.exists() or _parts(out, "results")):
+    if resume and not (merged.exists() or rank_parts(merged)):
         raise UserError(f"--resume: {merged} does not exist; run without --resume first")
     if dist.is_main:
         try:
@@ -172,15 +170,14 @@ def evaluate(ckpt: str | Path, out_dir: str | Path, *, dataset: str = "synthetic
         except OSError as e:
             raise UserError(f"cannot create output folder {out}: {e.strerror}") from None
         if not resume:
-            for p in [*_parts(out, "results"), *_parts(out, "curves"), out / "curves.csv", merged]:
+            for p in [*rank_parts(merged), *rank_parts(out / "curves.csv"), out / "curves.csv", merged]:
                 p.unlink(missing_ok=True)
     dist.barrier()
-    done = _done_keys(out)
-    suffix = f".rank{dist.rank}.csv" if dist.active else ".csv"
-    results, curves_csv = out / f"results{suffix}", out / f"curves{suffix}"
+    done = {(r["image"], r["finding"], r["method"]) for p in [merged, *rank_parts(merged)] for r in read_csv(p)}
+    results, curves_csv = dist.part(merged), dist.part(out / "curves.csv")
     for path, cols in ((results, COLUMNS), (curves_csv, CURVE_COLUMNS)):
         if not path.exists():
-            atomic_write(path, lambda tmp, cols=cols: Path(tmp).write_text(",".join(cols) + "\n"))
+            write_csv(path, cols, [])
     parts = dataset == "cub"
     scorer = _Scorer(model, percentiles, faithfulness, deletion_steps, baseline, parts)
     localizers = {m: make_localizer(m, mdm) for m in methods}
@@ -211,11 +208,14 @@ def evaluate(ckpt: str | Path, out_dir: str | Path, *, dataset: str = "synthetic
                 if policy == "best-dice":
                     best = max(per_proto, key=lambda j: np.mean([v for p, m, v in per_proto[j][0] if m == "dice"]))
                     per_proto = {best: per_proto[best]}
-                _append(results, [(sample.id, finding.name, j, method, p if p == "" else f"{p:g}", m,
-                                   v if isinstance(v, str) else _fmt(v))
-                                  for j, (rows, _) in per_proto.items() for p, m, v in rows])
-                _append(curves_csv, [(sample.id, finding.name, j, method, kind, " ".join(_fmt(v) for v in c))
-                                     for j, (_, cs) in per_proto.items() for kind, c in cs])
+                unit = dict(image=sample.id, finding=finding.name, method=method)
+                append_csv(results, COLUMNS, [
+                    {**unit, "prototype": j, "percentile": p if p == "" else f"{p:g}", "metric": m,
+                     "value": v if isinstance(v, str) else _fmt(v)}
+                    for j, (rows, _) in per_proto.items() for p, m, v in rows])
+                append_csv(curves_csv, CURVE_COLUMNS, [
+                    {**unit, "prototype": j, "curve": kind, "values": " ".join(_fmt(v) for v in c)}
+                    for j, (_, cs) in per_proto.items() for kind, c in cs])
         bar.set_postfix(skipped=len(res.skipped))
     shares = dist.all_gather((res.images, res.skipped))  # also: every rank has finished its share
     res.images, res.skipped = sum(n for n, _ in shares), [s for _, sk in shares for s in sk]
@@ -229,52 +229,17 @@ def evaluate(ckpt: str | Path, out_dir: str | Path, *, dataset: str = "synthetic
     return res
 
 
-def _parts(out: Path, kind: str) -> list[Path]:
-    """Per-rank files of a torchrun run not merged yet (``results.rankR.csv``, ``curves.rankR.csv``)."""
-    return sorted(out.glob(f"{kind}.rank*.csv"))
-
-
-def _done_keys(out: Path) -> set[tuple[str, str, str]]:
-    """(image, finding, method) groups already in results.csv or a rank's part."""
-    keys = set()
-    for path in [out / "results.csv", *_parts(out, "results")]:
-        if path.exists():
-            keys |= {(r["image"], r["finding"], r["method"]) for r in _read(path)}
-    return keys
-
-
 def _merge_parts(out: Path) -> None:
     """Fold the ranks' parts into results.csv and curves.csv (a row seen twice is kept once) and remove them."""
     for kind, cols, key_len in (("results", COLUMNS, 6), ("curves", CURVE_COLUMNS, 5)):
-        parts = _parts(out, kind)
+        parts = rank_parts(out / f"{kind}.csv")
         if not parts:
             continue
-        rows: dict[tuple, dict] = {}
-        for path in [out / f"{kind}.csv", *parts]:
-            for r in (_read(path) if path.exists() else []):
-                rows[tuple(r[c] for c in cols[:key_len])] = r
-
-        def write(tmp: str, rows=rows, cols=cols) -> None:
-            with open(tmp, "w", newline="") as f:
-                w = csv.DictWriter(f, cols)
-                w.writeheader()
-                w.writerows(rows.values())
-
-        atomic_write(out / f"{kind}.csv", write)
+        rows = {tuple(r[c] for c in cols[:key_len]): r for path in [out / f"{kind}.csv", *parts]
+                for r in read_csv(path)}
+        write_csv(out / f"{kind}.csv", cols, rows.values())
         for p in parts:
             p.unlink()
-
-
-def _append(path: Path, rows: list[tuple]) -> None:
-    with path.open("a", newline="") as f:
-        csv.writer(f).writerows(rows)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _read(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def summarise(rows: list[dict[str, str]], by_finding: bool = False) -> list[dict]:
@@ -325,21 +290,15 @@ def summarise(rows: list[dict[str, str]], by_finding: bool = False) -> list[dict
 
 def write_summary(out: Path, dataset: str, skipped: int = 0) -> list[dict]:
     """summary.csv, summary.md and the two plots, from results.csv and curves.csv."""
-    rows = _read(out / "results.csv")
+    rows = read_csv(out / "results.csv")
     summary = summarise(rows, by_finding=dataset == "nih")
-
-    def write_csv(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, ["method", "finding", "percentile", "metric", "value", "n"])
-            w.writeheader()
-            w.writerows({**r, "value": _fmt(r["value"])} for r in summary)
-
-    atomic_write(out / "summary.csv", write_csv)
+    write_csv(out / "summary.csv", ("method", "finding", "percentile", "metric", "value", "n"),
+              ({**r, "value": _fmt(r["value"])} for r in summary))
     md = markdown_tables(summary, dataset, len({r["image"] for r in rows}), skipped)
     atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(md))
     if summary:
         plot_metrics(out / "metrics_vs_percentile.png", summary)
-        curves = _read(out / "curves.csv")
+        curves = read_csv(out / "curves.csv")
         if curves:
             plot_curves(out / "deletion_insertion.png", curves)
     return summary

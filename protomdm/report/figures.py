@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import tempfile
@@ -49,6 +50,33 @@ def check_writable(out_dir: str | Path, names: Iterable[str], overwrite: bool) -
 def write_json(path: str | Path, data: dict[str, Any]) -> Path:
     text = json.dumps(data, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
+
+
+def write_csv(path: str | Path, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> Path:
+    """A CSV table with a header, written atomically; ``rows`` are dicts keyed by ``columns``."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, list(columns))
+            w.writeheader()
+            w.writerows(rows)
+
+    return atomic_write(path, write)
+
+
+def append_csv(path: str | Path, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> None:
+    """Append ``rows`` to a CSV table and flush them to disk, so a killed process loses no finished row."""
+    with open(path, "a", newline="") as f:
+        csv.DictWriter(f, list(columns)).writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_csv(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a CSV table with a header; none if the file does not exist."""
+    if not Path(path).exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def resize_map(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import time
 import warnings
 from dataclasses import dataclass
@@ -23,7 +21,7 @@ from ..distributed import DistEnv, init_distributed
 from ..errors import UserError
 from ..evaluation.metrics import auroc
 from ..models import ProtoPNet, PrototypeModel, build_model, read_checkpoint, save_checkpoint
-from ..report.figures import atomic_write
+from ..report.figures import write_csv
 from .losses import protopnet_loss, random_affine, xprotonet_loss
 from .push import push_prototypes
 
@@ -291,11 +289,7 @@ class Trainer:
         keys: list[str] = []
         for r in self.log:
             keys += [k for k in r if k not in keys]
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=keys)
-        w.writeheader()
-        w.writerows(self.log)
-        atomic_write(self.out / LOG_NAME, lambda tmp: Path(tmp).write_text(buf.getvalue()))
+        write_csv(self.out / LOG_NAME, keys, self.log)
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, resume: str | Path | None = None, device: str | None = None,
