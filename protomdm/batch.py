@@ -17,7 +17,7 @@ from pathlib import Path
 from .data.images import IMAGE_SUFFIXES, read_image
 from .distributed import DistEnv, rank_parts
 from .errors import UserError
-from .pipeline import LocalizeJob, is_dicom, output_stem
+from .pipeline import LocalizeJob, is_dicom, output_stem, safe_name
 from .report.figures import append_csv, atomic_write, read_csv, write_csv
 
 COLUMNS = ("input", "output", "model", "method", "prototype", "class_name", "score", "box_x0", "box_y0", "box_x1",
@@ -48,7 +48,7 @@ def find_inputs(root: str | Path) -> list[Path]:
 def folder_name(path: Path, root: Path) -> str:
     """The output subfolder for an input: its path below ``root`` with separators as ``__`` (unique per input)."""
     rel = path.relative_to(root).as_posix()
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in rel.replace("/", "__"))
+    safe = safe_name(rel.replace("/", "__"))
     return safe[:100] + ("-" + hashlib.sha256(rel.encode()).hexdigest()[:8] if len(safe) > 100 else "")
 
 

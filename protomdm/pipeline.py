@@ -69,13 +69,17 @@ def make_localizer(method: str, mdm: MDMConfig | None = None, progress: bool = F
     raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
 
 
+def safe_name(text: str) -> str:
+    """``text`` with every character but letters, digits and ``-_.`` replaced by ``_``: safe as a file name."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
+
+
 def output_stem(image: LoadedImage) -> str:
     """A file-name stem for an image's outputs that carries no patient data (a hash for DICOM)."""
     uid = image.metadata.get("sop_instance_uid")
     if uid:
         return "dcm-" + hashlib.sha256(str(uid).encode()).hexdigest()[:16]
-    stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in image.source.stem)
-    return stem or "image"
+    return safe_name(image.source.stem) or "image"
 
 
 @dataclass

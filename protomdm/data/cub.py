@@ -4,6 +4,7 @@ segmentations (``segmentations/<class>/<image>.png``, at the root or beside it).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,41 @@ def read_table(path: Path, columns: int) -> list[list[str]]:
     return rows
 
 
+@dataclass
+class CUBIndex:
+    """The publisher's index files, read once: per image id its path under ``images/``, class name, split and
+    bird box ``(x, y, w, h)``."""
+
+    class_names: list[str]  # classes.txt, in order
+    paths: dict[str, str]
+    labels: dict[str, str]  # image id -> class name
+    is_train: dict[str, bool]
+    boxes: dict[str, tuple[float, float, float, float]]
+
+    @classmethod
+    def read(cls, root: str | Path) -> "CUBIndex":
+        root = Path(root)
+        classes = dict(read_table(root / "classes.txt", 2))
+        return cls(list(classes.values()), dict(read_table(root / "images.txt", 2)),
+                   {i: classes.get(c, c) for i, c in read_table(root / "image_class_labels.txt", 2)},
+                   {i: t == "1" for i, t in read_table(root / "train_test_split.txt", 2)},
+                   {i: tuple(map(float, b)) for i, *b in read_table(root / "bounding_boxes.txt", 5)})
+
+    def select(self, split: str, class_names: tuple[str, ...] | list[str]) -> list[str]:
+        """Image ids of ``split`` (train, test or all) whose class is one of ``class_names``, in file order."""
+        wanted = set(class_names)
+        return [i for i in self.paths if self.labels.get(i) in wanted
+                and (split == "all" or self.is_train.get(i) == (split == "train"))]
+
+    def bird_box(self, image_id: str, size: tuple[int, int]) -> tuple[int, int, int, int]:
+        """The bird's box ``(x0, y0, x1, y1)`` (exclusive ends) in whole pixels of an image of ``size`` (H, W),
+        rounded outwards and clipped; the whole image if the id has no box."""
+        if image_id not in self.boxes:
+            return 0, 0, size[1], size[0]
+        x, y, w, h = self.boxes[image_id]
+        return int(x), int(y), min(size[1], int(np.ceil(x + w))), min(size[0], int(np.ceil(y + h)))
+
+
 class CUBDataset(Dataset):
     """CUB-200-2011 images cropped to the bird's bounding box (as ProtoPNet trains), resized to ``img_size``.
 
@@ -40,19 +76,14 @@ class CUBDataset(Dataset):
     def __init__(self, root: str | Path, split: str, class_names: tuple[str, ...], img_size: tuple[int, int],
                  crop: bool = True) -> None:
         self.root, self.img_size, self.crop = Path(root), tuple(img_size), crop
-        classes = {cid: name for cid, name in read_table(self.root / "classes.txt", 2)}
-        missing = sorted(set(class_names) - set(classes.values()))
+        self.index = CUBIndex.read(self.root)
+        missing = sorted(set(class_names) - set(self.index.class_names))
         if missing:
             raise UserError(f"classes not in {self.root / 'classes.txt'}: {', '.join(missing[:5])}"
                             + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
-        index = {name: k for k, name in enumerate(class_names)}
-        paths = dict(read_table(self.root / "images.txt", 2))
-        labels = dict(read_table(self.root / "image_class_labels.txt", 2))
-        is_train = dict(read_table(self.root / "train_test_split.txt", 2))
-        self.boxes = {i: tuple(map(float, b)) for i, *b in read_table(self.root / "bounding_boxes.txt", 5)}
-        want = "1" if split == "train" else "0"
-        self.items = [(i, paths[i], index[classes[labels[i]]]) for i in paths
-                      if is_train.get(i) == want and classes[labels[i]] in index]
+        position = {name: k for k, name in enumerate(class_names)}
+        self.items = [(i, self.index.paths[i], position[self.index.labels[i]])
+                      for i in self.index.select("train" if split == "train" else "test", class_names)]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -61,9 +92,9 @@ class CUBDataset(Dataset):
         image_id, rel, label = self.items[k]
         px = read_image(self.root / "images" / rel).pixels
         px = np.repeat(px[..., None], 3, -1) if px.ndim == 2 else px
-        if self.crop and image_id in self.boxes:
-            x, y, w, h = self.boxes[image_id]
-            px = px[int(y):int(np.ceil(y + h)), int(x):int(np.ceil(x + w))]
+        if self.crop:
+            x0, y0, x1, y1 = self.index.bird_box(image_id, px.shape[:2])
+            px = px[y0:y1, x0:x1]
         t = torch.from_numpy(np.ascontiguousarray(px.transpose(2, 0, 1)))[None]
         t = F.interpolate(t, size=self.img_size, mode="bilinear", align_corners=False, antialias=True)[0]
         return t.clamp(0, 1), label, torch.zeros(1, *self.img_size, dtype=torch.uint8)

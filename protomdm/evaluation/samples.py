@@ -121,29 +121,23 @@ def cub_samples(root: str | Path, config: ModelConfig, truth: str = "segmentatio
     """CUB images of the model's classes. Cropped to the bird's box, as ProtoPNet trains, for ``segmentation`` and
     ``parts`` ground truth; whole images for ``bbox`` (in a crop the box would be the whole image).
     ``part_half_width`` is in original-image pixels."""
-    from ..data.cub import find_segmentations, part_mask, read_parts, read_table
+    from ..data.cub import CUBIndex, find_segmentations, part_mask, read_parts
     from ..data.images import read_image
 
     if truth not in CUB_TRUTHS:
         raise UserError(f"CUB ground truth must be one of {', '.join(CUB_TRUTHS)}, got {truth!r}")
     root = Path(root)
-    classes = dict(read_table(root / "classes.txt", 2))
-    paths = dict(read_table(root / "images.txt", 2))
-    labels = dict(read_table(root / "image_class_labels.txt", 2))
-    is_train = dict(read_table(root / "train_test_split.txt", 2))
-    boxes = {i: tuple(map(float, b)) for i, *b in read_table(root / "bounding_boxes.txt", 5)}
+    index = CUBIndex.read(root)
     _, parts = read_parts(root)
     seg_dir = find_segmentations(root)
     if truth == "segmentation" and seg_dir is None:
         raise UserError(f"no segmentations/ folder at {root} or beside it (CUB ships them as a separate archive); "
                         "use --truth parts or --truth bbox, or unpack segmentations.tgz")
-    want = {"train": "1", "test": "0"}.get(split)
-    ids = [i for i in paths if (want is None or is_train.get(i) == want) and classes.get(labels.get(i)) in
-           config.class_names]
+    ids = index.select(split, config.class_names)
     for k, i in enumerate(ids[:limit] if limit is not None else ids):
         if k % shard[1] != shard[0]:
             continue
-        rel = paths[i]
+        rel = index.paths[i]
         try:
             px = read_image(root / "images" / rel).pixels
             h, w = px.shape[:2]
@@ -153,23 +147,22 @@ def cub_samples(root: str | Path, config: ModelConfig, truth: str = "segmentatio
             elif truth == "parts":
                 full = part_mask(parts.get(i, np.zeros((0, 3))), (h, w), part_half_width)
             else:
-                x, y, bw, bh = boxes[i]
-                full = box_mask((int(x), int(y), int(np.ceil(x + bw)), int(np.ceil(y + bh))), (h, w))
+                if i not in index.boxes:
+                    raise KeyError("bounding_boxes.txt")
+                full = box_mask(index.bird_box(i, (h, w)), (h, w))
         except (UserError, KeyError) as e:
             yield Skipped(rel, str(e) if isinstance(e, UserError) else f"{rel}: no {e.args[0]} entry")
             continue
-        x0, y0, x1, y1 = 0, 0, w, h
-        if truth != "bbox" and i in boxes:
-            x, y, bw, bh = boxes[i]
-            x0, y0, x1, y1 = int(x), int(y), min(w, int(np.ceil(x + bw))), min(h, int(np.ceil(y + bh)))
+        x0, y0, x1, y1 = (0, 0, w, h) if truth == "bbox" else index.bird_box(i, (h, w))
         p = parts.get(i)
         if p is not None:  # part locations into the crop's, then the input's pixels
             p = p.copy()
             p[:, 0] = (p[:, 0] - x0) * config.img_size[1] / (x1 - x0)
             p[:, 1] = (p[:, 1] - y0) * config.img_size[0] / (y1 - y0)
-        c = config.class_names.index(classes[labels[i]])
+        name = index.labels[i]
+        c = config.class_names.index(name)
         crop = px[y0:y1, x0:x1]
         if config.in_channels == 3 and crop.ndim == 2:
             crop = np.repeat(crop[..., None], 3, -1)
         yield EvalSample(rel, _resize(crop, config.img_size),
-                         [Finding(classes[labels[i]], c, _resize_mask(full[y0:y1, x0:x1], config.img_size), p)])
+                         [Finding(name, c, _resize_mask(full[y0:y1, x0:x1], config.img_size), p)])
