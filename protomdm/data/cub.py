@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..errors import UserError
-from .images import read_image
+from .images import pixels_to_tensor, read_image
 
 
 def read_table(path: Path, columns: int) -> list[list[str]]:
@@ -95,9 +94,7 @@ class CUBDataset(Dataset):
         if self.crop:
             x0, y0, x1, y1 = self.index.bird_box(image_id, px.shape[:2])
             px = px[y0:y1, x0:x1]
-        t = torch.from_numpy(np.ascontiguousarray(px.transpose(2, 0, 1)))[None]
-        t = F.interpolate(t, size=self.img_size, mode="bilinear", align_corners=False, antialias=True)[0]
-        return t.clamp(0, 1), label, torch.zeros(1, *self.img_size, dtype=torch.uint8)
+        return pixels_to_tensor(px, self.img_size), label, torch.zeros(1, *self.img_size, dtype=torch.uint8)
 
 
 def read_parts(root: str | Path) -> tuple[list[str], dict[str, np.ndarray]]:

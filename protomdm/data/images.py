@@ -157,13 +157,20 @@ def model_input(pixels: torch.Tensor, config: ModelConfig | InputSpec) -> torch.
     return (t.clamp(0, 1) - mean) / std
 
 
+def pixels_to_tensor(pixels: np.ndarray, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """``(H, W)`` or ``(H, W, 3)`` pixels in [0, 1] -> a ``(C, H, W)`` float32 tensor, resized to ``size`` (bilinear,
+    antialiased) if given."""
+    t = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
+    t = t[None] if t.dim() == 2 else t.permute(2, 0, 1)
+    if size is not None and tuple(t.shape[-2:]) != tuple(size):
+        t = F.interpolate(t[None], size=tuple(size), mode="bilinear", align_corners=False, antialias=True)[0]
+    return t.clamp(0, 1).contiguous()  # (C, H, W) strides, whatever the layout of the pixels
+
+
 def to_model_input(image: LoadedImage | np.ndarray, config: ModelConfig | InputSpec) -> torch.Tensor:
     """One image (``(H, W)`` or ``(H, W, 3)`` in [0, 1]) as the model's input ``(1, C, H, W)``; see
     :func:`model_input`."""
-    a = image.pixels if isinstance(image, LoadedImage) else np.asarray(image, dtype=np.float32)
-    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-    t = t[None] if t.dim() == 2 else t.permute(2, 0, 1)
-    return model_input(t[None], config)
+    return model_input(pixels_to_tensor(image.pixels if isinstance(image, LoadedImage) else image)[None], config)
 
 
 def box_to_original(box: tuple[int, int, int, int], input_size: tuple[int, int],

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..errors import UserError
-from .images import read_image
+from .images import pixels_to_tensor, read_image
 
 FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
             "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia")
@@ -130,7 +129,5 @@ class NIHDataset(Dataset):
         path, findings = self.items[k]
         px = read_image(path).pixels
         px = px.mean(-1) if px.ndim == 3 else px
-        t = F.interpolate(torch.from_numpy(np.ascontiguousarray(px))[None, None], size=self.img_size,
-                          mode="bilinear", align_corners=False, antialias=True)[0]
         y = torch.tensor([float(c in findings) for c in self.class_names])
-        return t.clamp(0, 1), y, torch.zeros(len(self.class_names), *self.img_size, dtype=torch.uint8)
+        return pixels_to_tensor(px, self.img_size), y, torch.zeros(len(self.class_names), *self.img_size, dtype=torch.uint8)

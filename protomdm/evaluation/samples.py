@@ -13,10 +13,11 @@ from typing import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..config import ModelConfig
+from ..data.images import pixels_to_tensor
 from ..errors import UserError
+from ..report.figures import resize_map
 from .metrics import box_mask
 
 
@@ -46,16 +47,8 @@ class Skipped:
     reason: str
 
 
-def _resize(pixels: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """``(H, W)`` or ``(H, W, 3)`` in [0, 1] -> ``(C, h, w)`` at ``size``."""
-    t = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
-    t = t[None] if t.dim() == 2 else t.permute(2, 0, 1)
-    return F.interpolate(t[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0].clamp(0, 1)
-
-
 def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    t = torch.from_numpy(np.asarray(mask, np.float32))[None, None]
-    return F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].numpy() >= 0.5
+    return resize_map(np.asarray(mask, np.float32), size) >= 0.5
 
 
 Shard = tuple[int, int]  # (rank, world size): keep the items whose position % world == rank, before reading them
@@ -73,7 +66,7 @@ def synthetic_samples(config: ModelConfig, n: int, seed: int, multilabel: bool,
                             multilabel=multilabel, seed=seed)
     for i in range(shard[0], n, shard[1]):
         s = data.sample(i)
-        yield EvalSample(f"synthetic-{seed}-{i:05d}", _resize(s.image.transpose(1, 2, 0), config.img_size),
+        yield EvalSample(f"synthetic-{seed}-{i:05d}", pixels_to_tensor(s.image.transpose(1, 2, 0), config.img_size),
                          [Finding(config.class_names[k], k, _resize_mask(s.masks[k], config.img_size))
                           for k in np.flatnonzero(s.labels)])
 
@@ -110,7 +103,7 @@ def nih_samples(root: str | Path, config: ModelConfig, limit: int | None = None,
             truth = box_mask(b.scaled(config.img_size, IMAGE_SIZE), config.img_size)
             f = findings.setdefault(b.finding, Finding(b.finding, config.class_names.index(b.finding), truth))
             f.truth = f.truth | truth
-        yield EvalSample(name, _resize(px, config.img_size), list(findings.values()))
+        yield EvalSample(name, pixels_to_tensor(px, config.img_size), list(findings.values()))
 
 
 CUB_TRUTHS = ("segmentation", "parts", "bbox")
@@ -164,5 +157,5 @@ def cub_samples(root: str | Path, config: ModelConfig, truth: str = "segmentatio
         crop = px[y0:y1, x0:x1]
         if config.in_channels == 3 and crop.ndim == 2:
             crop = np.repeat(crop[..., None], 3, -1)
-        yield EvalSample(rel, _resize(crop, config.img_size),
+        yield EvalSample(rel, pixels_to_tensor(crop, config.img_size),
                          [Finding(name, c, _resize_mask(full[y0:y1, x0:x1], config.img_size), p)])
