@@ -45,9 +45,9 @@ def find_inputs(root: str | Path) -> list[Path]:
     return found
 
 
-def folder_name(path: Path, root: Path) -> str:
-    """The output subfolder for an input: its path below ``root`` with separators as ``__`` (unique per input)."""
-    rel = path.relative_to(root).as_posix()
+def folder_name(rel: str) -> str:
+    """The output subfolder for an input at ``rel`` (its path below the input folder): separators become ``__``,
+    so it is unique per input."""
     safe = safe_name(rel.replace("/", "__"))
     return safe[:100] + ("-" + hashlib.sha256(rel.encode()).hexdigest()[:8] if len(safe) > 100 else "")
 
@@ -133,25 +133,26 @@ def localize_folder(job: LocalizeJob, input_dir: str | Path, out_dir: str | Path
                 p.unlink(missing_ok=True)
     dist.barrier()  # the others start once the folder is set up
 
-    order = [p.relative_to(root).as_posix() for p in files]
-    finished = {r["input"] for r in _all_rows(out) if r["status"] == "ok" and (out / r["output"]).is_dir()}
+    rels = {p: p.relative_to(root).as_posix() for p in files}
+    on_disk = _all_rows(out)
+    finished = {r["input"] for r in on_disk if r["status"] == "ok" and (out / r["output"]).is_dir()}
     part = dist.part(results)
     if not dist.active:
-        write_csv(results, COLUMNS, [r for r in _all_rows(out) if r["input"] in finished and r["status"] == "ok"])
+        write_csv(results, COLUMNS, [r for r in on_disk if r["input"] in finished and r["status"] == "ok"])
         for p in rank_parts(results):
             p.unlink()
     elif not part.exists():
         write_csv(part, COLUMNS, [])
     mine = dist.shard(files)
-    res = FolderResult(out, skipped=sum(1 for p in mine if p.relative_to(root).as_posix() in finished))
+    todo = [p for p in mine if rels[p] not in finished]
+    res = FolderResult(out, skipped=len(mine) - len(todo))
     model = job.model
     model_name = f"{model.config.architecture}/{model.config.backbone}"
-    todo = [p for p in mine if p.relative_to(root).as_posix() not in finished]
     bar = tqdm(todo, desc="images" + (f" (rank {dist.rank})" if dist.active else ""), unit="img",
                disable=not progress, position=dist.rank if dist.active else None)
     for path in bar:
-        rel = path.relative_to(root).as_posix()
-        name = folder_name(path, root)
+        rel = rels[path]
+        name = folder_name(rel)
         row = dict.fromkeys(COLUMNS, "")
         row.update(input=rel, model=model_name, method=job.method)
         tmp = out / f".tmp-{name}"
@@ -185,7 +186,7 @@ def localize_folder(job: LocalizeJob, input_dir: str | Path, out_dir: str | Path
         bar.set_postfix(done=res.done, failed=res.failed)
     shares = dist.all_gather((res.done, res.skipped, res.failures))  # also: every rank has finished its share
     if dist.is_main:
-        merge_results(out, order)
+        merge_results(out, list(rels.values()))
         res.done, res.skipped = sum(d for d, _, _ in shares), sum(k for _, k, _ in shares)
         res.failures = [f for _, _, fs in shares for f in fs]
     return res
