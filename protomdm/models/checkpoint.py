@@ -25,7 +25,8 @@ from .protopnet import ProtoPNet
 from .xprotonet import XProtoNet
 
 FORMAT = "protomdm-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: XProtoNet's `activation` names its similarity (log, as published, or cosine)
+READABLE_VERSIONS = (1, 2)
 ARCHITECTURES: dict[str, type[PrototypeModel]] = {"protopnet": ProtoPNet, "xprotonet": XProtoNet}
 
 
@@ -92,8 +93,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             isinstance(v, torch.Tensor) for v in ckpt.values()) else f"a {type(ckpt).__name__}"
         raise CheckpointError(f"{p}: not a protomdm checkpoint (found {kind}); make one with `protomdm init-model` "
                               "or save_checkpoint()")
-    if ckpt.get("version") != VERSION:
-        raise CheckpointError(f"{p}: checkpoint version {ckpt.get('version')} is not supported (expected {VERSION})")
+    if ckpt.get("version") not in READABLE_VERSIONS:
+        raise CheckpointError(f"{p}: checkpoint version {ckpt.get('version')} is not supported (this protomdm reads "
+                              f"versions {', '.join(map(str, READABLE_VERSIONS))})")
+    if ckpt["version"] == 1 and isinstance(ckpt.get("config"), dict) and ckpt["config"].get("architecture") == "xprotonet":
+        ckpt["config"] = {**ckpt["config"], "activation": "cosine"}  # version 1 XProtoNets were all cosine
     return ckpt
 
 

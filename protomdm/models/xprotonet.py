@@ -25,8 +25,9 @@ def _projection(in_channels: int, out_channels: int, final: nn.Module) -> nn.Seq
 
 class XProtoNetOutput(NamedTuple):
     logits: torch.Tensor  # (B, C)
-    similarities: torch.Tensor  # (B, P) in [0, 1]
+    similarities: torch.Tensor  # (B, P)
     occurrence: torch.Tensor  # (B, P, h, w) in [0, 1]
+    distances: torch.Tensor  # (B, P), what the similarities are computed from
 
 
 class XProtoNet(PrototypeModel):
@@ -34,8 +35,10 @@ class XProtoNet(PrototypeModel):
 
     The backbone's features feed two 1x1 heads: a *feature projection* ``F(x): (B, D, h, w)`` and an *occurrence
     module* ``M(x): (B, P, h, w)`` (sigmoid), one map per prototype. Prototype ``k`` pools the features under its
-    own occurrence map, ``f_k = sum_u M_k(u) F(u) / sum_u M_k(u)``, and scores ``s_k = (1 + cos(f_k, p_k)) / 2``.
-    Class ``c`` is predicted from its own prototypes only: ``logit_c = sum_k w_ck s_ck + b_c`` (sigmoid outside).
+    own occurrence map, ``f_k = sum_u M_k(u) F(u) / sum_u M_k(u)``, and scores ``s_k = log((d + 1) / (d + eps))`` of
+    the squared L2 distance ``d = ||f_k - p_k||^2``, as Kim et al. publish it (``activation="log"``, the default), or
+    ``s_k = (1 + cos(f_k, p_k)) / 2`` (``activation="cosine"``, the variant ProtoASNet uses). Class ``c`` is
+    predicted from its own prototypes only: ``logit_c = sum_k w_ck s_ck + b_c`` (sigmoid outside).
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -63,21 +66,36 @@ class XProtoNet(PrototypeModel):
         """Features ``(B, D, h, w)`` pooled under each occurrence map ``(B, K, h, w)``: ``(B, K, D)``."""
         return torch.einsum("bkhw,bdhw->bkd", occ, feats) / (occ.sum((2, 3))[..., None] + 1e-6)
 
-    def similarities(self, feats: torch.Tensor, occ: torch.Tensor, idx: Index = None) -> torch.Tensor:
-        """Occurrence-weighted similarity ``(B, K)`` in [0, 1] of the selected prototypes."""
+    def prototype_distances(self, vectors: torch.Tensor, idx: Index = None) -> torch.Tensor:
+        """Distance of feature vectors ``(B, K, *, D)`` to the ``K`` selected prototypes (the ``k``-th vectors to the
+        ``k``-th prototype; size-1 dimensions broadcast): ``(B, K, *)``. The squared L2 distance (``log``) or
+        ``(1 - cos) / 2`` (``cosine``)."""
         protos = self.prototype_vectors[self._index(idx)]
-        return (1 + F.cosine_similarity(self.pooled_features(feats, occ), protos[None], dim=-1)) / 2
+        protos = protos.view(1, protos.shape[0], *([1] * (vectors.dim() - 3)), protos.shape[1])
+        if self.config.activation == "cosine":
+            return (1 - F.cosine_similarity(vectors, protos, dim=-1)) / 2
+        return ((vectors - protos) ** 2).sum(-1)
+
+    def distance_2_similarity(self, d: torch.Tensor) -> torch.Tensor:
+        """Similarity from :meth:`prototype_distances`: ``log((d + 1) / (d + eps))`` or ``1 - d`` (cosine)."""
+        if self.config.activation == "cosine":
+            return 1 - d
+        return torch.log((d + 1) / (d + self.config.epsilon))
+
+    def similarities(self, feats: torch.Tensor, occ: torch.Tensor, idx: Index = None) -> torch.Tensor:
+        """Occurrence-weighted similarity ``(B, K)`` of the selected prototypes."""
+        return self.distance_2_similarity(self.prototype_distances(self.pooled_features(feats, occ), idx))
 
     def prototype_scores(self, x: torch.Tensor, idx: Index = None) -> torch.Tensor:
         feats, occ = self.heads(x, idx)
         return self.similarities(feats, occ, idx)
 
     def prototype_similarity_maps(self, x: torch.Tensor, idx: Index = None) -> torch.Tensor:
-        """Local similarity of each location's feature to the prototype, weighted by its occurrence map."""
+        """Local similarity ``(B, K, h, w)`` of each location's feature to the prototype, weighted by its
+        occurrence map."""
         feats, occ = self.heads(x, idx)
-        protos = self.prototype_vectors[self._index(idx)]
-        local = (1 + F.cosine_similarity(feats[:, None], protos[None, :, :, None, None], dim=2)) / 2
-        return local * occ
+        local = feats.permute(0, 2, 3, 1)[:, None]  # (B, 1, h, w, D): every location against every prototype
+        return self.distance_2_similarity(self.prototype_distances(local, idx)) * occ
 
     def localization_maps(self, x: torch.Tensor, idx: Index = None) -> torch.Tensor:
         """The occurrence maps: XProtoNet's own answer to where each prototype is."""
@@ -85,10 +103,13 @@ class XProtoNet(PrototypeModel):
 
     def outputs(self, x: torch.Tensor) -> XProtoNetOutput:
         feats, occ = self.heads(x)
-        sims = self.similarities(feats, occ)
-        per_class = sims.view(sims.shape[0], self.num_classes, -1)
-        logits = (per_class * self.class_weight).sum(-1) + self.class_bias
-        return XProtoNetOutput(logits, sims, occ)
+        dist = self.prototype_distances(self.pooled_features(feats, occ))
+        sims = self.distance_2_similarity(dist)
+        return XProtoNetOutput(self.class_logits(sims), sims, occ, dist)
+
+    def class_logits(self, sims: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, C)`` from all prototypes' similarities ``(B, P)``: each class's own, weighted, plus bias."""
+        return (sims.view(sims.shape[0], self.num_classes, -1) * self.class_weight).sum(-1) + self.class_bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Per-class logits ``(B, C)``; apply a sigmoid for probabilities."""

@@ -53,17 +53,19 @@ def xprotonet_loss(model: XProtoNet, x: torch.Tensor, y: torch.Tensor, coefs: Lo
     random affine transforms ``theta: (B, 2, 3)`` (see :func:`random_affine`)."""
     out = model.outputs(x)
     bce = F.binary_cross_entropy_with_logits(out.logits, y, pos_weight=pos_weight)
-    sims = out.similarities.view(x.shape[0], model.num_classes, -1)  # (B, C, K)
-    best = sims.max(-1).values  # (B, C)
+    per_class = (x.shape[0], model.num_classes, -1)
     pos, neg = y, 1 - y
-    cluster = ((1 - best) * pos).sum() / pos.sum().clamp_min(1)
-    separation = (best * neg).sum() / neg.sum().clamp_min(1)
+    # Cluster and separation per finding: the nearest own prototype pulled in for present findings (a distance,
+    # whose gradient stays bounded), the most similar one's similarity pushed down for absent findings (bounded
+    # below by 0, so it fades once they are apart)
+    cluster = (out.distances.view(per_class).min(-1).values * pos).sum() / pos.sum().clamp_min(1)
+    separation = (out.similarities.view(per_class).max(-1).values * neg).sum() / neg.sum().clamp_min(1)
     sparsity = out.occurrence.mean()
     occ_of_warped = model.heads(warp(x, theta))[1]
     warped_occ = warp(out.occurrence, theta)
     valid = warp(torch.ones_like(out.occurrence[:, :1]), theta)  # ignore what the warp pulled in from outside
     consistency = ((occ_of_warped - warped_occ).abs() * valid).sum() / (valid.sum() * out.occurrence.shape[1]).clamp_min(1)
-    # separation enters positively: it is the similarity to absent findings' prototypes, to be pushed down
+    # separation enters with |sep| (ProtoPNet's configs give it negative, as a coefficient of a distance)
     loss = (coefs.crs_ent * bce + coefs.clst * cluster + abs(coefs.sep) * separation
             + coefs.occurrence * sparsity + coefs.consistency * consistency)
     parts = {"bce": bce, "cluster": cluster, "separation": separation, "occurrence": sparsity,

@@ -57,7 +57,7 @@ def _push(model: PrototypeModel, batches: Batches, get_image: Callable[[int], to
     p = model.num_prototypes
     identity = model.prototype_class_identity
     device = identity.device
-    best = torch.full((p,), float("inf"), device=device)  # distance (ProtoPNet) or -similarity (XProtoNet)
+    best = torch.full((p,), float("inf"), device=device)  # distance to the nearest patch / pooled feature vector
     best_vec = model.prototype_vectors.detach().clone().view(p, -1)
     where: list[tuple[int, int, int] | None] = [None] * p
     for x, y, idx in batches:
@@ -74,8 +74,7 @@ def _push(model: PrototypeModel, batches: Batches, get_image: Callable[[int], to
         elif isinstance(model, XProtoNet):
             feats, occ = model.heads(x)
             pooled = model.pooled_features(feats, occ)  # (B, P, D)
-            sim = (1 + torch.nn.functional.cosine_similarity(pooled, model.prototype_vectors[None], dim=-1)) / 2
-            val, b = (-sim).masked_fill(~own, float("inf")).min(0)
+            val, b = model.prototype_distances(pooled).masked_fill(~own, float("inf")).min(0)
             vecs = pooled[b, torch.arange(p, device=device)]
             loc = torch.stack([b, torch.zeros_like(b), torch.zeros_like(b)], 1)
         else:  # pragma: no cover
@@ -109,6 +108,6 @@ def _push(model: PrototypeModel, batches: Batches, get_image: Callable[[int], to
                 with torch.enable_grad():
                     rec["receptive_field_box"] = receptive_field_box(model, xi, (hh, ww))
             else:
-                rec["similarity"] = float(-best[j])
+                rec["similarity"] = float(model.distance_2_similarity(best[j]))
         records.append(rec)
     return records
