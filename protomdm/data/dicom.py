@@ -26,63 +26,46 @@ from .images import MAX_PIXELS, LoadedImage
 DECODER_HINT = "install the DICOM decoders with: pip install 'protomdm[dicom]'"
 
 
-def _first(value) -> float:
-    """The first value of a possibly multi-valued DICOM number."""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        value = value[0]
-    return float(value)
-
-
-def window(x: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
-    """DICOM VOI windowing (PS3.3 C.11.2.1.2) of modality values ``x`` to display values in [0, 1]."""
-    x = x.astype(np.float64)
-    function = (function or "LINEAR").upper()
-    if function == "SIGMOID":
-        return 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
-    if function == "LINEAR_EXACT":
-        return np.clip((x - center) / width + 0.5, 0.0, 1.0)
-    if width < 1:
-        raise ValueError(f"Window Width {width} is below 1, which LINEAR windowing does not allow")
-    y = (x - (center - 0.5)) / (width - 1) + 0.5
-    y = np.where(x <= center - 0.5 - (width - 1) / 2, 0.0, y)
-    y = np.where(x > center - 0.5 + (width - 1) / 2, 1.0, y)
-    return np.clip(y, 0.0, 1.0)
-
-
-def voi_lut(x: np.ndarray, item) -> np.ndarray:
-    """Apply one VOI LUT Sequence item (LUT Descriptor = entries, first mapped value, bits) -> [0, 1]."""
-    n, first, bits = (int(v) for v in item.LUTDescriptor)
-    n = n or 65536  # 0 means 2**16 entries
-    raw = item.LUTData
-    data = np.asarray(raw if not isinstance(raw, bytes) else np.frombuffer(raw, dtype=np.uint16), dtype=np.float64)
-    if data.size < n:
-        raise ValueError(f"VOI LUT has {data.size} entries, its descriptor says {n}")
-    idx = np.clip(np.rint(x).astype(np.int64) - first, 0, n - 1)
-    return data[idx] / float(2 ** bits - 1)
-
-
 def _min_max(x: np.ndarray) -> np.ndarray:
     lo, hi = float(x.min()), float(x.max())
     return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x, dtype=np.float64)
 
 
 def display_values(ds, stored: np.ndarray) -> np.ndarray:
-    """Stored grey values ``(H, W)`` -> display values ``(H, W)`` in [0, 1], MONOCHROME1 inverted (steps 1-3)."""
-    from pydicom.pixels import apply_modality_lut
+    """Stored grey values ``(H, W)`` -> display values ``(H, W)`` in [0, 1], MONOCHROME1 inverted (steps 1-3).
+
+    pydicom's ``apply_modality_lut`` and ``apply_voi_lut`` do the work. Their output lies in the LUT's range
+    (``0 .. 2**bits - 1`` of its descriptor) or, for a window, in the modality values' range, which we read off by
+    windowing -inf and +inf (the window's two ends), so that the result does not depend on how pydicom sizes it.
+
+    Raises:
+        ValueError: rescale, window or pixel values that are not finite numbers, or a VOI LUT that contradicts
+            its descriptor.
+    """
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     x = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+    if not np.isfinite(x).all():
+        raise ValueError("its modality values are not all finite numbers (check Rescale Slope/Intercept and the "
+                         "pixel data)")
     seq = ds.get("VOILUTSequence")
     if seq:
-        y = voi_lut(x, seq[0])
-    elif "WindowCenter" in ds and "WindowWidth" in ds and ds.WindowCenter is not None and ds.WindowWidth is not None:
-        fn = ds.get("VOILUTFunction", "LINEAR")
+        bits = int(seq[0].LUTDescriptor[2])
+        # a LUT's inputs are integers: rescaled values are rounded to them (pydicom warns on float input)
+        y = np.asarray(apply_voi_lut(np.rint(x).astype(np.int64), ds, prefer_lut=True), dtype=np.float64)
+        y /= float(2**bits - 1)
+    elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
         try:
-            y = window(x, _first(ds.WindowCenter), _first(ds.WindowWidth), str(fn))
-        except ValueError as e:
-            warnings.warn(f"{e}; using the image's min-max instead", stacklevel=2)
+            with np.errstate(over="ignore"):
+                lo, hi = apply_voi_lut(np.array([-np.inf, np.inf]), ds, prefer_lut=False)
+                y = (np.asarray(apply_voi_lut(x, ds, prefer_lut=False), dtype=np.float64) - lo) / (hi - lo)
+        except (ValueError, TypeError, IndexError) as e:  # a window the standard does not allow
+            warnings.warn(f"{str(e).splitlines()[0][:120]}; using the image's min-max instead", stacklevel=2)
             y = _min_max(x)
     else:
         y = _min_max(x)
+    if not np.isfinite(y).all():
+        raise ValueError("windowing gave values that are not finite numbers (check Window Center/Width)")
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         y = 1.0 - y
     return y
@@ -144,7 +127,11 @@ def read_dicom(path: str | Path, max_pixels: int = MAX_PIXELS) -> LoadedImage:
     if pi.startswith("MONOCHROME"):
         if arr.ndim != 2:
             raise ImageError(f"{p}: expected one grey frame, got pixel data of shape {arr.shape}")
-        pixels = display_values(ds, arr)
+        try:
+            pixels = display_values(ds, arr)
+        except Exception as e:  # noqa: BLE001 - pydicom's LUT code raises many kinds for malformed attributes
+            raise ImageError(f"{p}: cannot compute its display values: {str(e).splitlines()[0][:160] or type(e).__name__}"
+                             ) from None
     elif pi == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut
 

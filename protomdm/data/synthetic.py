@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
-from ..evaluation.metrics import Box, mask_box
+from ..geometry import Box, mask_box
 
 SHAPES = ("disk", "square", "cross", "stripes", "triangle", "blob")
 DISTRACTORS = ("ring", "dark_blob")

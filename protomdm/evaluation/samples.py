@@ -18,18 +18,20 @@ from ..config import ModelConfig
 from ..data.images import pixels_to_tensor
 from ..errors import UserError
 from ..report.figures import resize_map
-from .metrics import box_mask
+from ..geometry import Box, box_mask, mask_box
 
 
 @dataclass
 class Finding:
     """One ground-truth finding of a sample. ``truth``: ``(H, W)`` bool at the model's input size; ``parts``:
-    ``(K, 3)`` x, y, visible in the same pixels (CUB), else None."""
+    ``(K, 3)`` x, y, visible in the same pixels (CUB), else None; ``boxes``: the finding's separate ground-truth
+    boxes in the same pixels (NIH boxes, synthetic objects), for region-level scores."""
 
     name: str
     class_index: int
     truth: np.ndarray
     parts: np.ndarray | None = None
+    boxes: list[Box] = field(default_factory=list)
 
 
 @dataclass
@@ -67,8 +69,8 @@ def synthetic_samples(config: ModelConfig, n: int, seed: int, multilabel: bool,
     for i in range(shard[0], n, shard[1]):
         s = data.sample(i)
         yield EvalSample(f"synthetic-{seed}-{i:05d}", pixels_to_tensor(s.image.transpose(1, 2, 0), config.img_size),
-                         [Finding(config.class_names[k], k, _resize_mask(s.masks[k], config.img_size))
-                          for k in np.flatnonzero(s.labels)])
+                         [Finding(config.class_names[k], k, m, boxes=[mask_box(m)] if m.any() else [])
+                          for k in np.flatnonzero(s.labels) for m in [_resize_mask(s.masks[k], config.img_size)]])
 
 
 def nih_samples(root: str | Path, config: ModelConfig, limit: int | None = None,
@@ -99,10 +101,12 @@ def nih_samples(root: str | Path, config: ModelConfig, limit: int | None = None,
             yield Skipped(name, str(e))
             continue
         findings: dict[str, Finding] = {}
-        for b in boxes:  # several boxes of one finding: their union
-            truth = box_mask(b.scaled(config.img_size, IMAGE_SIZE), config.img_size)
+        for b in boxes:  # several boxes of one finding: their union, and each box for the region-level scores
+            box = b.scaled(config.img_size, IMAGE_SIZE)
+            truth = box_mask(box, config.img_size)
             f = findings.setdefault(b.finding, Finding(b.finding, config.class_names.index(b.finding), truth))
             f.truth = f.truth | truth
+            f.boxes.append(box)
         yield EvalSample(name, pixels_to_tensor(px, config.img_size), list(findings.values()))
 
 

@@ -80,7 +80,7 @@ def build_backbone(name: str, pretrained: bool = False, in_channels: int = 3) ->
         try:
             from monai.networks.nets import DenseNet121
         except ImportError:
-            raise ConfigError("backbone monai_densenet121 needs MONAI: pip install monai") from None
+            raise ConfigError("backbone monai_densenet121 needs MONAI: pip install 'protomdm[monai]'") from None
         if pretrained:
             raise ConfigError("monai_densenet121 has no built-in pretrained weights; load them into the checkpoint")
         net = DenseNet121(spatial_dims=2, in_channels=in_channels, out_channels=1)
