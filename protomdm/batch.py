@@ -3,7 +3,8 @@ and ``--resume`` after an interruption.
 
 Each image's outputs are written to a hidden temporary folder and renamed into place when complete, and its row is
 appended to ``results.csv`` only after that, so an interrupted run never leaves a partial result that looks finished.
-A bad image fails alone: its row says why and the run goes on.
+A bad image fails alone: its row says why and the run goes on. An image localized to nothing (an empty or flat
+heatmap, or an activation that does not depend on the image) is finished with status ``empty`` and the reason.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ COLUMNS = ("input", "output", "model", "method", "prototype", "class_name", "sco
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic", ""}
 RESULTS = "results.csv"
 FAILURES = "failures.txt"
+FINISHED = ("ok", "empty")  # statuses of images that are done (``--resume`` skips them)
 
 
 def find_inputs(root: str | Path) -> list[Path]:
@@ -58,6 +60,7 @@ class FolderResult:
     done: int = 0
     skipped: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    empty: list[tuple[str, str]] = field(default_factory=list)  # every empty result in results.csv, earlier ones too
 
     @property
     def failed(self) -> int:
@@ -67,16 +70,16 @@ class FolderResult:
 def _all_rows(out: Path) -> list[dict[str, str]]:
     """Every complete row on disk: the merged results, then the per-rank parts a torchrun run left."""
     return [r for p in [out / RESULTS, *rank_parts(out / RESULTS)] for r in read_csv(p)
-            if r.get("status") in ("ok", "failed") and r.get("input")]
+            if r.get("status") in (*FINISHED, "failed") and r.get("input")]
 
 
 def merge_results(out: Path, order: list[str]) -> list[dict[str, str]]:
-    """Write ``results.csv`` with one row per input (ok beats failed, later beats earlier) in ``order``, and
+    """Write ``results.csv`` with one row per input (finished beats failed, later beats earlier) in ``order``, and
     ``failures.txt``; remove the per-rank parts."""
     best: dict[str, dict[str, str]] = {}
     for r in _all_rows(out):
         old = best.get(r["input"])
-        if old is None or r["status"] == "ok" or old["status"] != "ok":
+        if old is None or r["status"] in FINISHED or old["status"] not in FINISHED:
             best[r["input"]] = r
     rank = {rel: i for i, rel in enumerate(order)}
     rows = sorted(best.values(), key=lambda r: (rank.get(r["input"], len(rank)), r["input"]))
@@ -135,10 +138,10 @@ def localize_folder(job: LocalizeJob, input_dir: str | Path, out_dir: str | Path
 
     rels = {p: p.relative_to(root).as_posix() for p in files}
     on_disk = _all_rows(out)
-    finished = {r["input"] for r in on_disk if r["status"] == "ok" and (out / r["output"]).is_dir()}
+    finished = {r["input"] for r in on_disk if r["status"] in FINISHED and (out / r["output"]).is_dir()}
     part = dist.part(results)
     if not dist.active:
-        write_csv(results, COLUMNS, [r for r in on_disk if r["input"] in finished and r["status"] == "ok"])
+        write_csv(results, COLUMNS, [r for r in on_disk if r["input"] in finished and r["status"] in FINISHED])
         for p in rank_parts(results):
             p.unlink()
     elif not part.exists():
@@ -171,7 +174,8 @@ def localize_folder(job: LocalizeJob, input_dir: str | Path, out_dir: str | Path
             os.replace(tmp, final)
             box = r["box"] or ["", "", "", ""]
             row.update(output=name, prototype=r["prototype"], class_name=r["class_name"], score=f"{r['score']:.6g}",
-                       box_x0=box[0], box_y0=box[1], box_x1=box[2], box_y1=box[3], status="ok")
+                       box_x0=box[0], box_y0=box[1], box_x1=box[2], box_y1=box[3], status=r["status"],
+                       error=r["reason"])
             res.done += 1
         except UserError as e:
             row.update(status="failed", error=str(e))
@@ -186,7 +190,8 @@ def localize_folder(job: LocalizeJob, input_dir: str | Path, out_dir: str | Path
         bar.set_postfix(done=res.done, failed=res.failed)
     shares = dist.all_gather((res.done, res.skipped, res.failures))  # also: every rank has finished its share
     if dist.is_main:
-        merge_results(out, list(rels.values()))
+        rows = merge_results(out, list(rels.values()))
         res.done, res.skipped = sum(d for d, _, _ in shares), sum(k for _, k, _ in shares)
         res.failures = [f for _, _, fs in shares for f in fs]
+        res.empty = [(r["input"], r["error"]) for r in rows if r["status"] == "empty"]
     return res

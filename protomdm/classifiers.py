@@ -15,6 +15,7 @@ from .data.images import InputSpec, read_image, to_model_input
 from .errors import CheckpointError, UserError
 from .explain import LogitSelector, MDMLocalizer
 from .explain.cam import CAM_METHODS, CAMLocalizer
+from .explain.localization import model_device
 
 EXPLAIN_METHODS = ("mdm", *CAM_METHODS)
 
@@ -89,7 +90,7 @@ def explain_classifier(model: nn.Module, image_path: str | Path, out_dir: str | 
     image = read_image(image_path)
     stem = output_stem(image)
     out = check_writable(out_dir, [f"{stem}_explain.png", f"{stem}_explain.json"], overwrite)
-    x = to_model_input(image, InputSpec(img_size=(img_size, img_size)))
+    x = to_model_input(image, InputSpec(img_size=(img_size, img_size))).to(model_device(model))
     with torch.no_grad():
         logits = model(x)
         logits = logits[0] if isinstance(logits, (tuple, list)) else logits

@@ -20,6 +20,7 @@ from .errors import ConfigError
 T = TypeVar("T")
 
 ARCHITECTURES = ("protopnet", "xprotonet")
+ACTIVATIONS = {"protopnet": ("log", "linear"), "xprotonet": ("log", "cosine")}
 BASELINES = ("zero", "blur", "mean")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -132,7 +133,10 @@ class ModelConfig:
     prototypes_per_class: int = 10
     prototype_dim: int = 128
     add_on: str = "bottleneck"  # ProtoPNet add-on layers: bottleneck | shallow
-    activation: str = "log"  # ProtoPNet similarity: log | linear
+    # Similarity of a feature vector to a prototype. ProtoPNet: log (log((d + 1) / (d + epsilon)) of the squared L2
+    # distance d, the original's) | linear (-d). XProtoNet: log (as published by Kim et al.) | cosine
+    # ((1 + cos) / 2, the variant ProtoASNet uses).
+    activation: str = "log"
     epsilon: float = 1e-4
     img_size: tuple[int, int] = (224, 224)
     in_channels: int = 3
@@ -150,7 +154,9 @@ class ModelConfig:
         _check(self.prototypes_per_class >= 1, "prototypes_per_class must be >= 1")
         _check(self.prototype_dim >= 1, "prototype_dim must be >= 1")
         _check(self.add_on in ("bottleneck", "shallow"), f"add_on must be bottleneck or shallow, got {self.add_on!r}")
-        _check(self.activation in ("log", "linear"), f"activation must be log or linear, got {self.activation!r}")
+        allowed = ACTIVATIONS[self.architecture]
+        _check(self.activation in allowed, f"activation of a {self.architecture} must be one of {allowed}, "
+               f"got {self.activation!r}")
         _check(len(self.img_size) == 2 and min(self.img_size) >= 8, f"img_size must be [H, W] >= 8, got {self.img_size}")
         _check(self.in_channels in (1, 3), f"in_channels must be 1 or 3, got {self.in_channels}")
         _check(len(self.mean) == self.in_channels and len(self.std) == self.in_channels,
@@ -171,15 +177,17 @@ class MDMConfig:
     """Settings of the Multiple Dynamic Mask search (Peng et al.).
 
     The defaults follow the paper (27 masks of 6..32 cells, init 0.5, Adam lr 3e-3, gamma 5, a 2000-step
-    ``steps`` schedule), reached faster: after ``extrapolate_after`` (400) Adam steps each mask element's trajectory
-    is extrapolated linearly to step ``steps`` from its last Adam update. On the synthetic benchmark this keeps the
-    p90 mask within Dice 0.95 of the full 2000 steps for every image (``scripts/schedule_study.py``).
-    ``extrapolate_after: null`` (or ``>= steps``) takes every step, as the paper does. ``tol`` adds a stopping rule:
-    an image's masks stop once its thresholded heatmap has stopped changing.
+    ``steps`` schedule), reached faster by an adaptive rule: every ``patience`` Adam steps (from ``min_steps`` on)
+    each task's masks are projected to step ``steps`` by continuing every element's last Adam update linearly; once
+    that projection's top-``stop_percentile`` mask has changed by at most ``tol`` (1 - Dice) over two checks in a
+    row, the task stops and its projection is its result. No task takes more than ``extrapolate_after`` Adam steps.
+    ``tol: null`` takes exactly ``extrapolate_after`` steps; ``extrapolate_after: null`` and ``tol: null`` take every
+    step, as the paper does. ``lambda_l1`` weighs the mask area against the reconstruction term, which is normalised
+    by the effect of masking everything (so one value serves every model; see :mod:`protomdm.explain.mdm`).
     """
 
     sizes: tuple[int, ...] = tuple(range(6, 33))
-    lambda_l1: float = 0.05
+    lambda_l1: float = 0.003
     gamma: float = 5.0
     lr: float = 3e-3
     steps: int = 2000
@@ -187,14 +195,14 @@ class MDMConfig:
     baseline: str = "zero"  # what masked-out pixels become: zero | blur | mean (in the model's input space)
     blur_sigma: float = 10.0
     upsample: str = "bilinear"  # bilinear keeps an upsampled [0, 1] mask inside [0, 1]
-    tol: float | None = None  # stop an image's masks once its top-`stop_percentile` mask changes by < tol (1-Dice)
-    patience: int = 50  # ... between checks `patience` steps apart, twice in a row
-    min_steps: int = 100
+    tol: float | None = 0.02  # stop a task once its projected top mask changes by <= tol (1 - Dice) ...
+    patience: int = 100  # ... between checks `patience` steps apart, twice in a row
+    min_steps: int = 200  # ... and not before this many steps
     stop_percentile: float = 90.0
     batch_masks: int | None = None  # most masked images per forward pass; None: all at once
     precision: str = "fp32"
     channels_last: bool = False
-    extrapolate_after: int | None = 400  # Adam steps taken; the rest of `steps` extrapolated linearly
+    extrapolate_after: int | None = 1000  # the most Adam steps a task takes; the rest of `steps` is extrapolated
 
     def __post_init__(self) -> None:
         self.sizes = tuple(self.sizes)
@@ -306,7 +314,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"  # auto: a CUDA GPU if there is one, else the CPU
 
 
 def load_train_config(path: str | Path) -> TrainConfig:

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .config import MDMConfig, TrainConfig, from_dict
 from .data.synthetic import SyntheticLesions
 from .evaluation.metrics import dice, iou
 from .explain import MDMLocalizer, PrototypeSelector, UpsampleLocalizer
+from .explain.localization import model_device
 from .models import load_model
-from .pipeline import choose_prototype
-from .report.figures import save_panels, write_csv
+from .pipeline import choose_prototype, resolve_device
+from .errors import UserError
+from .report.figures import check_writable, save_panels, write_csv
 from .training import train
 from .data.images import model_input
 
@@ -28,7 +33,7 @@ DEMO_CONFIG = {
               "warm_lr": 0.003, "weight_decay": 0.001, "lr_step_size": 10, "lr_gamma": 0.5, "warm_epochs": 2,
               "joint_epochs": 12, "push_epochs": [], "last_layer_epochs": 3},
     "loss": {"crs_ent": 1.0, "clst": 0.8, "sep": -0.08, "l1": 0.0001},
-    "seed": 0, "device": "cpu",
+    "seed": 0, "device": "auto",
 }
 
 
@@ -36,35 +41,70 @@ def demo_config() -> TrainConfig:
     return from_dict(TrainConfig, DEMO_CONFIG, where="demo config")
 
 
+def estimate_training_seconds(cfg: TrainConfig) -> float:
+    """Seconds that training ``cfg`` should take here: one measured training step of a fresh model, times the
+    steps of every epoch, plus a fifth for testing and the push."""
+    from .models import build_model
+    from .pipeline import resolve_device
+
+    dev = resolve_device(cfg.device)
+    model = build_model(cfg.model).to(dev).train()
+    x = torch.rand(cfg.data.batch_size, cfg.model.in_channels, *cfg.model.img_size, device=dev)
+    model(x).sum().backward()  # warm-up
+    t0 = time.perf_counter()
+    model(x).sum().backward()
+    step = time.perf_counter() - t0
+    o = cfg.optim
+    epochs = o.warm_epochs + o.joint_epochs + o.last_layer_epochs * max(1, len(o.push_epochs))
+    return 1.2 * step * epochs * -(-cfg.data.num_train // cfg.data.batch_size)
+
+
 def run_demo(out_dir: str | Path = "protomdm-demo", n_images: int = 4, mdm: MDMConfig | None = None,
-             percentile: float = 90.0, progress: bool = True) -> dict:
+             percentile: float = 90.0, progress: bool = True, overwrite: bool = False) -> dict:
     """Train (or reuse) the demo model in ``out_dir/model``, localize ``n_images`` test images' prototypes with MDM
-    and upsampling, and write ``report.png`` and ``report.csv``. Returns the mean scores and the file paths."""
+    and upsampling, and write ``report.png`` and ``report.csv`` (an existing report only with ``overwrite``).
+    Returns the mean scores and the file paths."""
     out = Path(out_dir)
+    if n_images < 1:
+        raise UserError(f"--images must be at least 1, got {n_images}")
+    check_writable(out, ["report.png", "report.csv"], overwrite)
     cfg = demo_config()
     model_dir = out / "model"
+    say = print if progress else (lambda *a, **k: None)
     if not (model_dir / "best.pt").exists():
-        if progress:
-            print(f"training the demo ProtoPNet on synthetic data into {model_dir} (a few minutes on 2 CPU cores)")
+        say(f"training the demo ProtoPNet on synthetic data into {model_dir}: about "
+            f"{estimate_training_seconds(cfg) / 60:.1f} min here (measured from one training step)")
         resume = model_dir / "last.pt" if (model_dir / "last.pt").exists() else None
         train(cfg, model_dir, resume=resume, progress=progress)
-    model = load_model(model_dir / "best.pt")
+    model = load_model(model_dir / "best.pt", resolve_device(cfg.device))
+    dev = model_device(model)
     test = SyntheticLesions(cfg.model.class_names, n=n_images, size=cfg.model.img_size[0], seed=cfg.data.seed + 1)
     samples = [test.sample(i) for i in range(n_images)]
-    x = model_input(torch.stack([torch.from_numpy(s.image) for s in samples]), model.config)
-    protos = [choose_prototype(model, x[i:i + 1], None, model.class_names[int(s.labels.argmax())])
-              for i, s in enumerate(samples)]
-    mdm_loc = MDMLocalizer(mdm or MDMConfig(), progress=progress)
+    x = model_input(torch.stack([torch.from_numpy(s.image) for s in samples]).to(dev), model.config)
+    classes = [int(s.labels.argmax()) for s in samples]
+    protos = [choose_prototype(model, x[i:i + 1], None, model.class_names[c]) for i, c in enumerate(classes)]
+    mdm = mdm or MDMConfig()
+    sel = PrototypeSelector(model, sorted(set(protos)))
+    pairs = [(i, sel.indices.index(j)) for i, j in enumerate(protos)]
+    per_search = 4 if dev.type == "cuda" else 1  # on the CPU a larger batch is not faster per image
+    probe = MDMLocalizer(dataclasses.replace(mdm, extrapolate_after=None, tol=None, steps=2))
+    step = probe.fit_masks(x[:per_search], sel, [p for p in pairs if p[0] < per_search]).seconds / 2
+    say(f"localizing {n_images} test images with MDM: about {step * 500 * n_images / per_search:.0f} s in all, "
+        f"at most {step * mdm.steps_taken * n_images / per_search:.0f} s ({step:.3f} s per step, "
+        f"{per_search} image(s) per search, at most {mdm.steps_taken} steps)")
+    mdm_locs = []
+    for start in tqdm(range(0, n_images, per_search), desc="MDM", unit="search", disable=not progress):
+        chunk = [(i - start, k) for i, k in pairs[start:start + per_search]]
+        mdm_locs += MDMLocalizer(mdm).localize_pairs(x[start:start + per_search], sel, chunk)
     rows, panels = [], []
-    for i, (s, j) in enumerate(zip(samples, protos)):
-        truth = s.masks[int(s.labels.argmax())]
-        sel = PrototypeSelector(model, j)
-        locs = {"upsample": UpsampleLocalizer().localize(x[i], sel), "mdm": mdm_loc.localize(x[i], sel)}
-        panel = [(f"image {i} ({model.class_names[int(s.labels.argmax())]})", s.image.transpose(1, 2, 0), None),
+    for i, (s, j, mdm_loc) in enumerate(zip(samples, protos, mdm_locs)):
+        truth = s.masks[classes[i]]
+        locs = {"upsample": UpsampleLocalizer().localize(x[i], PrototypeSelector(model, j)), "mdm": mdm_loc}
+        panel = [(f"image {i} ({model.class_names[classes[i]]})", s.image.transpose(1, 2, 0), None),
                  ("ground truth", truth.astype(np.float32), "gray")]
         for name, loc in locs.items():
             b = loc.binary(percentile)
-            rows.append({"image": i, "prototype": j, "method": name, "percentile": percentile,
+            rows.append({"image": i, "prototype": j, "method": name, "percentile": percentile, "status": loc.status,
                          "dice": round(float(dice(b, truth)), 4), "iou": round(float(iou(b, truth)), 4),
                          "seconds": round(loc.seconds, 2)})
             panel.append((f"{name}: Dice {rows[-1]['dice']:.2f}", loc.heatmap, "jet"))

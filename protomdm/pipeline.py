@@ -154,6 +154,8 @@ class LocalizeJob:
         mask = resize_map(loc.binary(self.percentile).astype(np.float32), size) >= 0.5
         box_in = loc.box(self.percentile)
         box = box_to_original(box_in, loc.heatmap.shape, size) if box_in else None
+        regions = [{**r.as_dict(), "box": list(box_to_original(r.box, loc.heatmap.shape, size)),
+                    "box_input": list(r.box)} for r in loc.regions(self.percentile)]
         c = model.prototype_class(j)
         dicom = is_dicom(image)
         record = {
@@ -164,14 +166,16 @@ class LocalizeJob:
             "prototype": j, "class_index": c, "class_name": model.class_names[c],
             "score": loc.score, "percentile": self.percentile,
             "box": list(box) if box else None, "box_input": list(box_in) if box_in else None,
+            "regions": regions,
             "pixel_spacing": list(image.pixel_spacing) if image.pixel_spacing else None,
             **loc.summary(),
         }
-        files = {k: out / n for k, n in output_names(stem, dicom).items()}
+        files = {k: out / n for k, n in output_names(stem, dicom and loc.ok).items()}
         label = f"{self.method} prototype {j} ({model.class_names[c]})"
-        save_overlay(files["overlay"], image.pixels, heat, box, f"{label}, top {100 - self.percentile:g}% box")
+        title = f"{label}, top {100 - self.percentile:g}% box" if loc.ok else f"{label}: empty ({loc.reason})"
+        save_overlay(files["overlay"], image.pixels, heat, box, title, [r["box"] for r in regions])
         save_mask_png(files["mask"], mask)
-        if dicom:
+        if dicom and loc.ok:  # an empty result has no segment to send to a viewer
             from .report.dicom import write_dicom_outputs
 
             write_dicom_outputs(image.source, mask, np.clip(heat, 0, 1), files["seg"], files["heatmap_pm"], label,

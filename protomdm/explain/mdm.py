@@ -3,10 +3,15 @@
 For each of N mask sizes ``a_i`` a mask vector ``d_i`` of ``a_i x a_i`` cells starts at 0.5, is upsampled to the
 input (``M_i``, kept in [0, 1]) and trained with Adam, the network frozen, to minimise
 
-    ||f_t(X) - f_t(M_i * X + (1 - M_i) * B)||^2 + lambda * mean|d_i|
+    ||f_t(X) - f_t(M_i * X + (1 - M_i) * B)||^2 / ||f_t(X) - f_t(B)||^2 + lambda * mean|d_i|
 
-(``B`` the masking baseline: zeros as in the paper, a blurred or a mean image). The heatmap is ``sum_i M_i``, set to
-zero where that sum is below ``gamma``, and normalised to [0, 1].
+(``B`` the masking baseline: zeros as in the paper, a blurred or a mean image). The paper's reconstruction term is
+divided by the effect of masking everything, so that it reads "the share of the activation's change that the mask
+lets through" and one ``lambda`` serves every model and activation scale (ProtoPNet's log similarity, XProtoNet's
+occurrence-weighted similarity, a plain classifier's logit). For one image this is the paper's loss with
+``lambda`` scaled by ``||f_t(X) - f_t(B)||^2``. An activation that masking the whole image does not change does
+not depend on the image: its localisation is refused with the ``empty`` status rather than trained to nothing.
+The heatmap is ``sum_i M_i``, set to zero where that sum is below ``gamma``, and normalised to [0, 1].
 
 The masks are independent, so all of them (and those of several images and targets) train together, one batch
 per step; :meth:`MDMLocalizer.localize_sequential` is the paper's one-mask-at-a-time schedule, kept as the
@@ -28,11 +33,21 @@ from tqdm.auto import tqdm
 
 from ..config import MDMConfig
 from ..errors import UserError
-from .localization import Localization, Localizer, eval_mode, model_device
+from .localization import Localization, Localizer, eval_mode, heatmap_problem, model_device
 from .selectors import Selector
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
+MIN_EFFECT = 1e-3  # masking everything must move the activation by this share of its size (at least 1e-3 of 1)
+
+
+def masking_effect(target: torch.Tensor, masked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``||f(X) - f(B)||^2`` per task for activations ``(T, ...)`` on the images and on the baselines, and whether
+    it is too small for the activation to depend on the image (below :data:`MIN_EFFECT` of the activation's size)."""
+    flat = lambda t: t.reshape(t.shape[0], -1)  # noqa: E731
+    effect = ((flat(target) - flat(masked)) ** 2).sum(1)
+    size = flat(target).norm(dim=1).clamp_min(1e-3)
+    return effect, effect.sqrt() <= MIN_EFFECT * size
 
 
 def _dice(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -90,6 +105,8 @@ class MaskFit:
         targets: the activation on the unmasked images, one ``(...)`` tensor per task.
         seconds: wall time of the whole search.
         batch_masks: the batch size finally used (smaller than asked after an out-of-memory).
+        effect: ``(T,)`` ``||f(X) - f(B)||^2``, the reconstruction term's scale.
+        independent: ``(T,)`` tasks whose activation masking does not change (not trained; status ``empty``).
     """
 
     masks: torch.Tensor
@@ -97,6 +114,8 @@ class MaskFit:
     targets: list[torch.Tensor]
     seconds: float
     batch_masks: int
+    effect: torch.Tensor
+    independent: torch.Tensor
 
 
 class MDMLocalizer(Localizer):
@@ -129,6 +148,12 @@ class MDMLocalizer(Localizer):
         return [[self._to_localization(fit, b * k + j, selector.single(j)) for j in range(k)]
                 for b in range(images.shape[0])]
 
+    def localize_pairs(self, images: torch.Tensor, selector: Selector, pairs: list[tuple[int, int]]
+                       ) -> list[Localization]:
+        """Target ``k`` of ``selector`` in image ``b`` for every ``(b, k)`` of ``pairs``, all in one search."""
+        fit = self.fit_masks(images, selector, pairs)
+        return [self._to_localization(fit, t, selector.single(k)) for t, (_, k) in enumerate(pairs)]
+
     def localize_sequential(self, image: torch.Tensor, selector: Selector) -> Localization:
         """The paper's schedule: each mask trained alone with ``torch.optim.Adam`` for the full ``steps``.
 
@@ -139,9 +164,11 @@ class MDMLocalizer(Localizer):
         h, w = x.shape[-2:]
         t0 = time.perf_counter()
         with eval_mode(selector.model):
-            with torch.no_grad():
-                target = selector(x)
             base = masking_baseline(x, cfg.baseline, cfg.blur_sigma)
+            with torch.no_grad():
+                target, masked = selector(torch.cat([x, base])).split(1)
+                effect, independent = masking_effect(target, masked)
+            scale = effect.clamp_min(torch.finfo(effect.dtype).tiny)
             masks = []
             bar = tqdm(total=len(cfg.sizes) * cfg.steps, disable=not self.progress, desc="MDM (sequential)",
                        unit="step", leave=False)
@@ -151,7 +178,7 @@ class MDMLocalizer(Localizer):
                 for _ in range(cfg.steps):
                     m = self._upsample(d, (h, w))
                     out = selector(m * x + (1 - m) * base)
-                    loss = ((out - target) ** 2).sum() + cfg.lambda_l1 * d.abs().mean()
+                    loss = ((out - target) ** 2).sum() / scale.sum() + cfg.lambda_l1 * d.abs().mean()
                     (d.grad,) = torch.autograd.grad(loss, d)
                     opt.step()
                     with torch.no_grad():
@@ -160,7 +187,8 @@ class MDMLocalizer(Localizer):
                 masks.append(self._upsample(d.detach(), (h, w))[0, 0])
             bar.close()
         steps = torch.full((1, len(cfg.sizes)), cfg.steps)
-        fit = MaskFit(torch.stack(masks)[None], steps, [target[0]], time.perf_counter() - t0, 1)
+        fit = MaskFit(torch.stack(masks)[None], steps, [target[0]], time.perf_counter() - t0, 1, effect.cpu(),
+                      independent.cpu())
         loc = self._to_localization(fit, 0, selector)
         loc.settings["schedule"] = "sequential"
         return loc
@@ -177,12 +205,14 @@ class MDMLocalizer(Localizer):
         dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
         return torch.autocast(device_type=device.type, dtype=dtype)
 
-    def fit_masks(self, images: torch.Tensor, selector: Selector) -> MaskFit:
+    def fit_masks(self, images: torch.Tensor, selector: Selector, pairs: list[tuple[int, int]] | None = None
+                  ) -> MaskFit:
         """Train the N masks of every (image, target) task together; see the module docstring.
 
         Args:
             images: ``(B, C, H, W)`` in the model's input space.
             selector: its ``K`` targets make ``T = B * K`` tasks, ordered image-major.
+            pairs: only these ``(image b, target k)`` tasks, in this order.
         """
         cfg = self.config
         device = model_device(selector.model)
@@ -190,23 +220,26 @@ class MDMLocalizer(Localizer):
         if x.dim() != 4:
             raise UserError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
         n_img, k = x.shape[0], selector.num_targets
-        n_tasks, n_masks = n_img * k, len(cfg.sizes)
+        if pairs is None:
+            pairs = [(b, j) for b in range(n_img) for j in range(k)]
+        n_tasks, n_masks = len(pairs), len(cfg.sizes)
         h, w = x.shape[-2:]
         t0 = time.perf_counter()
         with eval_mode(selector.model):
             if cfg.channels_last and device.type == "cuda":
                 selector.model.to(memory_format=torch.channels_last)
-            with torch.no_grad():
-                all_targets = selector.targets(x).float()  # (B, K, ...)
-            targets = all_targets.flatten(0, 1)  # (T, ...)
-            task_img = torch.arange(n_tasks, device=device) // k
-            task_out = torch.arange(n_tasks, device=device) % k
             base = masking_baseline(x, cfg.baseline, cfg.blur_sigma)
+            task_img, task_out = torch.tensor(pairs, dtype=torch.long, device=device).view(-1, 2).unbind(1)
+            with torch.no_grad():  # the images and their baselines in one pass
+                both = selector.targets(torch.cat([x, base])).float()
+                targets = both[:n_img][task_img, task_out]  # (T, ...)
+                effect, independent = masking_effect(targets, both[n_img:][task_img, task_out])
+            scale = effect.clamp_min(torch.finfo(effect.dtype).tiny)
             params = [torch.full((n_tasks, 1, a, a), cfg.init, device=device) for a in cfg.sizes]
             exp_avg = [torch.zeros_like(p) for p in params]
             exp_sq = [torch.zeros_like(p) for p in params]
             steps = torch.zeros(n_tasks, n_masks, dtype=torch.long, device=device)
-            active = torch.ones(n_tasks, n_masks, dtype=torch.bool, device=device)
+            active = (~independent)[:, None].repeat(1, n_masks)  # (T, N): an independent target is not trained
             prev_top, calm = None, torch.zeros(n_tasks, dtype=torch.long, device=device)
             batch = cfg.batch_masks or n_tasks * n_masks
             bar = tqdm(total=cfg.steps_taken, disable=not self.progress, desc="MDM", unit="step", leave=False)
@@ -216,8 +249,8 @@ class MDMLocalizer(Localizer):
                     break
                 ps = [p.requires_grad_() for p in params]
                 up = torch.stack([self._upsample(p, (h, w))[:, 0] for p in ps], 1)  # (T, N, H, W)
-                rec_grad, batch = self._masked_grads(up.detach().flatten(0, 1), act, x, base, targets,
-                                                               task_img, task_out, selector, n_masks, batch, device)
+                rec_grad, batch = self._masked_grads(up.detach().flatten(0, 1), act, x, base, targets, scale,
+                                                     task_img, task_out, selector, n_masks, batch, device)
                 reg_terms = torch.stack([cfg.lambda_l1 * p.abs().mean((1, 2, 3)) for p in ps], 1)  # (T, N)
                 grads = torch.autograd.grad([up, reg_terms], ps, [rec_grad.view_as(up), torch.ones_like(reg_terms)])
                 with torch.no_grad():
@@ -228,22 +261,31 @@ class MDMLocalizer(Localizer):
                             self._adam_update(p, g, exp_avg[i], exp_sq[i], rows, step)
                         p.requires_grad_(False).clamp_(0, 1)
                 if cfg.tol is not None and step % cfg.patience == 0 and step >= cfg.min_steps:
-                    with torch.no_grad():
-                        top = self._top_masks(torch.stack([self._upsample(p, (h, w))[:, 0] for p in params], 1))
+                    with torch.no_grad():  # where would each task's masks end if they stopped now?
+                        top = self._top_masks(self._projected_masks(params, exp_avg, exp_sq, steps, (h, w)))
                         if prev_top is not None:
                             change = 1 - _dice(top, prev_top)  # (T,)
                             calm = torch.where(change <= cfg.tol, calm + 1, torch.zeros_like(calm))
-                            active &= (calm < 2)[:, None]  # stable over two checks in a row: stop the task
+                            active &= (calm < 2)[:, None]  # the projection held over two checks in a row: stop
                         prev_top = top
                 bar.update()
                 bar.set_postfix(active=int(active.sum()))
             bar.close()
             with torch.no_grad():
-                if cfg.steps_taken < cfg.steps:
-                    for i, p in enumerate(params):
-                        self._extrapolate(p, exp_avg[i], exp_sq[i], steps[:, i].view(-1, 1, 1, 1), cfg.steps)
-                masks = torch.stack([self._upsample(p, (h, w))[:, 0] for p in params], 1)
-        return MaskFit(masks.cpu(), steps.cpu(), list(targets.cpu()), time.perf_counter() - t0, batch)
+                masks = self._projected_masks(params, exp_avg, exp_sq, steps, (h, w))
+        return MaskFit(masks.cpu(), steps.cpu(), list(targets.cpu()), time.perf_counter() - t0, batch, effect.cpu(),
+                       independent.cpu())
+
+    def _projected_masks(self, params, exp_avg, exp_sq, steps, size) -> torch.Tensor:
+        """Upsampled masks ``(T, N, H, W)`` with every mask that took fewer than ``steps`` Adam steps extrapolated to
+        the end of the schedule (see :meth:`_extrapolate`); the parameters themselves are left as they are."""
+        out = []
+        for i, p in enumerate(params):
+            q = p.clone()
+            if bool((steps[:, i] < self.config.steps).any()):
+                self._extrapolate(q, exp_avg[i], exp_sq[i], steps[:, i].view(-1, 1, 1, 1), self.config.steps)
+            out.append(self._upsample(q, size)[:, 0])
+        return torch.stack(out, 1)
 
     def _top_masks(self, masks: torch.Tensor) -> torch.Tensor:
         """Top-``stop_percentile`` masks ``(T, H*W)`` of the heatmaps of upsampled masks ``(T, N, H, W)``."""
@@ -254,8 +296,19 @@ class MDMLocalizer(Localizer):
 
     def _to_localization(self, fit: MaskFit, task: int, selector: Selector) -> Localization:
         target = fit.targets[task]
+        heatmap = masks_to_heatmap(fit.masks[task], self.config.gamma)
+        status, reason = "ok", heatmap_problem(heatmap)
+        if bool(fit.independent[task]):
+            status, reason = "empty", (
+                f"the explained activation does not depend on the image: masking all of it moves it by "
+                f"{float(fit.effect[task]) ** 0.5:.2g} (of {float(target.float().norm()):.3g}); explain another "
+                "prototype or class, or try --baseline blur")
+        elif reason:
+            status = "empty"
+            if heatmap.max() <= 0:
+                reason += f" (every pixel's mask sum stays below gamma {self.config.gamma:g}); try a smaller --lambda"
         return Localization(
-            heatmap=masks_to_heatmap(fit.masks[task], self.config.gamma),
+            heatmap=heatmap,
             method="mdm",
             score=float(target.float().mean()),
             settings={**dataclasses.asdict(self.config), "batch_masks_used": fit.batch_masks,
@@ -263,10 +316,12 @@ class MDMLocalizer(Localizer):
             seconds=fit.seconds / len(fit.targets),
             device=str(model_device(selector.model)),
             steps=int(fit.steps[task].max()),
+            status=status,
+            reason=reason,
         )
 
-    def _masked_grads(self, masks, act, x, base, targets, task_img, task_out, selector, n_masks, batch, device):
-        """d(sum of reconstruction losses)/d(mask) for the active entries, in chunks of ``batch``.
+    def _masked_grads(self, masks, act, x, base, targets, scale, task_img, task_out, selector, n_masks, batch, device):
+        """d(sum of normalised reconstruction losses)/d(mask) for the active entries, in chunks of ``batch``.
 
         Halves ``batch`` and retries on out-of-memory. Returns ``(grad (T*N, H, W), batch)``.
         """
@@ -282,7 +337,8 @@ class MDMLocalizer(Localizer):
                     with self._autocast(device):
                         out = selector.targets(xm)
                     out = out[torch.arange(len(chunk), device=device), task_out[chunk // n_masks]].float()
-                    rec = ((out - targets[chunk // n_masks]) ** 2).reshape(len(chunk), -1).sum(1)
+                    task = chunk // n_masks
+                    rec = ((out - targets[task]) ** 2).reshape(len(chunk), -1).sum(1) / scale[task]
                     (g,) = torch.autograd.grad(rec.sum(), m)
                     grad[chunk] = g[:, 0]
                 return grad, batch

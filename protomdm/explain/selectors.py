@@ -41,9 +41,13 @@ class Selector:
         out = self.targets(x)
         return out[:, 0] if self.num_targets == 1 else out
 
+    def subset(self, ks: Sequence[int]) -> "Selector":
+        """A selector for the ``ks``-th of this selector's targets, in that order."""
+        raise NotImplementedError
+
     def single(self, k: int) -> "Selector":
         """A selector for only the ``k``-th of this selector's targets."""
-        raise NotImplementedError
+        return self.subset([k])
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "indices": self.indices}
@@ -88,8 +92,8 @@ class PrototypeSelector(Selector):
         """The network's own prototype search map ``(B, K, h, w)`` (ProtoPNet: similarity; XProtoNet: occurrence)."""
         return self.model.localization_maps(x, self.indices)
 
-    def single(self, k: int) -> "PrototypeSelector":
-        return PrototypeSelector(self.model, self.indices[k], self.reduce)
+    def subset(self, ks: Sequence[int]) -> "PrototypeSelector":
+        return PrototypeSelector(self.model, [self.indices[k] for k in ks], self.reduce)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "indices": self.indices, "reduce": self.reduce}
@@ -133,5 +137,5 @@ class LogitSelector(Selector):
             self._check(out.shape[1])
         return out[:, self.indices]
 
-    def single(self, k: int) -> "LogitSelector":
-        return LogitSelector(self.model, self.indices[k], self.num_classes)
+    def subset(self, ks: Sequence[int]) -> "LogitSelector":
+        return LogitSelector(self.model, [self.indices[k] for k in ks], self.num_classes)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import csv
 import json
 import os
@@ -100,13 +102,15 @@ def _grey(pixels: np.ndarray) -> np.ndarray:
 
 
 def save_overlay(path: str | Path, pixels: np.ndarray, heatmap: np.ndarray,
-                 box: Sequence[int] | None = None, title: str = "") -> Path:
-    """Image with the heatmap on top, the box outlined and a colour bar.
+                 box: Sequence[int] | None = None, title: str = "",
+                 regions: Sequence[Sequence[int]] = ()) -> Path:
+    """Image with the heatmap on top, the box (or each region's box, numbered) outlined and a colour bar.
 
     Args:
         pixels: ``(H, W)`` or ``(H, W, 3)`` in [0, 1].
         heatmap: ``(H, W)`` in [0, 1], same size as ``pixels``.
         box: ``(x0, y0, x1, y1)`` with exclusive ends, in the same pixels.
+        regions: boxes of the separate regions, most important first; drawn instead of ``box`` when given.
     """
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
@@ -116,12 +120,14 @@ def save_overlay(path: str | Path, pixels: np.ndarray, heatmap: np.ndarray,
     ax = fig.add_subplot()
     ax.imshow(pixels if pixels.ndim == 3 else pixels, cmap=None if pixels.ndim == 3 else "gray", vmin=0, vmax=1)
     im = ax.imshow(heatmap, cmap="jet", alpha=0.45, vmin=0, vmax=1)
-    if box is not None:
-        x0, y0, x1, y1 = box
+    boxes = list(regions) or ([box] if box is not None else [])
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
         ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="white", linewidth=1.5))
+        if len(boxes) > 1:
+            ax.text(x0, y0 - 1, str(i + 1), color="white", fontsize=8, fontweight="bold", va="bottom")
     ax.set_axis_off()
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title("\n".join(textwrap.wrap(title, 80)), fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="relevance")
     fig.tight_layout()
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
