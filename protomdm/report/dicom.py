@@ -1,30 +1,34 @@
 """DICOM outputs for a DICOM input (highdicom): a binary Segmentation of the thresholded mask and a Parametric Map
 of the heatmap, both referencing the source image so that viewers (OHIF, 3D Slicer, PACS) overlay them on it.
 
-Patient data: by default the outputs carry only what DICOM needs for the references to work: the source's Study
-Instance UID (so they join its study) and references to its Series and SOP Instance UIDs. The patient and study
-attributes the standard requires (Patient Name and ID, Birth Date, Sex, Study Date/Time/ID, Accession Number,
-Referring Physician) are present but empty. ``keep_phi=True`` copies them from the source instead.
+Patient data: the outputs are built from a *whitelist* of the source's attributes, not from the source with some
+attributes removed. What is kept is what a viewer needs to place them on the image: the Study, Series, SOP Instance
+and Frame of Reference UIDs and the SOP class (the references), and the image's geometry and pixel description. The
+patient and study attributes that the SEG and Parametric Map IODs require (Type 2: Patient Name and ID, Birth Date,
+Sex, Study Date and Time, Study ID, Accession Number, Referring Physician) are present and empty. Everything else,
+including every attribute of PS3.15 Annex E's Basic Application Level Confidentiality Profile, private tags, and
+whatever a future edition or a vendor adds, never reaches the outputs: a whitelist cannot miss what it never lists,
+where a list of attributes to remove must be kept complete by hand. ``keep_phi=True`` builds them from the whole
+source instead.
 """
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np
 
 from .figures import atomic_write
 
-#: Attributes emptied in the outputs unless ``keep_phi``: the Patient and General Study modules' identifiers.
-PHI_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "PatientBirthTime",
-                "OtherPatientIDs", "OtherPatientNames", "OtherPatientIDsSequence", "IssuerOfPatientID",
-                "PatientAddress", "PatientTelephoneNumbers", "EthnicGroup", "PatientComments", "AccessionNumber",
-                "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyDescription",
-                "InstitutionName", "InstitutionAddress", "PerformingPhysicianName", "OperatorsName",
-                "NameOfPhysiciansReadingStudy", "RequestingPhysician", "SeriesDate", "SeriesTime",
-                "AcquisitionDate", "AcquisitionTime", "ContentDate", "ContentTime", "AcquisitionDateTime",
-                "DeviceSerialNumber", "StationName")
+#: Copied from the source: the references and the geometry a viewer needs (no value here identifies a patient).
+KEPT_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID",
+                 "Modality", "Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated",
+                 "BitsStored", "HighBit", "PixelRepresentation", "PlanarConfiguration", "PixelSpacing",
+                 "ImagerPixelSpacing", "ImageOrientationPatient", "ImagePositionPatient", "PatientOrientation",
+                 "SliceThickness", "SpacingBetweenSlices", "ImageType")
+#: Present and empty: Type 2 attributes of the Patient and General Study modules the outputs' IODs require.
+EMPTY_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                  "ReferringPhysicianName", "StudyID", "AccessionNumber")
 SOFTWARE = "protomdm"
 
 
@@ -53,14 +57,21 @@ def _parametric_map_class():
 
 
 def deidentified(ds):
-    """A copy of ``ds`` whose :data:`PHI_KEYWORDS` are empty (Type 2 semantics) and UIDs unchanged."""
-    out = copy.deepcopy(ds)
-    for kw in PHI_KEYWORDS:
-        if kw in out:
-            if out[kw].VR == "SQ":
-                del out[kw]
-            else:
-                out[kw].value = ""
+    """A new dataset with only :data:`KEPT_KEYWORDS` of ``ds`` and :data:`EMPTY_KEYWORDS` empty (see the module
+    docstring); its file meta information keeps only the transfer syntax and the SOP class and instance."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    out = Dataset()
+    for kw in KEPT_KEYWORDS:
+        if kw in ds:
+            out[kw] = ds[kw]
+    for kw in EMPTY_KEYWORDS:
+        setattr(out, kw, "")
+    meta = FileMetaDataset()
+    for kw in ("TransferSyntaxUID", "MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID"):
+        if kw in getattr(ds, "file_meta", {}):
+            meta[kw] = ds.file_meta[kw]
+    out.file_meta = meta
     return out
 
 
