@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from .data.images import IMAGE_SUFFIXES, read_image
@@ -26,6 +27,7 @@ COLUMNS = ("input", "output", "model", "method", "prototype", "class_name", "sco
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic", ""}
 RESULTS = "results.csv"
 FAILURES = "failures.txt"
+ERRORS_LOG = "errors.log"  # the traceback of every failure that was not a plain user mistake
 FINISHED = ("ok", "empty")  # statuses of images that are done (``--resume`` skips them)
 
 
@@ -47,11 +49,31 @@ def find_inputs(root: str | Path) -> list[Path]:
     return found
 
 
+def _path_hash(rel: str) -> str:
+    return hashlib.sha256(rel.encode()).hexdigest()[:8]
+
+
 def folder_name(rel: str) -> str:
-    """The output subfolder for an input at ``rel`` (its path below the input folder): separators become ``__``,
-    so it is unique per input."""
+    """The output subfolder for an input at ``rel`` (its path below the input folder): separators become ``__``
+    and other unsafe characters ``_``; whenever that changed the name (or it is long), a short hash of ``rel`` is
+    added, so that two inputs never share a folder (``x y.png`` and ``x_y.png``, ``sub/a.png`` and ``sub__a.png``)."""
     safe = safe_name(rel.replace("/", "__"))
-    return safe[:100] + ("-" + hashlib.sha256(rel.encode()).hexdigest()[:8] if len(safe) > 100 else "")
+    return safe if safe == rel and len(safe) <= 100 else f"{safe[:100]}-{_path_hash(rel)}"
+
+
+def _printable(rel: str) -> str:
+    """``rel`` with any bytes that are not UTF-8 (a file name from another system) written as ``\\xNN``."""
+    return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception as one line, cut at a word boundary."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, OSError) and e.strerror:
+        text = e.strerror + (f": {e.filename}" if e.filename else "")
+    if not isinstance(e, (UserError, OSError)):
+        text = f"{type(e).__name__}: {text}"
+    return text if len(text) <= 300 else text[:300].rsplit(" ", 1)[0] + " ..."
 
 
 @dataclass
@@ -136,7 +158,7 @@ def localize_folder(job: LocalizeJob, input_dir: str | Path, out_dir: str | Path
                 p.unlink(missing_ok=True)
     dist.barrier()  # the others start once the folder is set up
 
-    rels = {p: p.relative_to(root).as_posix() for p in files}
+    rels = {p: _printable(p.relative_to(root).as_posix()) for p in files}
     on_disk = _all_rows(out)
     finished = {r["input"] for r in on_disk if r["status"] in FINISHED and (out / r["output"]).is_dir()}
     part = dist.part(results)
@@ -162,12 +184,13 @@ def localize_folder(job: LocalizeJob, input_dir: str | Path, out_dir: str | Path
         t0 = time.perf_counter()
         try:
             image = read_image(path)
-            if is_dicom(image):
-                name = output_stem(image)
+            stem = output_stem(image)
+            if is_dicom(image):  # named by its SOP Instance UID, never by the path (which may name the patient)
+                name = f"{stem}-{_path_hash(rel)}"
                 tmp = out / f".tmp-{name}"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
-            r = job.run(image, tmp, name).record
+            r = job.run(image, tmp, stem).record
             final = out / name
             if final.exists():
                 shutil.rmtree(final)
@@ -177,12 +200,13 @@ def localize_folder(job: LocalizeJob, input_dir: str | Path, out_dir: str | Path
                        box_x0=box[0], box_y0=box[1], box_x1=box[2], box_y1=box[3], status=r["status"],
                        error=r["reason"])
             res.done += 1
-        except UserError as e:
-            row.update(status="failed", error=str(e))
-            res.failures.append((rel, str(e)))
-        except OSError as e:
-            row.update(status="failed", error=f"{rel}: {e.strerror or e}")
+        except Exception as e:  # noqa: BLE001 - one input's failure, whatever it is, is that input's alone
+            why = _one_line(e)
+            row.update(status="failed", error=why if rel in why else f"{rel}: {why}")
             res.failures.append((rel, row["error"]))
+            if not isinstance(e, (UserError, OSError)):  # a bug or an unforeseen input: keep the traceback
+                with open(out / ERRORS_LOG, "a", encoding="utf-8", errors="backslashreplace") as log:
+                    log.write(f"--- {rel}\n{''.join(traceback.format_exception(e))}")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         row["seconds"] = f"{time.perf_counter() - t0:.2f}"

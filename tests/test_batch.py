@@ -161,3 +161,73 @@ def test_folder_errors_are_one_line(capsys, tmp_path, folder, grey_ckpt):
         code, text = _cli(capsys, "localize", "--ckpt", grey_ckpt, *args, *FAST)
         assert code == 2 and msg in text and "Traceback" not in text and text.count("\n") == 1, text
     os.chmod(locked, 0o700)
+
+
+def _bad_inputs(d):
+    """Inputs that once stopped a folder run or slipped through as ok, each crafted small."""
+    rng = np.random.default_rng(2)
+    px = (rng.random((32, 32)) * 4000).astype(np.uint16)
+    from pydicom.dataset import Dataset
+
+    lut = Dataset()
+    lut.LUTDescriptor, lut.LUTData = [4096, 0, 12], np.array([0, 1, 2], np.uint16).tobytes()  # says 4096, holds 3
+    bad = {
+        "voi_lut_short.dcm": dict(VOILUTSequence=[lut]),
+        "slope_nan.dcm": dict(RescaleSlope="NaN", RescaleIntercept=0),
+        "width_nan.dcm": dict(WindowCenter=100, WindowWidth="NaN", VOILUTFunction="SIGMOID"),
+        "width_zero_exact.dcm": dict(WindowCenter=100, WindowWidth=0, VOILUTFunction="LINEAR_EXACT"),
+        "spacing_one.dcm": dict(ImagerPixelSpacing=[0.1]),
+    }
+    for name, attrs in bad.items():
+        make_dicom(d / name, px, bits_stored=12, **attrs)
+    import pydicom
+    from pydicom.dataelem import RawDataElement
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.tag import Tag
+
+    for name, kw, vr in (("frames_abc.dcm", "NumberOfFrames", "IS"), ("slope_abc.dcm", "RescaleSlope", "DS")):
+        ds = pydicom.dcmread(make_dicom(d / name, px, bits_stored=12, RescaleIntercept=0))
+        tag = Tag(tag_for_keyword(kw))
+        ds._dict[tag] = RawDataElement(tag, vr, 4, b"abc ", 0, False, True)  # not a number, as some writers do
+        ds.save_as(d / name)
+        bad[name] = {}
+    no_uid = make_dicom(d / "no_study_uid.dcm", px, bits_stored=12)
+    import pydicom
+
+    ds = pydicom.dcmread(no_uid)
+    del ds.StudyInstanceUID
+    ds.save_as(no_uid)
+    Image.fromarray((rng.random((40, 50)) * 255).astype(np.uint8)).save(d / "x y.png")
+    Image.fromarray((rng.random((40, 50)) * 255).astype(np.uint8)).save(d / "x_y.png")
+    Image.fromarray((rng.random((40, 50)) * 255).astype(np.uint8)).save(os.fsencode(d) + b"/caf\xe9.png")
+    return set(bad) | {"no_study_uid.dcm"}
+
+
+def test_no_input_stops_a_folder_run_and_names_never_collide(capsys, tmp_path, grey_ckpt):
+    d = tmp_path / "in"
+    d.mkdir()
+    dicoms = _bad_inputs(d)
+    before = _digest(d)
+    out = tmp_path / "out"
+    code, text = _cli(capsys, "localize", "--ckpt", grey_ckpt, "--input", d, "--out", out, "--method", "upsample",
+                      "--quiet")
+    assert "Traceback" not in text
+    rows = {r["input"]: r for r in _rows(out)}
+    assert len(rows) == len(dicoms) + 3 and code in (0, 1)
+    for name in ("slope_nan.dcm", "width_nan.dcm", "slope_abc.dcm", "frames_abc.dcm", "voi_lut_short.dcm"):
+        assert rows[name]["status"] == "failed" and name in rows[name]["error"], rows[name]
+    assert rows["spacing_one.dcm"]["status"] in ("ok", "failed")
+    for r in rows.values():  # no NaN score passes as a result
+        assert r["status"] != "ok" or np.isfinite(float(r["score"]))
+    # the two names that map to one safe name get two folders, each with its own image's outputs
+    a, b = rows["x y.png"], rows["x_y.png"]
+    assert a["status"] == b["status"] == "ok" and a["output"] != b["output"]
+    for r in (a, b):
+        rec = json.loads(next((out / r["output"]).glob("*_localization.json")).read_text())
+        assert rec["image"].endswith(r["input"])
+    assert rows["caf\\xe9.png"]["status"] == "ok"  # a file name that is not UTF-8
+    assert _digest(d) == before
+    # a resume redoes only the failed ones and stops at none of them
+    code2, text2 = _cli(capsys, "localize", "--ckpt", grey_ckpt, "--input", d, "--out", out, "--method", "upsample",
+                        "--quiet", "--resume")
+    assert "Traceback" not in text2 and len(_rows(out)) == len(rows)

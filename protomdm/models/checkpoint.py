@@ -7,11 +7,9 @@ The config is a plain dict (see :class:`~protomdm.config.ModelConfig`) and the f
 from __future__ import annotations
 
 import contextlib
-import os
 import pickle
 import pickletools
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,6 +18,7 @@ import torch
 
 from ..config import ModelConfig, from_dict, to_dict
 from ..errors import CheckpointError, ConfigError
+from ..files import atomic_write
 from .base import PrototypeModel
 from .protopnet import ProtoPNet
 from .xprotonet import XProtoNet
@@ -37,28 +36,11 @@ def build_model(config: ModelConfig | dict[str, Any]) -> PrototypeModel:
     return ARCHITECTURES[config.architecture](config)
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: no half-written file survives."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_checkpoint(model: PrototypeModel, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write ``model`` (its ``state_dict`` and config) and optional plain ``extra`` data to ``path``."""
-    atomic_torch_save(
-        {"format": FORMAT, "version": VERSION, "config": to_dict(model.config),
-         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "extra": extra or {}},
-        path,
-    )
-    return Path(path)
+    obj = {"format": FORMAT, "version": VERSION, "config": to_dict(model.config),
+           "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "extra": extra or {}}
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

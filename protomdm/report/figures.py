@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import textwrap
-
 import csv
 import json
 import os
-import tempfile
+import textwrap
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -16,20 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
-
-
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` for a temporary file beside ``path``, then rename it to ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+from ..files import atomic_write  # noqa: F401 - re-exported for the writers below and their callers
 
 
 def check_writable(out_dir: str | Path, names: Iterable[str], overwrite: bool) -> Path:
