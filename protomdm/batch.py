@@ -20,7 +20,8 @@ from .data.images import IMAGE_SUFFIXES, read_image
 from .distributed import DistEnv, rank_parts
 from .errors import UserError
 from .pipeline import LocalizeJob, is_dicom, output_stem, safe_name
-from .report.figures import append_csv, atomic_write, read_csv, write_csv
+from .files import atomic_write, check_run_settings
+from .report.figures import append_csv, read_csv, write_csv
 
 COLUMNS = ("input", "output", "model", "method", "prototype", "class_name", "score", "box_x0", "box_y0", "box_x1",
            "box_y1", "seconds", "status", "error")
@@ -153,6 +154,7 @@ def localize_folder(job: LocalizeJob, input_dir: str | Path, out_dir: str | Path
             raise UserError(f"output folder {out} is not writable ({e.strerror})") from None
         for stale in out.glob(".tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
+        check_run_settings(out, job.settings(), resume)
         if not resume:
             for p in [results, *rank_parts(results)]:
                 p.unlink(missing_ok=True)

@@ -87,6 +87,7 @@ def explain_classifier(model: nn.Module, image_path: str | Path, out_dir: str | 
     bad = [m for m in methods if m not in EXPLAIN_METHODS]
     if bad or not methods:
         raise UserError(f"unknown method(s) {', '.join(bad) or '(none)'}; choose from {', '.join(EXPLAIN_METHODS)}")
+    localizers = {m: MDMLocalizer(mdm, progress=progress) if m == "mdm" else CAMLocalizer(m) for m in methods}
     image = read_image(image_path)
     stem = output_stem(image)
     out = check_writable(out_dir, [f"{stem}_explain.png", f"{stem}_explain.json"], overwrite)
@@ -98,8 +99,8 @@ def explain_classifier(model: nn.Module, image_path: str | Path, out_dir: str | 
     selector = LogitSelector(model, k, num_classes=int(logits.shape[1]))
     rgb = image.pixels if image.pixels.ndim == 3 else np.repeat(image.pixels[..., None], 3, -1)
     panels, record = [("image", rgb, None)], {"class_index": k, "logit": float(logits[0, k]), "methods": {}}
-    for method in methods:
-        loc = (MDMLocalizer(mdm, progress=progress) if method == "mdm" else CAMLocalizer(method)).localize(x, selector)
+    for method, localizer in localizers.items():
+        loc = localizer.localize(x, selector)
         panels.append((f"{method} ({loc.seconds:.1f}s)", resize_map(loc.heatmap, image.size), "jet"))
         record["methods"][method] = {**loc.summary(), "box_input_p90": loc.box(90)}
     save_panels(out / f"{stem}_explain.png", [panels], title or f"class {k}")

@@ -155,8 +155,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print((res.out_dir / "summary.md").read_text())
     if res.skipped:
         print(f"skipped {len(res.skipped)} image(s), listed with reasons in {res.out_dir / 'skipped.txt'}")
-    print(f"results in {res.out_dir}: results.csv, summary.csv, summary.md, metrics_vs_percentile.png, "
-          "deletion_insertion.png")
+    names = ("results.csv", "curves.csv", "summary.csv", "summary.md", "metrics_vs_percentile.png",
+             "deletion_insertion.png", "skipped.txt")
+    print(f"results in {res.out_dir}: " + ", ".join(n for n in names if (res.out_dir / n).exists()))
     return 0
 
 
@@ -353,24 +354,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-data", help="check a copy of NIH ChestX-ray14 or CUB-200-2011 against its manifest",
                        description="Compares the files, columns and row counts of your copy with "
-                       "data_manifests/DATASET.yaml and says what is missing; exit 1 if something needed is.")
+                       "the manifest shipped inside protomdm (protomdm/data/manifests/DATASET.yaml) and says what is "
+                       "missing; exit 1 if something needed is.")
     p.add_argument("--dataset", required=True, choices=("nih", "cub"))
     p.add_argument("--root", required=True, help="the folder you unpacked the dataset into")
     p.set_defaults(func=_cmd_check_data)
 
-    p = sub.add_parser("init-model", help="write an untrained checkpoint (smoke tests, your own training loop)")
-    p.add_argument("--model", required=True, choices=("protopnet", "xprotonet"))
+    p = sub.add_parser("init-model", help="write an untrained checkpoint (smoke tests, your own training loop)",
+                       description="Write a checkpoint of an untrained ProtoPNet or XProtoNet (random weights, or an "
+                       "ImageNet backbone with --pretrained): a starting point for your own training loop, or a "
+                       "model to try the other commands on.")
+    p.add_argument("--model", required=True, choices=("protopnet", "xprotonet"), help="the architecture")
     p.add_argument("--backbone", default="resnet18", help="resnet18/34/50, vgg11/16/19, densenet121/161, "
                    "monai_densenet121, tiny (default resnet18)")
     p.add_argument("--classes", required=True, type=_parse_classes, help="comma-separated class names")
-    p.add_argument("--prototypes-per-class", type=int, default=10)
+    p.add_argument("--prototypes-per-class", type=int, default=10, help="prototypes of each class (default 10)")
     p.add_argument("--prototype-dim", type=int, default=None, help="prototype depth D (default 128)")
-    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--img-size", type=int, default=224, help="input side in pixels (default 224)")
     p.add_argument("--grey", action="store_true", help="one input channel (chest X-rays)")
     p.add_argument("--pretrained", action="store_true", help="ImageNet backbone weights (downloads once)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     p.add_argument("--out", required=True, help="checkpoint file to write")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=_cmd_init_model)
     return parser
 
@@ -382,6 +387,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     func: Callable[[argparse.Namespace], int] = args.func
+    for name in ("out", "ckpt", "image", "input", "config", "root"):
+        if getattr(args, name, None) == "":
+            print(f"protomdm {args.command}: error: --{name} is empty", file=sys.stderr)
+            return 2
     try:
         return func(args)
     except UserError as e:

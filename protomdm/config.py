@@ -7,6 +7,9 @@ file is one clear :class:`~protomdm.errors.ConfigError` before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,9 +28,29 @@ BASELINES = ("zero", "blur", "mean")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config file is settings, not data
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxtuple = 2, 6, 6, 6
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _short(value: Any) -> str:
+    """A bounded repr for error messages: never expands a large or deeply shared value in full."""
+    return _REPR.repr(value)
+
+
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
+
+
+def check_finite(obj: Any) -> None:
+    """Refuse NaN and infinite numbers in any float (or tuple of floats) field of the dataclass ``obj``."""
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        for x in (v if isinstance(v, tuple) else (v,)):
+            _check(not isinstance(x, float) or math.isfinite(x), f"{f.name} must be a finite number, got {x}")
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -45,33 +68,36 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, arg, where)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {_short(value)}")
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         return from_dict(tp, value, where)
     if origin in (tuple, list):
-        _check(isinstance(value, (list, tuple)), f"{where}: expected a list, got {value!r}")
+        _check(isinstance(value, (list, tuple)), f"{where}: expected a list, got {_short(value)}")
         args = typing.get_args(tp)
         item_tp = args[0] if args else Any
         items = [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict or tp is dict:
-        _check(isinstance(value, dict), f"{where}: expected a mapping, got {value!r}")
+        _check(isinstance(value, dict), f"{where}: expected a mapping, got {_short(value)}")
         return dict(value)
     if tp is Any:
         return value
     if tp is float:
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool), f"{where}: expected a number, got {value!r}")
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), f"{where}: expected a number, got {_short(value)}")
+        _check(math.isfinite(value), f"{where}: expected a finite number, got {value}")
         return float(value)
     if tp is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), f"{where}: expected an integer, got {value!r}")
+        _check(isinstance(value, int) and not isinstance(value, bool), f"{where}: expected an integer, got {_short(value)}")
         return value
     if tp is bool:
-        _check(isinstance(value, bool), f"{where}: expected true or false, got {value!r}")
+        _check(isinstance(value, bool), f"{where}: expected true or false, got {_short(value)}")
         return value
     if tp is str:
-        _check(isinstance(value, str), f"{where}: expected a string, got {value!r}")
+        _check(isinstance(value, str), f"{where}: expected a string, got {_short(value)}")
         return value
     return value
 
@@ -105,13 +131,29 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return plain(obj)
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without aliases: ``*name`` could make a few hundred bytes stand for billions of values."""
+
+    def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(f"YAML aliases (*{event.anchor}) are not accepted in config files; write the value out")
+        return super().compose_node(parent, index)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, with one clear error for a missing or malformed file."""
+    """Read a YAML mapping, with one clear error for a missing, oversized, non-UTF-8 or malformed file."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
+    if p.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{p}: {p.stat().st_size} bytes is too large for a config file (limit {MAX_CONFIG_BYTES})")
     try:
-        data = yaml.safe_load(p.read_text())
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a UTF-8 text file") from None
+    try:
+        data = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     if data is None:
@@ -162,6 +204,7 @@ class ModelConfig:
         _check(len(self.mean) == self.in_channels and len(self.std) == self.in_channels,
                "mean and std need one value per input channel")
         _check(all(s > 0 for s in self.std), "std values must be > 0")
+        check_finite(self)
 
     @property
     def num_classes(self) -> int:
@@ -206,6 +249,7 @@ class MDMConfig:
 
     def __post_init__(self) -> None:
         self.sizes = tuple(self.sizes)
+        check_finite(self)
         _check(len(self.sizes) >= 1 and all(a >= 1 for a in self.sizes), "sizes must be a non-empty list of positive ints")
         _check(self.lambda_l1 >= 0, f"lambda_l1 must be >= 0, got {self.lambda_l1}")
         _check(self.gamma >= 0, f"gamma must be >= 0, got {self.gamma}")
@@ -280,6 +324,7 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         self.push_epochs = tuple(self.push_epochs)
+        check_finite(self)
         for name in ("features_lr", "add_on_lr", "prototype_lr", "head_lr", "last_layer_lr", "warm_lr"):
             _check(getattr(self, name) > 0, f"optim.{name} must be > 0, got {getattr(self, name)}")
         _check(self.weight_decay >= 0, "optim.weight_decay must be >= 0")
@@ -303,6 +348,9 @@ class LossConfig:
     occurrence: float = 1e-3
     consistency: float = 0.1
     pos_weight: bool = True  # XProtoNet: weight each finding's positives by negatives / positives
+
+    def __post_init__(self) -> None:
+        check_finite(self)
 
 
 @dataclass

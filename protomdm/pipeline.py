@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,9 @@ def resolve_device(device: str) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise UserError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
+        raise UserError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but no CUDA GPU is available here; use --device cpu")
     return dev
@@ -141,6 +144,12 @@ class LocalizeJob:
             model.check_prototype(kw["prototype"])
         return cls(model, str(ckpt), method, percentile=percentile, **kw)
 
+    def settings(self) -> dict[str, Any]:
+        """What decides a result: recorded by folder runs, which ``--resume`` only with the same settings."""
+        return {"checkpoint": self.checkpoint, "method": self.method, "prototype": self.prototype,
+                "class": self.class_name, "percentile": self.percentile, "keep_phi": self.keep_phi,
+                "mdm": dataclasses.asdict(self.mdm or MDMConfig()) if self.method == "mdm" else None}
+
     def run(self, image: LoadedImage, out: Path, stem: str) -> LocalizeResult:
         """Localize in ``image`` and write :func:`output_names` into the existing folder ``out``."""
         model = self.model
@@ -208,8 +217,8 @@ def init_model(out: str | Path, architecture: str, backbone: str, classes: list[
     out = Path(out)
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to replace it")
-    if out.parent and not out.parent.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give the checkpoint file to write")
     grey = in_channels == 1
     cfg = ModelConfig(architecture=architecture, backbone=backbone, class_names=tuple(classes),
                       prototypes_per_class=prototypes_per_class,
@@ -220,4 +229,7 @@ def init_model(out: str | Path, architecture: str, backbone: str, classes: list[
     torch.manual_seed(seed)
     model = build_model(cfg)
     model.config.pretrained = False  # the weights now live in the checkpoint
-    return save_checkpoint(model, out)
+    try:
+        return save_checkpoint(model, out)
+    except OSError as e:
+        raise UserError(f"cannot write {out}: {e.strerror or e}") from None

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import csv
+import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +52,15 @@ def read_boxes(path: str | Path) -> list[NIHBox]:
     if not path.is_file():
         raise UserError(f"missing dataset file: {path}")
     boxes = []
-    with path.open(newline="") as f:
+    raw = path.read_bytes()
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        text = raw.decode("utf-16")
+    else:
+        try:
+            text = raw.decode("utf-8-sig")  # a byte-order mark (Excel writes one) is not part of the header
+        except UnicodeDecodeError:
+            text = raw.decode("latin-1")  # every byte is a Latin-1 character: the numbers parse, names are kept
+    with io.StringIO(text, newline="") as f:
         reader = csv.reader(f)
         header = next(reader, [])
         if header[:2] != ["Image Index", "Finding Label"]:
@@ -71,6 +81,8 @@ def read_boxes(path: str | Path) -> list[NIHBox]:
                 x, y, w, h = (float(v) for v in row[2:])
             except ValueError:
                 raise UserError(f"{path}, line {n}: box values must be numbers, got {row[2:]}") from None
+            if not all(math.isfinite(v) for v in (x, y, w, h)):
+                raise UserError(f"{path}, line {n}: box values must be finite numbers, got {row[2:]}")
             if w <= 0 or h <= 0:
                 raise UserError(f"{path}, line {n}: box width and height must be positive, got {w} x {h}")
             boxes.append(NIHBox(row[0], finding, x, y, w, h, n))

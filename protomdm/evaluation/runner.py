@@ -17,6 +17,7 @@ A run is resumable: rows are appended per (image, finding, method) once complete
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,8 @@ from ..explain.localization import model_device
 from ..geometry import regions
 from ..models import PrototypeModel, load_model
 from ..pipeline import METHODS, make_localizer, resolve_device
-from ..report.figures import append_csv, atomic_write, read_csv, write_csv
+from ..files import atomic_write, check_run_settings
+from ..report.figures import append_csv, read_csv, write_csv
 from . import metrics as M
 from .faithfulness import deletion_insertion, heatmap_masked_scores
 from .samples import EvalSample, Skipped, cub_samples, nih_samples, synthetic_samples
@@ -171,6 +173,10 @@ def evaluate(ckpt: str | Path, out_dir: str | Path, *, dataset: str = "synthetic
 
     methods = parse_methods(methods)
     percentiles = parse_percentiles(percentiles)
+    if deletion_steps < 1:
+        raise UserError(f"deletion/insertion curves need at least 1 step, got {deletion_steps}")
+    if batch_images is not None and batch_images < 1:
+        raise UserError(f"at least 1 image per search, got {batch_images}")
     policy = prototype_policy or ("best-dice" if dataset == "nih" else "first")
     if policy not in POLICIES:
         raise UserError(f"unknown prototype policy {policy!r}; choose one of {', '.join(POLICIES)}")
@@ -189,6 +195,12 @@ def evaluate(ckpt: str | Path, out_dir: str | Path, *, dataset: str = "synthetic
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"cannot create output folder {out}: {e.strerror}") from None
+        check_run_settings(out, {
+            "checkpoint": str(ckpt), "dataset": dataset, "root": str(root) if root else None, "methods": methods,
+            "percentiles": percentiles, "limit": limit, "policy": policy, "seed": seed, "truth": truth,
+            "part_half_width": part_half_width, "faithfulness": faithfulness, "deletion_steps": deletion_steps,
+            "baseline": baseline, "mdm": dataclasses.asdict(mdm or MDMConfig()) if "mdm" in methods else None},
+            resume)
         if not resume:
             for p in [*rank_parts(merged), *rank_parts(out / "curves.csv"), out / "curves.csv", merged]:
                 p.unlink(missing_ok=True)

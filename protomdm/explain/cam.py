@@ -95,6 +95,7 @@ class CAMLocalizer(Localizer):
             raise UserError(f"unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}")
         self.method, self.target_layers, self.reshape_transform = method, target_layers, reshape_transform
         self.batch_size = batch_size
+        _import_cam()  # a missing grad-cam is said now, before any long work starts
 
     def localize_many(self, images: torch.Tensor, selector) -> list[list[Localization]]:
         """``images: (B, C, H, W)`` -> ``result[b][k]`` for each of the selector's ``K`` targets."""

@@ -53,7 +53,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not zipfile.is_zipfile(p):
         raise CheckpointError(f"{p}: not a PyTorch checkpoint in torch.save's zip format (truncated, another kind of "
                               "file, or a whole model saved by PyTorch < 1.6, which only --trust-pickle loads)")
-    refs = pickle_globals(p)
+    try:
+        refs = pickle_globals(p)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:  # a bad CRC, central directory, ...
+        raise CheckpointError(f"{p}: not a readable PyTorch checkpoint (truncated or corrupt?): "
+                              f"{str(e).splitlines()[0][:160] if str(e) else type(e).__name__}") from None
     foreign = sorted({g.split(".")[0] for g in refs} - SAFE_MODULES
                      | {"torch.nn" for g in refs if g.startswith("torch.nn.modules.")})
     if foreign:

@@ -62,8 +62,12 @@ def read_csv(path: str | Path) -> list[dict[str, str]]:
     """The rows of a CSV table with a header; none if the file does not exist."""
     if not Path(path).exists():
         return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{path} is not a CSV table protomdm wrote ({type(e).__name__}); move it away or pass "
+                        "--overwrite to start again") from None
 
 
 def resize_map(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:

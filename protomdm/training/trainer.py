@@ -303,6 +303,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: str | Path | None = Non
     from ..pipeline import resolve_device
 
     out = Path(out_dir)
+    if stop_after is not None and stop_after < 1:
+        raise UserError(f"stop after at least 1 epoch, got {stop_after}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a folder; choose another output folder")
     dev = resolve_device(device or cfg.device)
     if resume is None and (out / "last.pt").exists():
         raise UserError(f"{out} already holds a training run; pass --resume {out / 'last.pt'} or another --out")

@@ -1,0 +1,137 @@
+"""Hostile and careless input: every case is one line on stderr and exit status 2, never a traceback, and nothing
+the user gave is changed. (The folder-run cases, where the run goes on, are in test_batch.py.)"""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from protomdm.cli import main
+from protomdm.data.nih import read_boxes
+from protomdm.errors import UserError
+from protomdm.models import save_checkpoint
+
+from conftest import tiny_model
+
+NIH_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+BOMB = "".join(f"{k}: &{k} [{', '.join(['*' + p] * 9) if p else ', '.join(['lol'] * 9)}]\n"
+               for p, k in zip([""] + list("abcdefgh"), "abcdefghi")) + "lr: *i\n"
+
+
+@pytest.fixture
+def files(tmp_path):
+    ckpt = save_checkpoint(tiny_model(img_size=(32, 32)), tmp_path / "m.pt")
+    Image.fromarray((np.random.default_rng(0).random((40, 40)) * 255).astype(np.uint8)).save(tmp_path / "a.png")
+    return tmp_path, ckpt
+
+
+def _corrupt(ckpt, kind):
+    import zipfile
+
+    data = bytearray(ckpt.read_bytes())
+    if kind == "crc":  # flip bytes of the stored pickle: its CRC no longer matches
+        with zipfile.ZipFile(ckpt) as z:
+            info = next(i for i in z.infolist() if i.filename.endswith("data.pkl"))
+        h = info.header_offset  # the local header's own name and extra lengths (the extra pads for alignment)
+        start = h + 30 + int.from_bytes(data[h + 26:h + 28], "little") + int.from_bytes(data[h + 28:h + 30], "little")
+        data[start:start + 4] = bytes(255 - b for b in data[start:start + 4])
+    else:  # the central directory cut off
+        data = data[:-60]
+    ckpt.write_bytes(bytes(data))
+    return ckpt
+
+
+CASES = {
+    "checkpoint bad CRC": lambda d, c: ["localize", "--ckpt", _corrupt(c, "crc"), "--image", d / "a.png", "--out", d / "o", "--quiet"],
+    "checkpoint no directory": lambda d, c: ["localize", "--ckpt", _corrupt(c, "cd"), "--image", d / "a.png", "--out", d / "o", "--quiet"],
+    "config a list": lambda d, c: ["train", "--config", _write(d / "l.yaml", "- 1\n- 2\n"), "--out", d / "r", "--quiet"],
+    "config missing": lambda d, c: ["train", "--config", d / "nope.yaml", "--out", d / "r", "--quiet"],
+    "config not UTF-8": lambda d, c: ["train", "--config", _write(d / "u.yaml", b"seed: \xff\xfe\n"), "--out", d / "r", "--quiet"],
+    "config YAML bomb": lambda d, c: ["localize", "--ckpt", c, "--image", d / "a.png", "--out", d / "o",
+                                      "--mdm-config", _write(d / "bomb.yaml", BOMB)],
+    "device mps": lambda d, c: ["localize", "--ckpt", c, "--image", d / "a.png", "--out", d / "o", "--device", "mps"],
+    "device meta": lambda d, c: ["evaluate", "--dataset", "synthetic", "--ckpt", c, "--out", d / "e", "--device", "meta"],
+    "init-model under a file": lambda d, c: ["init-model", "--model", "protopnet", "--classes", "a,b", "--backbone",
+                                             "tiny", "--out", d / "a.png" / "m.pt"],
+    "train --out a file": lambda d, c: ["train", "--config", _write(d / "t.yaml", "seed: 1\n"), "--out", d / "a.png"],
+    "train --stop-after -1": lambda d, c: ["train", "--config", _write(d / "t.yaml", "seed: 1\n"), "--out", d / "r",
+                                           "--stop-after", "-1"],
+    "deletion steps 0": lambda d, c: ["evaluate", "--dataset", "synthetic", "--ckpt", c, "--out", d / "e",
+                                      "--deletion-steps", "0"],
+    "lr inf": lambda d, c: ["localize", "--ckpt", c, "--image", d / "a.png", "--out", d / "o", "--lr", "inf"],
+    "lambda nan": lambda d, c: ["localize", "--ckpt", c, "--image", d / "a.png", "--out", d / "o", "--lambda", "nan"],
+    "empty --out": lambda d, c: ["localize", "--ckpt", c, "--image", d / "a.png", "--out", ""],
+}
+
+
+def _write(path, content):
+    (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_one_line_and_exit_2(case, files, capsys):
+    d, ckpt = files
+    args = [str(a) for a in CASES[case](d, ckpt)]
+    inputs = {p: p.read_bytes() for p in d.iterdir() if p.is_file()}
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("protomdm "), err
+    assert len(err) < 600, err  # the alias bomb is never expanded into the message
+    assert {p: p.read_bytes() for p in inputs} == inputs  # nothing the user gave was changed
+    assert not (d / "o").exists() and not (d / "r" / "last.pt").exists()
+
+
+def test_yaml_numbers_without_a_dot_are_numbers(tmp_path):
+    from protomdm.config import load_mdm_config
+
+    assert load_mdm_config(_write(tmp_path / "m.yaml", "lr: 1e-3\nlambda_l1: 5e-3\n")).lr == 1e-3
+
+
+@pytest.mark.parametrize("content,encoding", [("a.png,Mass,1,2,3,4\n", "utf-8-sig"), ("a.png,Mass,1,2,3,4\n", "utf-16"),
+                                              ("caf\xe9.png,Mass,1,2,3,4\n", "latin-1")])
+def test_nih_box_lists_as_spreadsheets_save_them(tmp_path, content, encoding):
+    p = tmp_path / "BBox_List_2017.csv"
+    p.write_bytes((NIH_HEADER + content).encode(encoding))
+    (box,) = read_boxes(p)
+    assert box.finding == "Mass" and (box.x, box.y, box.w, box.h) == (1, 2, 3, 4)
+
+
+@pytest.mark.parametrize("values", ["nan,2,3,4", "1,inf,3,4"])
+def test_nih_box_values_must_be_finite(tmp_path, values):
+    p = _write(tmp_path / "BBox_List_2017.csv", NIH_HEADER + f"a.png,Mass,{values}\n")
+    with pytest.raises(UserError, match="line 2: box values must be finite"):
+        read_boxes(p)
+
+
+def test_resume_refuses_other_settings_and_a_foreign_results_file(files, capsys):
+    d, ckpt = files
+    inputs = d / "in"
+    inputs.mkdir()
+    shutil.copy(d / "a.png", inputs / "a.png")
+    base = ["localize", "--ckpt", str(ckpt), "--input", str(inputs), "--out", str(d / "run"), "--method", "upsample",
+            "--quiet"]
+    assert main(base) in (0, 1)
+    capsys.readouterr()
+    assert main([*base, "--resume", "--percentile", "80"]) == 2
+    err = capsys.readouterr().err
+    assert "percentile was 90.0, now 80.0" in err and err.count("\n") == 1
+    (d / "run" / "results.csv").write_bytes(b"input,status\n\xff\xfe,ok\n")
+    assert main([*base, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "not a CSV table protomdm wrote" in err and "Traceback" not in err
+
+
+def test_outputs_are_readable_by_others(files, capsys):
+    d, ckpt = files
+    old = os.umask(0o022)
+    try:
+        assert main(["localize", "--ckpt", str(ckpt), "--image", str(d / "a.png"), "--out", str(d / "o"), "--method",
+                     "upsample", "--quiet"]) in (0, 1)
+    finally:
+        os.umask(old)
+    for p in (d / "o").iterdir():
+        assert p.stat().st_mode & 0o044 == 0o044, p.name
