@@ -187,8 +187,12 @@ class LocalizeJob:
         if dicom and loc.ok:  # an empty result has no segment to send to a viewer
             from .report.dicom import write_dicom_outputs
 
-            write_dicom_outputs(image.source, mask, np.clip(heat, 0, 1), files["seg"], files["heatmap_pm"], label,
-                                keep_phi=self.keep_phi)
+            try:
+                write_dicom_outputs(image.source, mask, np.clip(heat, 0, 1), files["seg"], files["heatmap_pm"],
+                                    label, keep_phi=self.keep_phi)
+            except Exception as e:  # noqa: BLE001 - highdicom's checks of the source's attributes, in its terms
+                raise UserError(f"{image.source}: cannot write its DICOM SEG and Parametric Map ({type(e).__name__}: "
+                                f"{' '.join(str(e).split())[:200]})") from None
         write_json(files["localization"], record)
         return LocalizeResult(loc, record, files)
 

@@ -135,3 +135,46 @@ def test_outputs_are_readable_by_others(files, capsys):
         os.umask(old)
     for p in (d / "o").iterdir():
         assert p.stat().st_mode & 0o044 == 0o044, p.name
+
+
+@pytest.mark.parametrize("name", ["slope_nan.dcm", "width_nan.dcm", "slope_abc.dcm", "frames_abc.dcm",
+                                  "voi_lut_short.dcm", "no_study_uid.dcm"])
+def test_bad_dicom_alone_is_one_line(name, files, capsys):
+    from test_batch import _bad_inputs
+
+    d, _ = files
+    (d / "in").mkdir()
+    _bad_inputs(d / "in")
+    ckpt = save_checkpoint(tiny_model("xprotonet", in_channels=1, mean=(0.5,), std=(0.25,)), d / "g.pt")
+    capsys.readouterr()
+    code = main(["localize", "--ckpt", str(ckpt), "--image", str(d / "in" / name), "--method", "upsample", "--out",
+                 str(d / "o"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err and name in err, err
+
+
+def test_malformed_pixel_spacing_is_null_not_zero(files, capsys):
+    import json
+
+    from test_batch import _bad_inputs
+
+    d, _ = files
+    (d / "in").mkdir()
+    _bad_inputs(d / "in")
+    ckpt = save_checkpoint(tiny_model("xprotonet", in_channels=1, mean=(0.5,), std=(0.25,)), d / "g.pt")
+    assert main(["localize", "--ckpt", str(ckpt), "--image", str(d / "in" / "spacing_one.dcm"), "--method",
+                 "upsample", "--out", str(d / "o"), "--quiet"]) in (0, 1)
+    rec = json.loads(next((d / "o").glob("*_localization.json")).read_text())
+    assert rec["pixel_spacing"] is None
+
+
+def test_huge_npy_header_is_refused_before_allocation(tmp_path):
+    from protomdm.data.images import read_image
+    from protomdm.errors import ImageError
+
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (100000, 100000), }"
+    header += " " * (117 - len(header)) + "\n"
+    p = tmp_path / "bomb.npy"
+    p.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode())
+    with pytest.raises(ImageError, match=r"too large \(\(100000, 100000\)\)"):
+        read_image(p)  # a 229-byte file; np.load would have asked for 37 GiB

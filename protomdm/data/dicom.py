@@ -113,13 +113,16 @@ def read_dicom(path: str | Path, max_pixels: int = MAX_PIXELS) -> LoadedImage:
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise ImageError(f"{p}: the DICOM object has no pixel data (SOP class "
                          f"{getattr(ds.get('SOPClassUID'), 'name', 'unknown')}): not an image, or the file is truncated")
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    try:  # the sizes from the header, checked before any pixel is decoded
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        samples, frames = int(ds.get("SamplesPerPixel", 1) or 1), int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        raise ImageError(f"{p}: Rows, Columns, Samples per Pixel or Number of Frames is not a number") from None
     if rows == 0 or cols == 0:
         raise ImageError(f"{p}: the image is empty ({rows}x{cols} pixels)")
-    if rows * cols > max_pixels:
-        raise ImageError(f"{p}: the image is too large ({cols}x{rows} pixels, limit {max_pixels} pixels); "
-                         "downsample it first")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if rows * cols > max_pixels or rows * cols * samples * frames > 3 * max_pixels:
+        raise ImageError(f"{p}: the image is too large ({cols}x{rows} pixels x {samples} samples x {frames} frames, "
+                         f"limit {max_pixels} pixels); downsample it first")
     if frames > 1:
         raise ImageError(f"{p}: multi-frame DICOM ({frames} frames) is not supported; export single frames")
     arr = _decode(ds, p)
@@ -149,5 +152,14 @@ def read_dicom(path: str | Path, max_pixels: int = MAX_PIXELS) -> LoadedImage:
             "sop_class": getattr(ds.get("SOPClassUID"), "name", ""), "modality": str(ds.get("Modality", "")),
             "photometric_interpretation": pi, "bits_stored": int(ds.get("BitsStored", 0) or 0),
             "transfer_syntax": getattr(ds.file_meta.get("TransferSyntaxUID"), "name", "")}
-    return LoadedImage(np.clip(pixels, 0, 1).astype(np.float32), p,
-                       (float(spacing[0]), float(spacing[1])) if spacing else None, meta)
+    return LoadedImage(np.clip(pixels, 0, 1).astype(np.float32), p, _spacing(spacing), meta)
+
+
+def _spacing(value) -> tuple[float, float] | None:
+    """(row, column) spacing in mm from a Pixel Spacing value, or None when it is absent or not two positive
+    numbers (one value, text, NaN: a malformed header does not stop the image being read)."""
+    try:
+        row, col = (float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return (row, col) if all(np.isfinite(v) and v > 0 for v in (row, col)) else None

@@ -44,10 +44,10 @@ def _to_unit(a: np.ndarray, name: str) -> np.ndarray:
     """Scale an array to float32 [0, 1]: uint8 by 255, uint16 by 65535, others by their own min-max."""
     if a.size == 0 or min(a.shape[:2]) == 0:
         raise ImageError(f"{name}: the image is empty (size {a.shape})")
-    if a.dtype == np.uint8:
-        return a.astype(np.float32) / 255.0
-    if a.dtype == np.uint16:
-        return a.astype(np.float32) / 65535.0
+    if a.dtype in (np.uint8, np.uint16):  # scaled in place: one float32 copy, not two
+        out = a.astype(np.float32)
+        out /= 255.0 if a.dtype == np.uint8 else 65535.0
+        return out
     if a.dtype == bool:
         return a.astype(np.float32)
     if not np.issubdtype(a.dtype, np.number):
@@ -92,11 +92,12 @@ def read_image(path: str | Path) -> LoadedImage:
         return read_dicom(p)
     if p.suffix.lower() == ".npy":
         try:
+            _check_npy_header(p)
             a = np.load(p, allow_pickle=False)
+        except ImageError:
+            raise
         except (ValueError, OSError, EOFError) as e:
             raise ImageError(f"{p}: not a readable .npy array ({str(e).splitlines()[0][:120]})") from None
-        if a.size > MAX_PIXELS * 3:
-            raise ImageError(f"{p}: the array is too large ({a.shape}); downsample it first")
         return LoadedImage(_to_unit(_channels_last(a, str(p)), str(p)), p)
     from PIL import Image, UnidentifiedImageError
 
@@ -121,6 +122,18 @@ def read_image(path: str | Path) -> LoadedImage:
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{p}: the image is truncated or corrupt ({str(e).splitlines()[0][:120]})") from None
     return LoadedImage(_to_unit(_channels_last(a, str(p)), str(p)), p)
+
+
+def _check_npy_header(p: Path) -> None:
+    """Refuse an NPY file whose header declares more than :data:`MAX_PIXELS` x 3 values, before allocating them."""
+    with open(p, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)  # the header only
+    if dtype.hasobject:
+        raise ImageError(f"{p}: the array holds Python objects, not pixels")
+    if int(np.prod(shape, dtype=np.float64)) > MAX_PIXELS * 3:
+        raise ImageError(f"{p}: the array is too large ({shape}); downsample it first")
 
 
 def _looks_like_dicom(p: Path) -> bool:
@@ -170,7 +183,8 @@ def pixels_to_tensor(pixels: np.ndarray, size: tuple[int, int] | None = None) ->
 def to_model_input(image: LoadedImage | np.ndarray, config: ModelConfig | InputSpec) -> torch.Tensor:
     """One image (``(H, W)`` or ``(H, W, 3)`` in [0, 1]) as the model's input ``(1, C, H, W)``; see
     :func:`model_input`."""
-    return model_input(pixels_to_tensor(image.pixels if isinstance(image, LoadedImage) else image)[None], config)
+    pixels = image.pixels if isinstance(image, LoadedImage) else image
+    return model_input(pixels_to_tensor(pixels, tuple(config.img_size))[None], config)  # resized first: small copies
 
 
 def box_to_original(box: tuple[int, int, int, int], input_size: tuple[int, int],

@@ -90,6 +90,9 @@ def _grey(pixels: np.ndarray) -> np.ndarray:
     return pixels if pixels.ndim == 2 else pixels.mean(-1)
 
 
+MAX_DISPLAY_SIDE = 2048  # overlays of larger images are drawn from a subsampled copy (memory, not detail)
+
+
 def save_overlay(path: str | Path, pixels: np.ndarray, heatmap: np.ndarray,
                  box: Sequence[int] | None = None, title: str = "",
                  regions: Sequence[Sequence[int]] = ()) -> Path:
@@ -105,6 +108,11 @@ def save_overlay(path: str | Path, pixels: np.ndarray, heatmap: np.ndarray,
     from matplotlib.patches import Rectangle
 
     h, w = pixels.shape[:2]
+    step = -(-max(h, w) // MAX_DISPLAY_SIDE)  # a figure of ~660 px shows no more: draw a subsampled copy
+    if step > 1:
+        pixels, heatmap = pixels[::step, ::step], heatmap[::step, ::step]
+        box = tuple(v / step for v in box) if box is not None else None
+        regions = [tuple(v / step for v in r) for r in regions]
     fig = Figure(figsize=(6.0 * w / max(h, w) + 1.2, 6.0 * h / max(h, w)), dpi=110)
     ax = fig.add_subplot()
     ax.imshow(pixels if pixels.ndim == 3 else pixels, cmap=None if pixels.ndim == 3 else "gray", vmin=0, vmax=1)
