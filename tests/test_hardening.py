@@ -178,3 +178,21 @@ def test_huge_npy_header_is_refused_before_allocation(tmp_path):
     p.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode())
     with pytest.raises(ImageError, match=r"too large \(\(100000, 100000\)\)"):
         read_image(p)  # a 229-byte file; np.load would have asked for 37 GiB
+
+
+def test_nih_ground_truth_no_model_class_matches_is_counted_and_named(tmp_path, capsys):
+    from test_evaluation import _nih_copy
+
+    root = _nih_copy(tmp_path, ["a.png,Infiltrate,0,0,512,512\n", "a.png,Nodule,10,10,50,50\n",
+                                "b.png,Nodule,0,0,100,100\n"])
+    model = tiny_model(class_names=("Infiltrate", "Mass"), in_channels=1, mean=(0.5,), std=(0.25,))
+    ckpt = save_checkpoint(model, tmp_path / "nih.pt")
+    code = main(["evaluate", "--dataset", "nih", "--root", str(root), "--ckpt", str(ckpt), "--methods", "upsample",
+                 "--no-faithfulness", "--out", str(tmp_path / "e"), "--quiet"])
+    assert code == 0
+    skipped = (tmp_path / "e" / "skipped.txt").read_text()
+    assert "2 box(es) of Nodule, which is not a class of this model" in skipped
+    import csv
+
+    with open(tmp_path / "e" / "results.csv", newline="") as f:
+        assert {r["finding"] for r in csv.DictReader(f)} == {"Infiltrate"}  # the box list's spelling matched

@@ -73,6 +73,15 @@ def synthetic_samples(config: ModelConfig, n: int, seed: int, multilabel: bool,
                           for k in np.flatnonzero(s.labels) for m in [_resize_mask(s.masks[k], config.img_size)]])
 
 
+def _finding_key(name: str) -> str:
+    """A finding's name as compared with a model's class names: case, spaces and underscores ignored, and the box
+    list's "Infiltrate" the same as the labels' "Infiltration"."""
+    from ..data.nih import BOX_NAME_TO_LABEL
+
+    name = BOX_NAME_TO_LABEL.get(name, name)
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
 def nih_samples(root: str | Path, config: ModelConfig, limit: int | None = None,
                 shard: Shard = (0, 1)) -> Iterator[EvalSample | Skipped]:
     """Images of ``BBox_List_2017.csv`` (in its order) with a box of a finding the model knows."""
@@ -81,11 +90,20 @@ def nih_samples(root: str | Path, config: ModelConfig, limit: int | None = None,
 
     root = Path(root)
     by_image: OrderedDict[str, list] = OrderedDict()
+    classes = {_finding_key(c): i for i, c in enumerate(config.class_names)}  # "Infiltrate", "pleural thickening"
+    unmatched: OrderedDict[str, int] = OrderedDict()
     for b in read_boxes(root / "BBox_List_2017.csv"):
-        if b.finding in config.class_names:
-            by_image.setdefault(b.image, []).append(b)
+        k = classes.get(_finding_key(b.finding))
+        if k is None:
+            unmatched[b.finding] = unmatched.get(b.finding, 0) + 1
+        else:
+            by_image.setdefault(b.image, []).append((b, k))
     if not by_image:
         raise UserError(f"none of the box list's findings is a class of this model ({', '.join(config.class_names)})")
+    if shard[0] == 0:  # ground truth no class of the model can explain: counted and named, once
+        for finding, n in unmatched.items():
+            yield Skipped(f"{finding} boxes", f"{n} box(es) of {finding}, which is not a class of this model "
+                          f"({', '.join(config.class_names)})")
     images = find_images(root)
     for k, (name, boxes) in enumerate(by_image.items()):
         if limit is not None and k >= limit:
@@ -101,10 +119,10 @@ def nih_samples(root: str | Path, config: ModelConfig, limit: int | None = None,
             yield Skipped(name, str(e))
             continue
         findings: dict[str, Finding] = {}
-        for b in boxes:  # several boxes of one finding: their union, and each box for the region-level scores
+        for b, c in boxes:  # several boxes of one finding: their union, and each box for the region-level scores
             box = b.scaled(config.img_size, IMAGE_SIZE)
             truth = box_mask(box, config.img_size)
-            f = findings.setdefault(b.finding, Finding(b.finding, config.class_names.index(b.finding), truth))
+            f = findings.setdefault(b.finding, Finding(config.class_names[c], c, truth))
             f.truth = f.truth | truth
             f.boxes.append(box)
         yield EvalSample(name, pixels_to_tensor(px, config.img_size), list(findings.values()))
