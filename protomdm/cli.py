@@ -41,7 +41,7 @@ def _add_mdm_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--extrapolate-after", type=int, metavar="N", help="take at most N Adam steps, then extrapolate "
                    "each mask's trajectory linearly to --steps (default 1000; 0: no cap)")
     g.add_argument("--tol", type=float, help="stop an image's masks once their projected p90 mask changes by at most "
-                   "this (1 - Dice) over two checks (default 0.02; 0: no adaptive stop)")
+                   "this (1 - Dice) over two checks (default 0.005; 0: no adaptive stop)")
     g.add_argument("--full-schedule", action="store_true", help="take every step of --steps, as the paper does (no "
                    "adaptive stop, no extrapolation): slow, the reference")
     g.add_argument("--lambda", dest="lambda_l1", type=float, help="weight of the L1 mask-area term (default 0.003)")

@@ -238,7 +238,7 @@ class MDMConfig:
     baseline: str = "zero"  # what masked-out pixels become: zero | blur | mean (in the model's input space)
     blur_sigma: float = 10.0
     upsample: str = "bilinear"  # bilinear keeps an upsampled [0, 1] mask inside [0, 1]
-    tol: float | None = 0.02  # stop a task once its projected top mask changes by <= tol (1 - Dice) ...
+    tol: float | None = 0.005  # stop a task once its projected top mask changes by <= tol (1 - Dice) ...
     patience: int = 100  # ... between checks `patience` steps apart, twice in a row
     min_steps: int = 200  # ... and not before this many steps
     stop_percentile: float = 90.0

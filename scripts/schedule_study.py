@@ -37,7 +37,8 @@ from protomdm.training import train
 ROOT = Path(__file__).resolve().parents[1]
 FULL = {"extrapolate_after": None, "tol": None}  # the paper's schedule: every step taken
 CANDIDATES = {  # name: MDMConfig overrides
-    "default (adaptive)": {},
+    "default (adaptive)": {},  # tol 0.005, at most 1000 steps
+    "tol 0.02": {"tol": 0.02},
     "400 -> 2000 extrapolated": {"extrapolate_after": 400, "tol": None},  # the previous default
     "1000 -> 2000 extrapolated": {"extrapolate_after": 1000, "tol": None},
     "400 steps, cut short": {"steps": 400, **FULL},
