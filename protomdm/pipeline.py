@@ -222,7 +222,7 @@ def init_model(out: str | Path, architecture: str, backbone: str, classes: list[
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to replace it")
     if out.is_dir():
-        raise UserError(f"--out {out} is a folder; give the checkpoint file to write")
+        raise UserError(f"{out} is a folder; give the checkpoint file to write")
     grey = in_channels == 1
     cfg = ModelConfig(architecture=architecture, backbone=backbone, class_names=tuple(classes),
                       prototypes_per_class=prototypes_per_class,

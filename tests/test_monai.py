@@ -34,6 +34,10 @@ def test_mdm_takes_gradcams_arguments_and_returns_its_shape():
     assert ours.dtype == cam.dtype and float(ours.min()) >= 0 and float(ours.max()) <= 1
     one = MDM(net, **FAST)(x, class_idx=2)  # one class for every image, as MONAI accepts
     assert one.shape == (2, 1, 64, 64)
+    from monai.networks.nets import resnet18
+
+    resnet = resnet18(spatial_dims=2, n_input_channels=1, num_classes=2).eval()
+    assert MDM(resnet, **FAST)(x, class_idx=[0, 1]).shape == (2, 1, 64, 64)  # a class per image
 
 
 def test_mdm_finds_the_oracles_box_with_monais_call():
