@@ -181,7 +181,9 @@ class LocalizeJob:
         }
         files = {k: out / n for k, n in output_names(stem, dicom and loc.ok).items()}
         label = f"{self.method} prototype {j} ({model.class_names[c]})"
-        title = f"{label}, top {100 - self.percentile:g}% box" if loc.ok else f"{label}: empty ({loc.reason})"
+        n = len(regions)
+        title = (f"{label}, top {100 - self.percentile:g}%: {n} region{'s' if n != 1 else ''}" if loc.ok
+                 else f"{label}: empty ({loc.reason})")
         save_overlay(files["overlay"], image.pixels, heat, box, title, [r["box"] for r in regions])
         save_mask_png(files["mask"], mask)
         if dicom and loc.ok:  # an empty result has no segment to send to a viewer

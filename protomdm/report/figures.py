@@ -120,8 +120,9 @@ def save_overlay(path: str | Path, pixels: np.ndarray, heatmap: np.ndarray,
     boxes = list(regions) or ([box] if box is not None else [])
     for i, (x0, y0, x1, y1) in enumerate(boxes):
         ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="white", linewidth=1.5))
-        if len(boxes) > 1:
-            ax.text(x0, y0 - 1, str(i + 1), color="white", fontsize=8, fontweight="bold", va="bottom")
+        if len(boxes) > 1:  # numbered inside the box's corner, so a box on the image's edge keeps its number
+            ax.text(x0 + 0.5, y0 + 0.5, str(i + 1), color="white", fontsize=8, fontweight="bold", va="top",
+                    ha="left", bbox={"facecolor": "black", "alpha": 0.6, "pad": 1, "linewidth": 0})
     ax.set_axis_off()
     if title:
         ax.set_title("\n".join(textwrap.wrap(title, 80)), fontsize=9)
