@@ -13,11 +13,8 @@ from torch import nn
 from .config import MDMConfig
 from .data.images import InputSpec, read_image, to_model_input
 from .errors import CheckpointError, UserError
-from .explain import LogitSelector, MDMLocalizer
-from .explain.cam import CAM_METHODS, CAMLocalizer
+from .explain import LogitSelector, create_localizer, list_localizers
 from .explain.localization import model_device
-
-EXPLAIN_METHODS = ("mdm", *CAM_METHODS)
 
 
 def classifier_names() -> list[str]:
@@ -84,10 +81,11 @@ def explain_classifier(model: nn.Module, image_path: str | Path, out_dir: str | 
     from .pipeline import output_stem
     from .report.figures import check_writable, resize_map, save_panels, write_json
 
-    bad = [m for m in methods if m not in EXPLAIN_METHODS]
+    known = list_localizers(for_logits=True)
+    bad = [m for m in methods if m not in known]
     if bad or not methods:
-        raise UserError(f"unknown method(s) {', '.join(bad) or '(none)'}; choose from {', '.join(EXPLAIN_METHODS)}")
-    localizers = {m: MDMLocalizer(mdm, progress=progress) if m == "mdm" else CAMLocalizer(m) for m in methods}
+        raise UserError(f"unknown method(s) {', '.join(bad) or '(none)'}; choose from {', '.join(known)}")
+    localizers = {m: create_localizer(m, mdm, progress=progress) for m in methods}
     image = read_image(image_path)
     stem = output_stem(image)
     out = check_writable(out_dir, [f"{stem}_explain.png", f"{stem}_explain.json"], overwrite)

@@ -12,7 +12,6 @@ from typing import Callable, Sequence
 
 from .errors import UserError
 
-CAM_NAMES = ("gradcam", "gradcampp", "scorecam", "ablationcam", "xgradcam", "layercam", "eigencam", "hirescam")
 
 EXAMPLES = """examples:
   protomdm demo                                   # train a small synthetic ProtoPNet and compare MDM with upsampling
@@ -225,6 +224,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .explain.registry import list_localizers
+
+    methods = list_localizers()
 
     parser = argparse.ArgumentParser(
         prog="protomdm", description="Where does a prototype network look? ProtoPNet/XProtoNet with Multiple "
@@ -248,8 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--prototype", type=int, help="prototype index (default: the most activated prototype of "
                      "--class, or of the predicted class)")
     who.add_argument("--class", dest="class_name", help="class name: explain its most activated prototype")
-    p.add_argument("--method", default="mdm", choices=("mdm", "upsample", *CAM_NAMES),
-                   help="mdm (default), upsample (the network's own search) or a Grad-CAM method")
+    p.add_argument("--method", default="mdm", metavar="METHOD",
+                   help="a registered localizer: " + ", ".join(methods) + " (default mdm; upsample is the network's "
+                   "own search)")
     p.add_argument("--percentile", type=float, default=90.0, help="keep the top (100-p)%% of the heatmap (default 90)")
     p.add_argument("--trust-pickle", action="store_true", help="--ckpt is a whole model pickled by another codebase "
                    "(e.g. the original ProtoPNet's torch.save(model)); loading it runs code from the file")
@@ -318,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, help="PNG, JPEG, TIFF, NPY or DICOM image")
     p.add_argument("--class", dest="class_index", type=int, help="class index to explain (default: the predicted)")
     p.add_argument("--methods", default="mdm,gradcam,gradcampp,scorecam",
-                   help="comma-separated: mdm and any of " + ", ".join(CAM_NAMES) + " (default mdm,gradcam,"
+                   help="comma-separated, of " + ", ".join(list_localizers(for_logits=True)) + " (default mdm,gradcam,"
                    "gradcampp,scorecam)")
     p.add_argument("--img-size", type=int, default=224, help="input side (default 224)")
     _add_job_options(p)
@@ -331,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, choices=("synthetic", "nih", "cub"))
     p.add_argument("--root", help="your copy of the dataset (nih, cub); check it with protomdm check-data")
     p.add_argument("--ckpt", required=True, help="protomdm checkpoint trained on that dataset's classes")
-    p.add_argument("--methods", default="upsample,mdm", help="comma-separated: upsample, mdm, " + ", ".join(CAM_NAMES)
+    p.add_argument("--methods", default="upsample,mdm", help="comma-separated, of " + ", ".join(methods)
                    + " (default upsample,mdm)")
     p.add_argument("--percentiles", default="70,80,90,95", help="comma-separated (default 70,80,90,95)")
     p.add_argument("--limit", type=int, help="at most N images (synthetic: default 50)")

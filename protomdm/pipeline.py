@@ -14,13 +14,11 @@ import torch
 from .config import MDMConfig, ModelConfig
 from .data.images import LoadedImage, box_to_original, read_image, to_model_input
 from .errors import UserError
-from .explain import CAMLocalizer, Localization, MDMLocalizer, PrototypeSelector, UpsampleLocalizer
-from .explain.cam import CAM_METHODS
+from .explain import Localization, PrototypeSelector, create_localizer
+from .explain.registry import localizer_entry
 from .explain.localization import model_device
 from .models import PrototypeModel, build_model, load_model, save_checkpoint
 from .report.figures import check_writable, resize_map, save_mask_png, save_overlay, write_json
-
-METHODS = ("mdm", "upsample", *CAM_METHODS)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -62,14 +60,9 @@ def choose_prototype(model: PrototypeModel, x: torch.Tensor, prototype: int | No
 
 
 def make_localizer(method: str, mdm: MDMConfig | None = None, progress: bool = False):
-    """The localizer of a method name: ``mdm``, ``upsample`` or one of the Grad-CAM family."""
-    if method == "mdm":
-        return MDMLocalizer(mdm, progress=progress)
-    if method == "upsample":
-        return UpsampleLocalizer()
-    if method in CAM_METHODS:
-        return CAMLocalizer(method)
-    raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    """The localizer registered as ``method`` (see :mod:`protomdm.explain.registry`), with ``mdm`` as MDM's
+    settings."""
+    return create_localizer(method, mdm, progress=progress)
 
 
 def safe_name(text: str) -> str:
@@ -129,8 +122,7 @@ class LocalizeJob:
         whole pickled model with the original ProtoPNet interface (this runs code from the file), importing its
         classes from ``code_dir``."""
         check_percentile(percentile)
-        if method not in METHODS:
-            raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        localizer_entry(method)  # an unknown name is refused before the checkpoint is read
         if code_dir is not None and not trust_pickle:
             raise UserError("--code-dir is only used with --trust-pickle")
         if trust_pickle:

@@ -34,7 +34,8 @@ from ..explain import PrototypeSelector
 from ..explain.localization import model_device
 from ..geometry import regions
 from ..models import PrototypeModel, load_model
-from ..pipeline import METHODS, make_localizer, resolve_device
+from ..explain.registry import list_localizers
+from ..pipeline import make_localizer, resolve_device
 from ..files import atomic_write, check_run_settings
 from ..report.figures import append_csv, read_csv, write_csv
 from . import metrics as M
@@ -59,9 +60,10 @@ class EvalResult:
 
 def parse_methods(text: str | Sequence[str]) -> list[str]:
     methods = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
-    bad = [m for m in methods if m not in METHODS]
+    known = list_localizers()
+    bad = [m for m in methods if m not in known]
     if bad or not methods:
-        raise UserError(f"unknown method(s) {', '.join(bad) or '(none)'}; choose from {', '.join(METHODS)}")
+        raise UserError(f"unknown method(s) {', '.join(bad) or '(none)'}; choose from {', '.join(known)}")
     return methods
 
 
@@ -347,7 +349,8 @@ def write_summary(out: Path, dataset: str, skipped: int = 0) -> list[dict]:
 
 
 def markdown_tables(summary: list[dict], dataset: str, images: int, skipped: int) -> str:
-    methods = sorted({r["method"] for r in summary}, key=lambda m: METHODS.index(m) if m in METHODS else 99)
+    order = list_localizers()
+    methods = sorted({r["method"] for r in summary}, key=lambda m: order.index(m) if m in order else len(order))
     ps = sorted({r["percentile"] for r in summary if r["percentile"] != ""}, key=float)
     get = {(r["method"], r["finding"], r["percentile"], r["metric"]): r["value"] for r in summary}
     lines = [f"# Prototype localisation on {dataset}: {images} images evaluated, {skipped} skipped", ""]

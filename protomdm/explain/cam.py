@@ -9,6 +9,7 @@ networks.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import time
 from typing import Callable, Sequence
@@ -19,6 +20,7 @@ from torch import nn
 
 from ..errors import UserError
 from .localization import Localization, Localizer, eval_mode, model_device
+from .registry import register_localizer
 
 CAM_METHODS = {"gradcam": "GradCAM", "gradcampp": "GradCAMPlusPlus", "scorecam": "ScoreCAM",
                "ablationcam": "AblationCAM", "xgradcam": "XGradCAM", "layercam": "LayerCAM",
@@ -124,3 +126,7 @@ class CAMLocalizer(Localizer):
         settings = {"layers": [type(m).__name__ for m in layers]}
         return [[Localization(np.asarray(maps[k][b], np.float32), self.method, float(scores[b, k]), settings,
                               seconds, str(x.device)) for k in range(selector.num_targets)] for b in range(len(x))]
+
+
+for _method in CAM_METHODS:  # each Grad-CAM method is a localizer of its own name
+    register_localizer(_method)(functools.partial(CAMLocalizer, _method))

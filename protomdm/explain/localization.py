@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -99,11 +100,13 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-class Localizer:
-    """Base class: subclasses implement ``localize_many(images (B, C, H, W), selector) -> result[b][k]``."""
+class Localizer(abc.ABC):
+    """Base class of every localizer: subclasses implement :meth:`localize_many`; register one with
+    :func:`protomdm.explain.registry.register_localizer` to make it a method of every command."""
 
+    @abc.abstractmethod
     def localize_many(self, images: torch.Tensor, selector) -> list[list[Localization]]:
-        raise NotImplementedError
+        """``result[b][k]``: the localisation of the selector's target ``k`` in image ``b`` of ``(B, C, H, W)``."""
 
     def localize_pairs(self, images: torch.Tensor, selector, pairs: list[tuple[int, int]]) -> list[Localization]:
         """Localize target ``k`` of ``selector`` in image ``b`` for every ``(b, k)`` of ``pairs``, in that order.

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from ..config import MDMConfig
 from ..errors import UserError
 from .localization import Localization, Localizer, eval_mode, heatmap_problem, model_device
+from .registry import register_localizer
 from .selectors import Selector
 
 ADAM_BETAS = (0.9, 0.999)
@@ -118,6 +119,7 @@ class MaskFit:
     independent: torch.Tensor
 
 
+@register_localizer("mdm", settings=MDMConfig)
 class MDMLocalizer(Localizer):
     """Multiple Dynamic Mask localizer.
 

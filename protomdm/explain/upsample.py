@@ -10,9 +10,11 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from .localization import Localization, Localizer, eval_mode, model_device
+from .registry import register_localizer
 from .selectors import Selector
 
 
+@register_localizer("upsample", needs_prototypes=True)
 class UpsampleLocalizer(Localizer):
     """ProtoPNet's localisation (``find_high_activation_crop``): the prototype's activation map (ProtoPNet: its
     similarity map; XProtoNet: its occurrence map) upsampled bicubically to the input size, scaled to [0, 1].

@@ -1,0 +1,71 @@
+"""One place for the localizers: each registers itself under its name, as timm's ``register_model`` does.
+
+The CLI's ``--method``/``--methods``, :func:`protomdm.localize_prototype`, ``explain``, ``evaluate`` and ``bench``
+all read this registry, so a new localizer is one module with one decorator::
+
+    @register_localizer("mine")
+    class MyLocalizer(Localizer):
+        def localize_many(self, images, selector): ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..errors import UserError
+from .localization import Localizer
+
+
+@dataclass(frozen=True)
+class LocalizerEntry:
+    """A registered localizer: ``factory(settings, progress=...)`` when it has a ``settings`` dataclass (its
+    defaults are the method's), else ``factory(**settings)``; ``needs_prototypes``: it reads the network's own
+    prototype maps, so it cannot explain a plain classifier's logit."""
+
+    name: str
+    factory: Callable[..., Localizer]
+    settings: type | None = None
+    needs_prototypes: bool = False
+
+
+_LOCALIZERS: dict[str, LocalizerEntry] = {}
+
+
+def register_localizer(name: str, settings: type | None = None, *, needs_prototypes: bool = False):
+    """Decorator: register a localizer class (or a factory returning one) under ``name``."""
+
+    def deco(factory):
+        if name in _LOCALIZERS and _LOCALIZERS[name].factory is not factory:
+            raise ValueError(f"a localizer named {name!r} is already registered")
+        _LOCALIZERS[name] = LocalizerEntry(name, factory, settings, needs_prototypes)
+        return factory
+
+    return deco
+
+
+def list_localizers(for_logits: bool = False) -> list[str]:
+    """The registered names, in registration order; ``for_logits``: only those that explain any classifier."""
+    return [n for n, e in _LOCALIZERS.items() if not (for_logits and e.needs_prototypes)]
+
+
+def localizer_entry(name: str) -> LocalizerEntry:
+    """The entry of ``name``; an unknown name is a :class:`UserError` listing the registered ones."""
+    if name not in _LOCALIZERS:
+        raise UserError(f"unknown method {name!r}; choose one of {', '.join(_LOCALIZERS)}")
+    return _LOCALIZERS[name]
+
+
+def create_localizer(name: str, config: Any = None, *, progress: bool = False, **settings) -> Localizer:
+    """A localizer by name. ``config``: an instance of its settings dataclass (else the defaults), with
+    ``settings`` overriding single fields; a method without a settings dataclass takes ``settings`` as keywords."""
+    entry = localizer_entry(name)
+    if entry.settings is None:
+        return entry.factory(**settings)
+    fields = {f.name for f in dataclasses.fields(entry.settings)}
+    unknown = sorted(set(settings) - fields)
+    if unknown:
+        raise UserError(f"unknown {name.upper()} setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
+    base = config if isinstance(config, entry.settings) else entry.settings()
+    return entry.factory(dataclasses.replace(base, **settings), progress=progress)
