@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-faithfulness", action="store_true", help="skip Average Drop/Increase and "
                    "deletion/insertion (faster)")
     p.add_argument("--batch-images", type=int, metavar="N", help="images localized in one search (MDM trains all "
-                   "their masks together; default 8 on a GPU, 1 on the CPU)")
+                   "their masks together; default 8 on a GPU, 4 on the CPU)")
     p.add_argument("--deletion-steps", type=int, default=16, help="deletion/insertion curve steps (default 16)")
     p.add_argument("--faithfulness-baseline", default="zero", choices=("zero", "blur", "mean"),
                    help="what removed pixels become in deletion/insertion (default zero = the normalisation mean)")

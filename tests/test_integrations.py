@@ -70,12 +70,14 @@ def test_adapter_gives_our_heatmaps(pair):
         torch.testing.assert_close(wrapped.prototype_scores(x), ours.prototype_scores(x))
         torch.testing.assert_close(wrapped(x), ours(x))
     assert wrapped.num_prototypes == 6 and wrapped.prototypes_of_class(1) == [2, 3] and wrapped.prototype_class(5) == 2
-    for loc in (MDMLocalizer(steps=15), UpsampleLocalizer()):
+    # float rounding only: on random weights the gradients are nearly flat, and the normalised reconstruction term
+    # lifts them above Adam's eps, which then turns the two codes' rounding differences into steps of up to lr
+    for loc, tol in ((MDMLocalizer(steps=15), 1e-3), (UpsampleLocalizer(), 1e-4)):
         a = loc.localize_many(x, PrototypeSelector(wrapped, [1, 4]))
         b = loc.localize_many(x, PrototypeSelector(ours, [1, 4]))
         for i in range(2):
             for k in range(2):
-                np.testing.assert_allclose(a[i][k].heatmap, b[i][k].heatmap, atol=1e-4)  # float rounding only
+                np.testing.assert_allclose(a[i][k].heatmap, b[i][k].heatmap, atol=tol)
 
 
 def test_adapter_variants_and_missing_interface(pair):
@@ -160,7 +162,10 @@ def test_explain_bad_input(capsys, tmp_path, png_path):
 
 
 def test_cli_lists_every_cam_method():
-    from protomdm.cli import CAM_NAMES
+    from protomdm.cli import build_parser
     from protomdm.explain.cam import CAM_METHODS
+    from protomdm.explain.registry import list_localizers
 
-    assert CAM_NAMES == tuple(CAM_METHODS)
+    assert set(CAM_METHODS) <= set(list_localizers(for_logits=True))  # the registry the CLI reads
+    helps = build_parser()._subparsers._group_actions[0].choices["localize"].format_help()
+    assert all(m in helps for m in CAM_METHODS)

@@ -76,7 +76,8 @@ def test_xprotonet_push_uses_occurrence_weighted_features(tmp_path):
         assert labels[model.prototype_class(j)] == 1
         with torch.no_grad():
             sim = model.prototype_scores(model_input(img[None], model.config), [j])
-        assert float(sim) == pytest.approx(1.0, abs=1e-5)  # the prototype now *is* that image's pooled feature
+        # the prototype now *is* that image's pooled feature: distance 0, the log similarity's largest value
+        assert float(sim) == pytest.approx(float(np.log(1 / model.config.epsilon)), abs=1e-3)
 
 
 def test_resume_equals_training_straight(tmp_path):

