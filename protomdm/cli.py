@@ -105,7 +105,7 @@ def _cmd_localize(args: argparse.Namespace) -> int:
     settings["device"] = str(dist.device(resolve_device(args.device)))
     job = LocalizeJob.load(args.ckpt, **settings)
     res = localize_folder(job, args.input, args.out, resume=args.resume, overwrite=args.overwrite,
-                          progress=not args.quiet, dist=dist)
+                          progress=not args.quiet, dist=dist, batch_images=args.batch_images)
     if not dist.is_main:
         return 0
     print(f"{res.done} localized, {res.failed} failed, {res.skipped} already done; results in "
@@ -258,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(e.g. the original ProtoPNet's torch.save(model)); loading it runs code from the file")
     p.add_argument("--code-dir", metavar="DIR", help="with --trust-pickle: the repository defining the pickled "
                    "classes, importable during the load only")
+    p.add_argument("--batch-images", type=int, metavar="N", help="--input runs: images localized in one search "
+                   "(default 8 on a GPU, 4 on the CPU)")
     p.add_argument("--keep-phi", action="store_true", help="copy patient and study attributes (name, ID, dates, "
                    "accession number) into the DICOM outputs; by default they are left empty")
     _add_job_options(p, resume="--input runs: skip images already done in --out's results.csv, retry the failed "

@@ -142,14 +142,24 @@ class LocalizeJob:
                 "class": self.class_name, "percentile": self.percentile, "keep_phi": self.keep_phi,
                 "mdm": dataclasses.asdict(self.mdm or MDMConfig()) if self.method == "mdm" else None}
 
+    def localize_images(self, images: list[LoadedImage]) -> list[tuple[int, Localization]]:
+        """Choose each image's prototype and localize them all in one search: ``(prototype, localization)`` per
+        image."""
+        model = self.model
+        x = torch.cat([to_model_input(im, model.config) for im in images]).to(model_device(model))
+        protos = [choose_prototype(model, x[i:i + 1], self.prototype, self.class_name) for i in range(len(images))]
+        sel = PrototypeSelector(model, sorted(set(protos)))
+        pairs = [(i, sel.indices.index(j)) for i, j in enumerate(protos)]
+        return list(zip(protos, make_localizer(self.method, self.mdm, self.progress).localize_pairs(x, sel, pairs)))
+
     def run(self, image: LoadedImage, out: Path, stem: str) -> LocalizeResult:
         """Localize in ``image`` and write :func:`output_names` into the existing folder ``out``."""
-        model = self.model
-        dev = model_device(model)
-        x = to_model_input(image, model.config).to(dev)
-        j = choose_prototype(model, x, self.prototype, self.class_name)
-        loc = make_localizer(self.method, self.mdm, self.progress).localize(x, PrototypeSelector(model, j))
+        ((j, loc),) = self.localize_images([image])
+        return self.write(image, j, loc, out, stem)
 
+    def write(self, image: LoadedImage, j: int, loc: Localization, out: Path, stem: str) -> LocalizeResult:
+        """Write prototype ``j``'s localization ``loc`` in ``image``: :func:`output_names` in the folder ``out``."""
+        model = self.model
         size = image.size
         heat = resize_map(loc.heatmap, size)
         mask = resize_map(loc.binary(self.percentile).astype(np.float32), size) >= 0.5

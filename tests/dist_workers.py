@@ -23,15 +23,15 @@ def localize(rank, world, port, ckpt, folder, out, resume=False, die_rank=-1, di
 
     job = LocalizeJob.load(ckpt, method="upsample")
     if rank == die_rank:
-        real, seen = LocalizeJob.run, []
+        real, seen = LocalizeJob.write, []
 
-        def dying(self, image, dest, stem):
+        def dying(self, image, j, loc, dest, stem):
             if len(seen) == die_after:
                 os._exit(3)  # killed mid-run, without any cleanup
             seen.append(stem)
-            return real(self, image, dest, stem)
+            return real(self, image, j, loc, dest, stem)
 
-        LocalizeJob.run = dying
+        LocalizeJob.write = dying
     localize_folder(job, folder, out, resume=resume, progress=False, dist=dist)
     torch.distributed.destroy_process_group()
 

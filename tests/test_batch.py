@@ -102,22 +102,22 @@ def test_no_patient_data_anywhere_unless_keep_phi(capsys, tmp_path, folder, grey
 def test_resume_after_interruption_does_every_image_once(tmp_path, folder, grey_ckpt, monkeypatch):
     job = LocalizeJob.load(grey_ckpt, mdm=None, method="upsample")
     out = tmp_path / "out"
-    real_run, calls = LocalizeJob.run, []
+    real_write, calls = LocalizeJob.write, []
 
-    def flaky_run(self, image, dest, stem):
+    def flaky_write(self, image, j, loc, dest, stem):
         calls.append(stem)
         if len(calls) == 3:
             (dest / "half_written.png").write_bytes(b"partial")
             raise KeyboardInterrupt  # killed mid-image
-        return real_run(self, image, dest, stem)
+        return real_write(self, image, j, loc, dest, stem)
 
-    monkeypatch.setattr(LocalizeJob, "run", flaky_run)
+    monkeypatch.setattr(LocalizeJob, "write", flaky_write)
     with pytest.raises(KeyboardInterrupt):
         localize_folder(job, folder, out, progress=False)
     first = _rows(out)  # broken.dcm (failed), then two images done before the third was killed
     assert [r["status"] for r in first] == ["failed", "ok", "ok"]
 
-    monkeypatch.setattr(LocalizeJob, "run", real_run)
+    monkeypatch.setattr(LocalizeJob, "write", real_write)
     with pytest.raises(Exception, match="--resume"):
         localize_folder(job, folder, out, progress=False)
     res = localize_folder(job, folder, out, resume=True, progress=False)
