@@ -7,7 +7,7 @@ import json
 import os
 import textwrap
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
