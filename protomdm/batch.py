@@ -21,6 +21,7 @@ from .data.images import IMAGE_SUFFIXES, read_image
 from .distributed import DistEnv, rank_parts
 from .errors import UserError
 from .explain.localization import model_device
+from .explain.mdm import images_per_search
 from .files import atomic_write, check_run_settings
 from .pipeline import LocalizeJob, is_dicom, output_stem, safe_name
 from .report.figures import append_csv, read_csv, write_csv
@@ -139,8 +140,7 @@ def localize_folder(job: LocalizeJob, input_dir: str | Path, out_dir: str | Path
     """
     from tqdm.auto import tqdm
 
-    if batch_images is not None and batch_images < 1:
-        raise UserError(f"at least 1 image per search, got {batch_images}")
+    per_search = images_per_search(batch_images, model_device(job.model))
     root = Path(input_dir)
     files = find_inputs(root) if inputs is None else list(inputs)
     if not files:
@@ -182,7 +182,6 @@ def localize_folder(job: LocalizeJob, input_dir: str | Path, out_dir: str | Path
     res = FolderResult(out, skipped=len(mine) - len(todo))
     model = job.model
     model_name = f"{model.config.architecture}/{model.config.backbone}"
-    per_search = batch_images or (8 if model_device(model).type == "cuda" else 4)
     bar = tqdm(total=len(todo), desc="images" + (f" (rank {dist.rank})" if dist.active else ""), unit="img",
                disable=not progress, position=dist.rank if dist.active else None)
 

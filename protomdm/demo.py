@@ -15,7 +15,7 @@ from .data.synthetic import SyntheticLesions
 from .evaluation.metrics import dice, iou
 from .explain import MDMLocalizer, PrototypeSelector, UpsampleLocalizer
 from .explain.localization import model_device
-from .models import load_model
+from .models import build_model, load_model
 from .pipeline import choose_prototype, resolve_device
 from .errors import UserError
 from .report.figures import check_writable, save_panels, write_csv
@@ -45,9 +45,6 @@ def estimate_training_seconds(cfg: TrainConfig) -> float:
     """Seconds that training ``cfg`` should take here: one measured training step of a fresh model, times the
     steps of every epoch, times 2.5 for the losses, data, testing and the push (measured on the demo: 24 s for
     an estimate of 10 s from the bare steps)."""
-    from .models import build_model
-    from .pipeline import resolve_device
-
     dev = resolve_device(cfg.device)
     model = build_model(cfg.model).to(dev).train()
     x = torch.rand(cfg.data.batch_size, cfg.model.in_channels, *cfg.model.img_size, device=dev)

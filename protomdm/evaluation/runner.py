@@ -32,6 +32,7 @@ from ..distributed import DistEnv, rank_parts
 from ..errors import UserError
 from ..explain import PrototypeSelector
 from ..explain.localization import model_device
+from ..explain.mdm import images_per_search
 from ..geometry import regions
 from ..models import PrototypeModel, load_model
 from ..explain.registry import list_localizers
@@ -177,8 +178,7 @@ def evaluate(ckpt: str | Path, out_dir: str | Path, *, dataset: str = "synthetic
     percentiles = parse_percentiles(percentiles)
     if deletion_steps < 1:
         raise UserError(f"deletion/insertion curves need at least 1 step, got {deletion_steps}")
-    if batch_images is not None and batch_images < 1:
-        raise UserError(f"at least 1 image per search, got {batch_images}")
+    images_per_search(batch_images, torch.device("cpu"))  # a bad value is refused before any work
     policy = prototype_policy or ("best-dice" if dataset == "nih" else "first")
     if policy not in POLICIES:
         raise UserError(f"unknown prototype policy {policy!r}; choose one of {', '.join(POLICIES)}")
@@ -218,7 +218,7 @@ def evaluate(ckpt: str | Path, out_dir: str | Path, *, dataset: str = "synthetic
     res = EvalResult(out)
     gen = torch.Generator().manual_seed(seed)
     device = model_device(model)
-    per_search = batch_images or (8 if device.type == "cuda" else 4)
+    per_search = images_per_search(batch_images, device)
     bar = tqdm(total=limit, desc=f"evaluate {dataset}", unit="img", disable=not progress)
     for chunk in _chunks(samples, per_search):
         real = [s for s in chunk if not isinstance(s, Skipped)]

@@ -51,6 +51,14 @@ def masking_effect(target: torch.Tensor, masked: torch.Tensor) -> tuple[torch.Te
     return effect, effect.sqrt() <= MIN_EFFECT * size
 
 
+def images_per_search(requested: int | None, device: torch.device) -> int:
+    """How many images share one MDM search: ``requested``, else 8 on a GPU and 4 on the CPU (measured there: 1.24x
+    faster than one at a time)."""
+    if requested is not None and requested < 1:
+        raise UserError(f"at least 1 image per search, got {requested}")
+    return requested or (8 if device.type == "cuda" else 4)
+
+
 def _dice(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Dice of bool masks ``(T, P)`` row by row (1 where both are empty)."""
     inter = (a & b).sum(1).float()
