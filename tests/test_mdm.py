@@ -5,7 +5,8 @@ import torch
 from protomdm import LogitSelector, MDMConfig, MDMLocalizer, PrototypeSelector
 from protomdm.errors import ConfigError, UserError
 from protomdm.evaluation.metrics import box_mask, dice, iou, top_percentile_mask
-from protomdm.explain.mdm import gaussian_blur, masking_baseline, masks_to_heatmap
+from protomdm.explain.mdm import masks_to_heatmap
+from protomdm.explain.perturbation import gaussian_blur, masking_baseline
 
 from conftest import tiny_model
 from oracles import BoxOracle, oracle_image

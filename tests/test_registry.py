@@ -47,7 +47,7 @@ def test_an_unknown_method_lists_the_registered_ones(tmp_path, png_path, capsys)
     assert main(["localize", "--ckpt", str(ckpt), "--image", str(png_path), "--method", "gradcamm", "--out",
                  str(tmp_path / "o"), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "unknown method 'gradcamm'; choose one of mdm, upsample, gradcam" in err and err.count("\n") == 1
+    assert "unknown method 'gradcamm'; choose one of mdm, upsample, rise, extremal, gradcam" in err and err.count("\n") == 1
 
 
 def test_the_localizer_base_is_abstract():

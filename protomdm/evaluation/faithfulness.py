@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..explain.mdm import masking_baseline
+from ..explain.perturbation import Perturbation
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -33,8 +33,7 @@ def heatmap_masked_scores(score_fn: ScoreFn, x: torch.Tensor, heatmaps: np.ndarr
     """
     h = torch.as_tensor(np.asarray(heatmaps, np.float32), device=x.device)
     x = x.expand(len(h), -1, -1, -1) if x.dim() == 3 else x
-    b = masking_baseline(x, baseline)
-    return score_fn(h[:, None] * x + (1 - h[:, None]) * b).float().cpu().numpy().reshape(len(h))
+    return score_fn(Perturbation.apply(x, h, Perturbation(baseline).baseline(x))).float().cpu().numpy().reshape(len(h))
 
 
 @torch.no_grad()
@@ -62,7 +61,7 @@ def deletion_insertion(score_fn: ScoreFn, x: torch.Tensor, heatmap: np.ndarray, 
     counts = np.rint(np.linspace(0, n, steps + 1)).astype(int)
     rank = torch.empty(n, dtype=torch.long, device=x.device)
     rank[order] = torch.arange(n, device=x.device)
-    b = masking_baseline(x[None], baseline)[0]
+    b = Perturbation(baseline).baseline(x[None])
     curves = []
     for deleting in (True, False):
         scores = []
@@ -70,6 +69,6 @@ def deletion_insertion(score_fn: ScoreFn, x: torch.Tensor, heatmap: np.ndarray, 
             k = torch.as_tensor(counts[start:start + batch_size], device=x.device)
             top = (rank[None] < k[:, None]).view(-1, 1, hh, ww)  # (S', 1, H, W): the first k ranked pixels
             keep_x = ~top if deleting else top
-            scores.append(score_fn(torch.where(keep_x, x[None], b[None])).float().cpu().reshape(-1))
+            scores.append(score_fn(Perturbation.apply(x[None], keep_x, b)).float().cpu().reshape(-1))
         curves.append(torch.cat(scores).numpy())
     return curves[0], curves[1]

@@ -1,12 +1,16 @@
 """Selectors (what is explained) and localizers (where its evidence lies)."""
 
-# Imported in the order the methods are listed (registration order): MDM, the networks' own search, Grad-CAM.
+# Imported in the order the methods are listed (registration order): MDM, the networks' own search, the other
+# perturbation methods (RISE, extremal perturbation), the Grad-CAM family.
 from .mdm import MDMLocalizer  # noqa: I001
 from .upsample import UpsampleLocalizer
+from .rise import RISELocalizer
+from .extremal import ExtremalLocalizer
 from .cam import CAMLocalizer
 from .localization import Localization, Localizer
+from .perturbation import Perturbation
 from .registry import create_localizer, list_localizers, register_localizer
 from .selectors import LogitSelector, PrototypeSelector, Selector
 
-__all__ = ["CAMLocalizer", "Localization", "Localizer", "LogitSelector", "MDMLocalizer", "PrototypeSelector", "Selector",
+__all__ = ["CAMLocalizer", "ExtremalLocalizer", "Localization", "Localizer", "LogitSelector", "MDMLocalizer", "Perturbation", "PrototypeSelector", "RISELocalizer", "Selector",
            "UpsampleLocalizer", "create_localizer", "list_localizers", "register_localizer"]

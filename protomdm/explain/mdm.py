@@ -34,23 +34,12 @@ from tqdm.auto import tqdm
 from ..config import MDMConfig
 from ..errors import UserError
 from .localization import Localization, Localizer, eval_mode, heatmap_problem, model_device
+from .perturbation import Perturbation, independence_reason, masking_effect
 from .registry import register_localizer
 from .selectors import Selector
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
-MIN_EFFECT = 1e-3  # masking everything must move the activation by this share of its size (at least 1e-3 of 1)
-
-
-def masking_effect(target: torch.Tensor, masked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``||f(X) - f(B)||^2`` per task for activations ``(T, ...)`` on the images and on the baselines, and whether
-    it is too small for the activation to depend on the image (below :data:`MIN_EFFECT` of the activation's size)."""
-    flat = lambda t: t.reshape(t.shape[0], -1)  # noqa: E731
-    effect = ((flat(target) - flat(masked)) ** 2).sum(1)
-    size = flat(target).norm(dim=1).clamp_min(1e-3)
-    return effect, effect.sqrt() <= MIN_EFFECT * size
-
-
 def images_per_search(requested: int | None, device: torch.device) -> int:
     """How many images share one MDM search: ``requested``, else 8 on a GPU and 4 on the CPU (measured there: 1.24x
     faster than one at a time)."""
@@ -68,31 +57,6 @@ def _dice(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e))
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``x: (B, C, H, W)`` with reflect padding."""
-    radius = max(1, int(math.ceil(3 * sigma)))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-(t**2) / (2 * sigma**2))
-    c = x.shape[1]
-    y = x
-    for dim, size in ((3, x.shape[3]), (2, x.shape[2])):
-        r = min(radius, size - 1)  # reflect padding needs r < size: truncate the kernel on tiny images
-        kk = k[radius - r:radius + r + 1]
-        kk = (kk / kk.sum()).view(1, 1, *((1, -1) if dim == 3 else (-1, 1))).repeat(c, 1, 1, 1)
-        pad = (r, r, 0, 0) if dim == 3 else (0, 0, r, r)
-        y = F.conv2d(F.pad(y, pad, mode="reflect") if r else y, kk, groups=c)
-    return y
-
-
-def masking_baseline(x: torch.Tensor, kind: str, blur_sigma: float = 10.0) -> torch.Tensor:
-    """What masked-out pixels become, for ``x: (B, C, H, W)`` in the model's input space."""
-    if kind == "zero":
-        return torch.zeros_like(x)
-    if kind == "mean":
-        return x.mean((2, 3), keepdim=True).expand_as(x)
-    return gaussian_blur(x, blur_sigma)
 
 
 def masks_to_heatmap(masks: np.ndarray | torch.Tensor, gamma: float) -> np.ndarray:
@@ -174,7 +138,8 @@ class MDMLocalizer(Localizer):
         h, w = x.shape[-2:]
         t0 = time.perf_counter()
         with eval_mode(selector.model):
-            base = masking_baseline(x, cfg.baseline, cfg.blur_sigma)
+            pert = Perturbation(cfg.baseline, cfg.blur_sigma)
+            base = pert.baseline(x)
             with torch.no_grad():
                 target, masked = selector(torch.cat([x, base])).split(1)
                 effect, independent = masking_effect(target, masked)
@@ -187,7 +152,7 @@ class MDMLocalizer(Localizer):
                 opt = torch.optim.Adam([d], lr=cfg.lr, betas=ADAM_BETAS, eps=ADAM_EPS)
                 for _ in range(cfg.steps):
                     m = self._upsample(d, (h, w))
-                    out = selector(m * x + (1 - m) * base)
+                    out = selector(pert.apply(x, m, base))
                     loss = ((out - target) ** 2).sum() / scale.sum() + cfg.lambda_l1 * d.abs().mean()
                     (d.grad,) = torch.autograd.grad(loss, d)
                     opt.step()
@@ -238,7 +203,7 @@ class MDMLocalizer(Localizer):
         with eval_mode(selector.model):
             if cfg.channels_last and device.type == "cuda":
                 selector.model.to(memory_format=torch.channels_last)
-            base = masking_baseline(x, cfg.baseline, cfg.blur_sigma)
+            base = Perturbation(cfg.baseline, cfg.blur_sigma).baseline(x)
             task_img, task_out = torch.tensor(pairs, dtype=torch.long, device=device).view(-1, 2).unbind(1)
             with torch.no_grad():  # the images and their baselines in one pass
                 both = selector.targets(torch.cat([x, base])).float()
@@ -309,14 +274,11 @@ class MDMLocalizer(Localizer):
         heatmap = masks_to_heatmap(fit.masks[task], self.config.gamma)
         status, reason = "ok", heatmap_problem(heatmap)
         if bool(fit.independent[task]):
-            status, reason = "empty", (
-                f"the explained activation does not depend on the image: masking all of it moves it by "
-                f"{float(fit.effect[task]) ** 0.5:.2g} (of {float(target.float().norm()):.3g}); explain another "
-                "prototype or class, or try --baseline blur")
+            status, reason = "empty", independence_reason(float(fit.effect[task]), target)
         elif reason:
             status = "empty"
             if heatmap.max() <= 0:
-                reason += f" (every pixel's mask sum stays below gamma {self.config.gamma:g}); try a smaller --lambda"
+                reason += f" (every pixel's mask sum stays below gamma {self.config.gamma:g}); try a smaller lambda_l1"
         return Localization(
             heatmap=heatmap,
             method="mdm",
@@ -341,7 +303,7 @@ class MDMLocalizer(Localizer):
                 for chunk in act.split(batch):
                     m = masks[chunk][:, None].requires_grad_()
                     img = task_img[chunk // n_masks]
-                    xm = m * x[img] + (1 - m) * base[img]
+                    xm = Perturbation.apply(x[img], m, base[img])
                     if self.config.channels_last and device.type == "cuda":
                         xm = xm.contiguous(memory_format=torch.channels_last)
                     with self._autocast(device):

@@ -1,0 +1,174 @@
+"""Extremal perturbation (Fong, Patrick and Vedaldi, ICCV 2019), written from the paper.
+
+For each area ``a`` the mask ``m_a`` of that area that best *preserves* the explained activation is learned:
+
+    m_a = argmax_m  f(m * x + (1 - m) * b) - lambda * ||vecsort(m) - r_a||^2
+
+``vecsort`` sorts the mask's values and ``r_a`` is the sorted vector of a mask of exactly area ``a`` (``(1 - a) HW``
+zeros, then ``a HW`` ones): the constraint fixes the mask's area without saying where it lies. The mask is smooth by
+construction: a coarse parameter grid ``p`` (one cell every ``stride`` pixels) is turned into the mask by a Gaussian
+max-convolution, ``m(u) = max_v k(u - v) p(v)``, so that it can reach 1 over whole blobs without holes. The
+baseline ``b`` is the image blurred (the paper's blur perturbation, here with one blur level).
+
+The heatmap is the mean of the masks over the areas: pixels kept even at the smallest area score highest.
+
+Settings follow the paper's ImageNet set-up (at 224 pixels: a parameter cell every 7 pixels, a smoothing kernel of
+sigma 21 pixels, blur sigma 20, constraint weight 300, 800 iterations), scaled to the input's size. Two choices are
+ours: the activation is normalised by its drop under the full baseline, ``(f(x_m) - f(b)) / (f(x) - f(b))``, so
+that one constraint weight serves every activation scale (as MDM's normalised loss does), and the optimiser is
+Adam (the constraint and the activation have very different gradient scales across models).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..config import BASELINES, check_finite, require
+from .localization import Localization, Localizer, eval_mode, model_device
+from .perturbation import Perturbation, independence_reason, masking_effect
+from .registry import register_localizer
+from .selectors import Selector
+
+REFERENCE_SIZE = 224  # the input size the pixel settings are given for; they scale with the input
+
+
+@dataclass
+class ExtremalConfig:
+    """Settings of extremal perturbation (pixel sizes at 224 pixels, scaled to the input)."""
+
+    areas: tuple[float, ...] = (0.05, 0.1, 0.2)  # the mask areas learned (fractions of the image)
+    steps: int = 800
+    lr: float = 0.01  # Adam, on the parameter grid (values in [0, 1]); the paper's step size
+    lambda_area: float = 300.0  # weight of the area constraint (mean squared error of the sorted mask)
+    stride: float = 7.0  # pixels between parameter cells
+    sigma: float = 21.0  # the smoothing kernel's sigma, pixels
+    baseline: str = "blur"
+    blur_sigma: float = 20.0
+
+    def __post_init__(self) -> None:
+        self.areas = tuple(self.areas)
+        check_finite(self)
+        require(len(self.areas) >= 1 and all(0 < a < 1 for a in self.areas),
+                f"areas must be fractions strictly between 0 and 1, got {self.areas}")
+        require(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        require(self.lr > 0 and self.lambda_area >= 0, "lr must be > 0 and lambda_area >= 0")
+        require(self.stride > 0 and self.sigma > 0 and self.blur_sigma > 0, "stride, sigma and blur_sigma must be > 0")
+        require(self.baseline in BASELINES, f"baseline must be one of {BASELINES}, got {self.baseline!r}")
+
+
+class SmoothMask(torch.nn.Module):
+    """``m(u) = max_v k(u - v) p(v)``: parameters ``p (T, 1, g_h, g_w)`` one every ``stride`` pixels, a Gaussian
+    ``k`` of ``sigma`` pixels (truncated at 3 sigma), masks ``(T, H, W)``."""
+
+    def __init__(self, size: tuple[int, int], stride: int, sigma: float) -> None:
+        super().__init__()
+        h, w = size
+        self.size, self.stride = size, stride
+        self.grid = (math.ceil(h / stride) + 1, math.ceil(w / stride) + 1)
+        r = max(1, math.ceil(3 * sigma / stride))
+        self.radius = r
+        # the weight of neighbour (oy, ox) for the pixel at offset (py, px) inside its cell: (s*s, (2r+1)^2, 1)
+        off = torch.arange(-r, r + 1, dtype=torch.float32)
+        sub = torch.arange(stride, dtype=torch.float32)
+        dy = (off[None, :] * stride - sub[:, None])  # (s, 2r+1): grid point minus pixel, in pixels
+        ky = torch.exp(-dy**2 / (2 * sigma**2))
+        weight = (ky[:, None, :, None] * ky[None, :, None, :])  # (s, s, 2r+1, 2r+1)
+        self.register_buffer("weight", weight.reshape(stride * stride, -1, 1))
+
+    def forward(self, p: torch.Tensor) -> torch.Tensor:
+        t = p.shape[0]
+        r, s = self.radius, self.stride
+        gh, gw = self.grid
+        cols = F.unfold(F.pad(p, (r, r, r, r)), 2 * r + 1)  # (T, (2r+1)^2, gh*gw), zero outside the image
+        m = (self.weight[None] * cols[:, None]).amax(2)  # (T, s*s, gh*gw)
+        m = F.pixel_shuffle(m.view(t, s * s, gh, gw), s)[:, 0]  # (T, gh*s, gw*s)
+        return m[:, :self.size[0], :self.size[1]]
+
+
+def area_profile(n: int, area: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``r_a``: the sorted values (ascending) of a mask of ``n`` pixels and area ``area``."""
+    r = torch.zeros(n, device=device)
+    r[n - round(area * n):] = 1
+    return r
+
+
+@register_localizer("extremal", settings=ExtremalConfig)
+class ExtremalLocalizer(Localizer):
+    """Extremal perturbation: the smooth masks of fixed areas that best keep the activation; see the module
+    docstring.
+
+    Example:
+        >>> loc = ExtremalLocalizer(areas=(0.1,), steps=300).localize(x, PrototypeSelector(model, 3))
+    """
+
+    def __init__(self, config: ExtremalConfig | None = None, progress: bool = False, **overrides) -> None:
+        self.config = dataclasses.replace(config or ExtremalConfig(), **overrides)
+        self.progress = progress
+
+    def localize_many(self, images: torch.Tensor, selector: Selector) -> list[list[Localization]]:
+        """``result[b][k]`` for every image of ``images: (B, C, H, W)`` and target ``k`` of ``selector``: every
+        (image, target, area) mask is learned in one batch."""
+        cfg = self.config
+        device = model_device(selector.model)
+        x = images.to(device)
+        n_img, k, n_area = x.shape[0], selector.num_targets, len(cfg.areas)
+        h, w = x.shape[-2:]
+        scale = min(h, w) / REFERENCE_SIZE
+        pert = Perturbation(cfg.baseline, max(cfg.blur_sigma * scale, 0.5))
+        smooth = SmoothMask((h, w), max(1, round(cfg.stride * scale)), max(cfg.sigma * scale, 0.5)).to(device)
+        score = lambda t: t.reshape(*t.shape[:2], -1).mean(2)  # (B, K): a map's mean  # noqa: E731
+        t0 = time.perf_counter()
+        with eval_mode(selector.model):
+            base = pert.baseline(x)
+            with torch.no_grad():
+                both = score(selector.targets(torch.cat([x, base])).float())
+                target, masked = both[:n_img], both[n_img:]
+                effect, independent = masking_effect(target.reshape(-1, 1), masked.reshape(-1, 1))
+            drop = (target - masked).reshape(-1)  # (B*K,)
+            drop = torch.where(drop.abs() > 0, drop, torch.ones_like(drop))
+            # tasks (b, k, area), image-major; the profile of each task's area
+            img = torch.arange(n_img, device=device).repeat_interleave(k * n_area)
+            tgt = torch.arange(k, device=device).repeat_interleave(n_area).repeat(n_img)
+            profile = torch.stack([area_profile(h * w, a, device) for a in cfg.areas]).repeat(n_img * k, 1)
+            p = torch.full((n_img * k * n_area, 1, *smooth.grid), 0.5, device=device, requires_grad=True)
+            opt = torch.optim.Adam([p], lr=cfg.lr)
+            bar = tqdm(total=cfg.steps, disable=not self.progress, desc="extremal perturbation", unit="step",
+                       leave=False)
+            for _ in range(cfg.steps):
+                m = smooth(p)  # (T, H, W)
+                out = score(selector.targets(Perturbation.apply(x[img], m, base[img])).float())
+                kept = out[torch.arange(len(img), device=device), tgt]
+                reward = (kept - masked[img, tgt]) / drop[img * k + tgt]
+                area = ((m.flatten(1).sort(1).values - profile) ** 2).mean(1)
+                loss = (-reward + cfg.lambda_area * area).sum()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    p.clamp_(0, 1)
+                bar.update()
+            bar.close()
+            with torch.no_grad():
+                masks = smooth(p).view(n_img, k, n_area, h, w).mean(2).cpu().numpy()
+        seconds = (time.perf_counter() - t0) / (n_img * k)
+        out = []
+        for b in range(n_img):
+            row = []
+            for j in range(k):
+                t = b * k + j
+                empty = bool(independent[t])
+                row.append(Localization(
+                    masks[b, j].astype(np.float32), "extremal", float(target[b, j]),
+                    {**dataclasses.asdict(cfg), "selector": selector.single(j).describe()}, seconds, str(device),
+                    steps=cfg.steps, status="empty" if empty else "ok",
+                    reason=independence_reason(float(effect[t]), target[b, j:j + 1]) if empty else ""))
+            out.append(row)
+        return out

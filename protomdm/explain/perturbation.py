@@ -1,0 +1,99 @@
+"""How a mask is applied to an image: one object shared by MDM, RISE, extremal perturbation and the faithfulness
+metrics (deletion/insertion, Average Drop).
+
+A mask ``m`` in [0, 1] keeps the image where it is 1 and replaces it by a *baseline* where it is 0:
+``m * x + (1 - m) * b``, all in the model's input space. The baselines:
+
+- ``zero``: zeros, i.e. the normalisation mean (a neutral grey), as in the MDM paper and RISE's ``I * M``;
+- ``blur``: the image under a Gaussian blur of ``blur_sigma`` input pixels (extremal perturbation's choice);
+- ``mean``: each channel's mean over the image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..config import BASELINES
+from ..errors import UserError
+
+
+MIN_EFFECT = 1e-3  # masking everything must move the activation by this share of its size (at least 1e-3 of 1)
+
+
+def masking_effect(target: torch.Tensor, masked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``||f(X) - f(B)||^2`` per task for activations ``(T, ...)`` on the images and on the baselines, and whether
+    it is too small for the activation to depend on the image (below :data:`MIN_EFFECT` of the activation's size)."""
+    flat = lambda t: t.reshape(t.shape[0], -1)  # noqa: E731
+    effect = ((flat(target) - flat(masked)) ** 2).sum(1)
+    size = flat(target).norm(dim=1).clamp_min(1e-3)
+    return effect, effect.sqrt() <= MIN_EFFECT * size
+
+
+def independence_reason(effect: float, target: torch.Tensor) -> str:
+    """The ``empty`` status's reason for a target that masking the whole image does not move (``effect`` being
+    ``||f(X) - f(B)||^2``)."""
+    return (f"the explained activation does not depend on the image: masking all of it moves it by {effect ** 0.5:.2g} "
+            f"(of {float(target.float().norm()):.3g}); explain another prototype or class, or mask with another "
+            "baseline (blur)")
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``x: (B, C, H, W)`` with reflect padding."""
+    radius = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-(t**2) / (2 * sigma**2))
+    c = x.shape[1]
+    y = x
+    for dim, size in ((3, x.shape[3]), (2, x.shape[2])):
+        r = min(radius, size - 1)  # reflect padding needs r < size: truncate the kernel on tiny images
+        kk = k[radius - r:radius + r + 1]
+        kk = (kk / kk.sum()).view(1, 1, *((1, -1) if dim == 3 else (-1, 1))).repeat(c, 1, 1, 1)
+        pad = (r, r, 0, 0) if dim == 3 else (0, 0, r, r)
+        y = F.conv2d(F.pad(y, pad, mode="reflect") if r else y, kk, groups=c)
+    return y
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """A masking baseline and how a mask blends it with the image.
+
+    Example:
+        >>> pert = Perturbation("blur", blur_sigma=10)
+        >>> b = pert.baseline(x)                 # (B, C, H, W)
+        >>> xm = pert.apply(x, masks, b)         # masks (N, H, W) or (N, 1, H, W) -> (N, C, H, W)
+    """
+
+    kind: str = "zero"
+    blur_sigma: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in BASELINES:
+            raise UserError(f"unknown baseline {self.kind!r}; choose one of {', '.join(BASELINES)}")
+        if not self.blur_sigma > 0:
+            raise UserError(f"blur sigma must be > 0, got {self.blur_sigma}")
+
+    def baseline(self, x: torch.Tensor) -> torch.Tensor:
+        """What masked-out pixels become, for ``x: (B, C, H, W)``."""
+        if self.kind == "zero":
+            return torch.zeros_like(x)
+        if self.kind == "mean":
+            return x.mean((2, 3), keepdim=True).expand_as(x)
+        return gaussian_blur(x, self.blur_sigma)
+
+    @staticmethod
+    def apply(x: torch.Tensor, masks: torch.Tensor, baseline: torch.Tensor) -> torch.Tensor:
+        """``m * x + (1 - m) * b`` for masks ``(N, H, W)`` or ``(N, 1, H, W)`` (float in [0, 1], or bool) and
+        ``x``, ``baseline`` of shape ``(C, H, W)``, ``(1, C, H, W)`` or ``(N, C, H, W)``: ``(N, C, H, W)``."""
+        m = masks[:, None] if masks.dim() == 3 else masks
+        if m.dtype == torch.bool:
+            return torch.where(m, x, baseline)
+        return m * x + (1 - m) * baseline
+
+
+def masking_baseline(x: torch.Tensor, kind: str, blur_sigma: float = 10.0) -> torch.Tensor:
+    """``Perturbation(kind, blur_sigma).baseline(x)``: what masked-out pixels of ``x: (B, C, H, W)`` become."""
+    return Perturbation(kind, blur_sigma).baseline(x)
