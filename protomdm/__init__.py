@@ -8,10 +8,9 @@ from .config import MDMConfig, ModelConfig
 from .errors import UserError
 from .explain import Localization, LogitSelector, MDMLocalizer, PrototypeSelector, UpsampleLocalizer
 from .localize import localize_prototype
+from .version import __version__
 from .models import ProtoPNet, XProtoNet, build_model, load_model, save_checkpoint
 
-__version__ = "0.1.0"
-
-__all__ = ["Localization", "LogitSelector", "MDMConfig", "MDMLocalizer", "ModelConfig", "ProtoPNet",
+__all__ = ["__version__", "Localization", "LogitSelector", "MDMConfig", "MDMLocalizer", "ModelConfig", "ProtoPNet",
            "PrototypeSelector", "UpsampleLocalizer", "UserError", "XProtoNet", "build_model", "load_model",
            "localize_prototype", "save_checkpoint"]

@@ -23,8 +23,9 @@ from .errors import UserError
 from .explain.localization import model_device
 from .explain.mdm import images_per_search
 from .files import atomic_write, check_run_settings
-from .pipeline import LocalizeJob, is_dicom, output_stem, safe_name
+from .localize import LocalizeJob
 from .report.figures import append_csv, read_csv, write_csv
+from .report.names import is_dicom, output_stem, safe_name
 
 COLUMNS = ("input", "output", "model", "method", "prototype", "class_name", "score", "box_x0", "box_y0", "box_x1",
            "box_y1", "seconds", "status", "error")
@@ -41,7 +42,7 @@ def find_inputs(root: str | Path) -> list[Path]:
     Hidden files and folders (``.DS_Store``, ``.git``, our own temporary folders) and DICOMDIR indexes are skipped."""
     root = Path(root)
     if not root.is_dir():
-        raise UserError(f"--input {root} is not a folder")
+        raise UserError(f"`input` {root} is not a folder")
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -126,7 +127,7 @@ def localize_folder(job: LocalizeJob, input_dir: str | Path, out_dir: str | Path
                     dist: DistEnv = DistEnv(), batch_images: int | None = None) -> FolderResult:
     """Localize every image under ``input_dir`` (or the given ``inputs`` below it) into ``out_dir``.
 
-    Writes ``out_dir/NAME/`` per image (see :func:`protomdm.pipeline.output_names`), ``results.csv`` (columns
+    Writes ``out_dir/NAME/`` per image (see :func:`protomdm.report.names.output_names`), ``results.csv`` (columns
     :data:`COLUMNS`, one row per input in path order) and ``failures.txt``. With ``resume``, images whose row says
     ``ok`` and whose folder exists are skipped and failed ones are retried; without it an existing ``results.csv`` is
     refused unless ``overwrite``.
@@ -147,10 +148,10 @@ def localize_folder(job: LocalizeJob, input_dir: str | Path, out_dir: str | Path
         raise UserError(f"no images (PNG, JPEG, TIFF, NPY, DICOM) found under {root}")
     out = Path(out_dir)
     if out.resolve() == root.resolve() or root.resolve() in out.resolve().parents:
-        raise UserError(f"--out {out} lies inside --input {root}; choose an output folder outside the inputs")
+        raise UserError(f"`out` {out} lies inside `input` {root}; choose an output folder outside the inputs")
     results = out / RESULTS
     if (results.exists() or rank_parts(results)) and not (resume or overwrite):
-        raise UserError(f"{results} exists from an earlier run; pass --resume to finish it or --overwrite to redo it")
+        raise UserError(f"{results} exists from an earlier run; pass `resume` to finish it or `overwrite` to redo it")
     if dist.is_main:
         try:
             out.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,8 @@ from .data.synthetic import SHAPES, SyntheticLesions
 from .evaluation.metrics import dice
 from .explain import MDMLocalizer, PrototypeSelector
 from .models import PrototypeModel, build_model, load_model
-from .pipeline import choose_prototype, resolve_device
+from .device import resolve_device
+from .explain.selectors import choose_prototype
 
 DEMO_MODEL = Path("protomdm-demo/model/best.pt")  # where `protomdm demo` leaves its trained model
 

@@ -48,11 +48,11 @@ def build_classifier(arch: str, ckpt: str | Path | None = None, pretrained: bool
 
     names = classifier_names()
     if arch not in names:
-        raise UserError(f"unknown --arch {arch!r}; torchvision classifiers include "
+        raise UserError(f"unknown `arch` {arch!r}; torchvision classifiers include "
                         f"{', '.join(n for n in names if n in ('resnet50', 'vgg19', 'densenet121', 'vit_b_16', 'swin_b'))}"
                         f" and {len(names) - 5} more")
     if pretrained and ckpt:
-        raise UserError("give --ckpt or --pretrained, not both")
+        raise UserError("give `ckpt` or `pretrained`, not both")
     kw = {"image_size": img_size} if arch.startswith("vit_") and not pretrained else {}
     if pretrained:
         return torchvision.models.get_model(arch, weights="DEFAULT").eval()
@@ -78,7 +78,7 @@ def explain_classifier(model: nn.Module, image_path: str | Path, out_dir: str | 
                        progress: bool = False) -> dict:
     """Explain one class logit of ``model`` in one image with each method; writes ``{stem}_explain.png`` (the
     image and one heatmap per method) and ``{stem}_explain.json``. Returns the JSON record."""
-    from .pipeline import output_stem
+    from .report.names import output_stem
     from .report.figures import check_writable, resize_map, save_panels, write_json
 
     known = list_localizers(for_logits=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 from typing import Callable, Sequence
 
@@ -79,12 +80,12 @@ def _mdm_config(args: argparse.Namespace):
 
 
 def _cmd_localize(args: argparse.Namespace) -> int:
-    from .pipeline import LocalizeJob, localize_file
+    from .localize import LocalizeJob, localize_file
 
-    settings = dict(architecture=args.model, method=args.method, prototype=args.prototype,
-                    class_name=args.class_name, percentile=args.percentile, mdm=_mdm_config(args),
-                    device=args.device, keep_phi=args.keep_phi, trust_pickle=args.trust_pickle,
-                    code_dir=args.code_dir)
+    given = dict(architecture=args.model, method=args.method, prototype=args.prototype, class_name=args.class_name,
+                 percentile=args.percentile, mdm=_mdm_config(args), device=args.device, keep_phi=args.keep_phi,
+                 trust_pickle=args.trust_pickle, code_dir=args.code_dir)
+    settings = {k: v for k, v in given.items() if v is not None}
     if args.image is not None:
         if args.resume:
             raise UserError("--resume applies to --input folder runs only")
@@ -99,7 +100,7 @@ def _cmd_localize(args: argparse.Namespace) -> int:
         return 0 if r["status"] == "ok" else 1
     from .batch import FAILURES, RESULTS, localize_folder
     from .distributed import init_distributed
-    from .pipeline import resolve_device
+    from .device import resolve_device
 
     dist = init_distributed(resolve_device(args.device))
     settings["device"] = str(dist.device(resolve_device(args.device)))
@@ -123,7 +124,7 @@ def _cmd_localize(args: argparse.Namespace) -> int:
 
 def _cmd_explain(args: argparse.Namespace) -> int:
     from .classifiers import build_classifier, explain_classifier
-    from .pipeline import resolve_device
+    from .device import resolve_device
 
     model = build_classifier(args.arch, args.ckpt, args.pretrained, args.img_size).to(resolve_device(args.device))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -139,16 +140,18 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .distributed import init_distributed
-    from .evaluation.runner import evaluate
-    from .pipeline import resolve_device
+    from .evaluation.runner import EvalSettings, evaluate
+    from .device import resolve_device
 
     dist = init_distributed(resolve_device(args.device))
-    res = evaluate(args.ckpt, args.out, dataset=args.dataset, root=args.root, methods=args.methods,
-                   percentiles=args.percentiles, limit=args.limit, prototype_policy=args.prototype_policy,
-                   seed=args.seed, mdm=_mdm_config(args), truth=args.truth, part_half_width=args.part_half_width,
-                   faithfulness=not args.no_faithfulness, deletion_steps=args.deletion_steps,
-                   baseline=args.faithfulness_baseline, device=args.device, resume=args.resume,
-                   overwrite=args.overwrite, progress=not args.quiet, dist=dist, batch_images=args.batch_images)
+    given = {"dataset": args.dataset, "root": args.root, "methods": args.methods, "percentiles": args.percentiles,
+             "limit": args.limit, "prototype_policy": args.prototype_policy, "seed": args.seed, "truth": args.truth,
+             "part_half_width": args.part_half_width, "deletion_steps": args.deletion_steps,
+             "baseline": args.faithfulness_baseline, "batch_images": args.batch_images, "mdm": _mdm_config(args)}
+    settings = EvalSettings(**{k: v for k, v in given.items() if v is not None},
+                            faithfulness=not args.no_faithfulness)
+    res = evaluate(args.ckpt, args.out, settings, device=args.device, resume=args.resume, overwrite=args.overwrite,
+                   progress=not args.quiet, dist=dist)
     if not dist.is_main:
         return 0
     print((res.out_dir / "summary.md").read_text())
@@ -173,7 +176,7 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_init_model(args: argparse.Namespace) -> int:
-    from .pipeline import init_model
+    from .models.checkpoint import init_model
 
     path = init_model(args.out, args.model, args.backbone, args.classes, args.prototypes_per_class, args.img_size,
                       args.prototype_dim, 1 if args.grey else 3, args.pretrained, args.overwrite, args.seed)
@@ -223,8 +226,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .version import __version__
+    from .config import BASELINES
+    from .evaluation.runner import DATASETS, POLICIES, EvalSettings
     from .explain.registry import list_localizers
+    from .localize import LocalizeJob
 
     methods = list_localizers()
 
@@ -250,10 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--prototype", type=int, help="prototype index (default: the most activated prototype of "
                      "--class, or of the predicted class)")
     who.add_argument("--class", dest="class_name", help="class name: explain its most activated prototype")
-    p.add_argument("--method", default="mdm", metavar="METHOD",
-                   help="a registered localizer: " + ", ".join(methods) + " (default mdm; upsample is the network's "
-                   "own search)")
-    p.add_argument("--percentile", type=float, default=90.0, help="keep the top (100-p)%% of the heatmap (default 90)")
+    p.add_argument("--method", metavar="METHOD", help="a registered localizer: " + ", ".join(methods)
+                   + f" (default {LocalizeJob.method}; upsample is the network's own search)")
+    p.add_argument("--percentile", type=float, help="keep the top (100-p)%% of the heatmap (default "
+                   f"{LocalizeJob.percentile:g})")
     p.add_argument("--trust-pickle", action="store_true", help="--ckpt is a whole model pickled by another codebase "
                    "(e.g. the original ProtoPNet's torch.save(model)); loading it runs code from the file")
     p.add_argument("--code-dir", metavar="DIR", help="with --trust-pickle: the repository defining the pickled "
@@ -333,27 +339,27 @@ def build_parser() -> argparse.ArgumentParser:
                        description="For each image and ground-truth finding, localize the prototypes of its class "
                        "with every method and write results.csv (long format), summary.csv/.md (the paper's "
                        "tables), metrics_vs_percentile.png and deletion_insertion.png.")
-    p.add_argument("--dataset", required=True, choices=("synthetic", "nih", "cub"))
+    p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--root", help="your copy of the dataset (nih, cub); check it with protomdm check-data")
     p.add_argument("--ckpt", required=True, help="protomdm checkpoint trained on that dataset's classes")
-    p.add_argument("--methods", default="upsample,mdm", help="comma-separated, of " + ", ".join(methods)
-                   + " (default upsample,mdm)")
-    p.add_argument("--percentiles", default="70,80,90,95", help="comma-separated (default 70,80,90,95)")
+    d = EvalSettings()
+    p.add_argument("--methods", help="comma-separated, of " + ", ".join(methods) + f" (default {','.join(d.methods)})")
+    p.add_argument("--percentiles", help=f"comma-separated (default {','.join(f'{v:g}' for v in d.percentiles)})")
     p.add_argument("--limit", type=int, help="at most N images (synthetic: default 50)")
-    p.add_argument("--prototype-policy", choices=("first", "best-dice", "all-of-class"),
+    p.add_argument("--prototype-policy", choices=POLICIES,
                    help="which of the class's prototypes (default: best-dice on nih, first otherwise)")
-    p.add_argument("--seed", type=int, default=1, help="picks the synthetic images (default 1: the shipped configs' "
+    p.add_argument("--seed", type=int, help=f"picks the synthetic images (default {d.seed}: the shipped configs' "
                    "test set, as their training data uses seed 0) and the stability noise")
-    p.add_argument("--truth", default="segmentation", choices=("segmentation", "parts", "bbox"),
-                   help="CUB ground truth (default segmentation)")
-    p.add_argument("--part-half-width", type=int, default=16, help="CUB part squares' half side, original pixels")
+    p.add_argument("--truth", choices=("segmentation", "parts", "bbox"), help=f"CUB ground truth (default {d.truth})")
+    p.add_argument("--part-half-width", type=int, help="CUB part squares' half side, original pixels (default "
+                   f"{d.part_half_width})")
     p.add_argument("--no-faithfulness", action="store_true", help="skip Average Drop/Increase and "
                    "deletion/insertion (faster)")
     p.add_argument("--batch-images", type=int, metavar="N", help="images localized in one search (MDM trains all "
                    "their masks together; default 8 on a GPU, 4 on the CPU)")
-    p.add_argument("--deletion-steps", type=int, default=16, help="deletion/insertion curve steps (default 16)")
-    p.add_argument("--faithfulness-baseline", default="zero", choices=("zero", "blur", "mean"),
-                   help="what removed pixels become in deletion/insertion (default zero = the normalisation mean)")
+    p.add_argument("--deletion-steps", type=int, help=f"deletion/insertion curve steps (default {d.deletion_steps})")
+    p.add_argument("--faithfulness-baseline", choices=BASELINES, help="what removed pixels become in "
+                   f"deletion/insertion (default {d.baseline}; zero = the normalisation mean)")
     _add_job_options(p, resume="continue an interrupted run in --out")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -385,6 +391,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def with_flags(message: str, parser: argparse.ArgumentParser) -> str:
+    """The library names a setting by its keyword in backticks (`` `overwrite` ``); on the command line it is a flag
+    (``--overwrite``). Keywords without a flag lose their backticks."""
+    flags = {opt for sub in parser._subparsers._group_actions[0].choices.values()  # noqa: SLF001 - argparse's tree
+             for action in sub._actions for opt in action.option_strings}  # noqa: SLF001
+    def flag(m: re.Match) -> str:
+        name = "--" + m.group(1).replace("_", "-")
+        return name if name in flags else m.group(1)
+    return re.sub(r"`(\w+)`", flag, message)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -399,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except UserError as e:
-        print(f"protomdm {args.command}: error: {e}", file=sys.stderr)
+        print(f"protomdm {args.command}: error: {with_flags(str(e), parser)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"protomdm {args.command}: interrupted", file=sys.stderr)

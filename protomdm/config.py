@@ -40,7 +40,7 @@ def _short(value: Any) -> str:
     return _REPR.repr(value)
 
 
-def _check(cond: bool, msg: str) -> None:
+def require(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
 
@@ -50,7 +50,7 @@ def check_finite(obj: Any) -> None:
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
         for x in (v if isinstance(v, tuple) else (v,)):
-            _check(not isinstance(x, float) or math.isfinite(x), f"{f.name} must be a finite number, got {x}")
+            require(not isinstance(x, float) or math.isfinite(x), f"{f.name} must be a finite number, got {x}")
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -74,41 +74,41 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         return from_dict(tp, value, where)
     if origin in (tuple, list):
-        _check(isinstance(value, (list, tuple)), f"{where}: expected a list, got {_short(value)}")
+        require(isinstance(value, (list, tuple)), f"{where}: expected a list, got {_short(value)}")
         args = typing.get_args(tp)
         item_tp = args[0] if args else Any
         items = [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict or tp is dict:
-        _check(isinstance(value, dict), f"{where}: expected a mapping, got {_short(value)}")
+        require(isinstance(value, dict), f"{where}: expected a mapping, got {_short(value)}")
         return dict(value)
     if tp is Any:
         return value
     if tp is float:
         if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
             value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool), f"{where}: expected a number, got {_short(value)}")
-        _check(math.isfinite(value), f"{where}: expected a finite number, got {value}")
+        require(isinstance(value, (int, float)) and not isinstance(value, bool), f"{where}: expected a number, got {_short(value)}")
+        require(math.isfinite(value), f"{where}: expected a finite number, got {value}")
         return float(value)
     if tp is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), f"{where}: expected an integer, got {_short(value)}")
+        require(isinstance(value, int) and not isinstance(value, bool), f"{where}: expected an integer, got {_short(value)}")
         return value
     if tp is bool:
-        _check(isinstance(value, bool), f"{where}: expected true or false, got {_short(value)}")
+        require(isinstance(value, bool), f"{where}: expected true or false, got {_short(value)}")
         return value
     if tp is str:
-        _check(isinstance(value, str), f"{where}: expected a string, got {_short(value)}")
+        require(isinstance(value, str), f"{where}: expected a string, got {_short(value)}")
         return value
     return value
 
 
 def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
     """Build dataclass ``cls`` from a plain dict, rejecting unknown keys and wrong types."""
-    _check(isinstance(data, dict), f"{where}: expected a mapping, got {type(data).__name__}")
+    require(isinstance(data, dict), f"{where}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - names)
-    _check(not unknown, f"{where}: unknown key(s) {', '.join(map(str, unknown))}; valid keys: {', '.join(sorted(names))}")
+    require(not unknown, f"{where}: unknown key(s) {', '.join(map(str, unknown))}; valid keys: {', '.join(sorted(names))}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
@@ -158,7 +158,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     if data is None:
         data = {}
-    _check(isinstance(data, dict), f"{p}: the top level must be a mapping of keys to values")
+    require(isinstance(data, dict), f"{p}: the top level must be a mapping of keys to values")
     return data
 
 
@@ -190,20 +190,20 @@ class ModelConfig:
         self.class_names = tuple(self.class_names)
         self.img_size = tuple(self.img_size)  # type: ignore[assignment]
         self.mean, self.std = tuple(self.mean), tuple(self.std)
-        _check(self.architecture in ARCHITECTURES, f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
-        _check(len(self.class_names) >= 1, "class_names must name at least one class")
-        _check(len(set(self.class_names)) == len(self.class_names), "class_names must be unique")
-        _check(self.prototypes_per_class >= 1, "prototypes_per_class must be >= 1")
-        _check(self.prototype_dim >= 1, "prototype_dim must be >= 1")
-        _check(self.add_on in ("bottleneck", "shallow"), f"add_on must be bottleneck or shallow, got {self.add_on!r}")
+        require(self.architecture in ARCHITECTURES, f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
+        require(len(self.class_names) >= 1, "class_names must name at least one class")
+        require(len(set(self.class_names)) == len(self.class_names), "class_names must be unique")
+        require(self.prototypes_per_class >= 1, "prototypes_per_class must be >= 1")
+        require(self.prototype_dim >= 1, "prototype_dim must be >= 1")
+        require(self.add_on in ("bottleneck", "shallow"), f"add_on must be bottleneck or shallow, got {self.add_on!r}")
         allowed = ACTIVATIONS[self.architecture]
-        _check(self.activation in allowed, f"activation of a {self.architecture} must be one of {allowed}, "
+        require(self.activation in allowed, f"activation of a {self.architecture} must be one of {allowed}, "
                f"got {self.activation!r}")
-        _check(len(self.img_size) == 2 and min(self.img_size) >= 8, f"img_size must be [H, W] >= 8, got {self.img_size}")
-        _check(self.in_channels in (1, 3), f"in_channels must be 1 or 3, got {self.in_channels}")
-        _check(len(self.mean) == self.in_channels and len(self.std) == self.in_channels,
+        require(len(self.img_size) == 2 and min(self.img_size) >= 8, f"img_size must be [H, W] >= 8, got {self.img_size}")
+        require(self.in_channels in (1, 3), f"in_channels must be 1 or 3, got {self.in_channels}")
+        require(len(self.mean) == self.in_channels and len(self.std) == self.in_channels,
                "mean and std need one value per input channel")
-        _check(all(s > 0 for s in self.std), "std values must be > 0")
+        require(all(s > 0 for s in self.std), "std values must be > 0")
         check_finite(self)
 
     @property
@@ -250,22 +250,22 @@ class MDMConfig:
     def __post_init__(self) -> None:
         self.sizes = tuple(self.sizes)
         check_finite(self)
-        _check(len(self.sizes) >= 1 and all(a >= 1 for a in self.sizes), "sizes must be a non-empty list of positive ints")
-        _check(self.lambda_l1 >= 0, f"lambda_l1 must be >= 0, got {self.lambda_l1}")
-        _check(self.gamma >= 0, f"gamma must be >= 0, got {self.gamma}")
-        _check(self.gamma < len(self.sizes), f"gamma ({self.gamma}) must be below the number of masks ({len(self.sizes)})")
-        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
-        _check(0.0 <= self.init <= 1.0, f"init must lie in [0, 1], got {self.init}")
-        _check(self.baseline in BASELINES, f"baseline must be one of {BASELINES}, got {self.baseline!r}")
-        _check(self.blur_sigma > 0, "blur_sigma must be > 0")
-        _check(self.upsample in ("bilinear", "nearest"), f"upsample must be bilinear or nearest, got {self.upsample!r}")
-        _check(self.tol is None or self.tol > 0, f"tol must be > 0 or null, got {self.tol}")
-        _check(self.patience >= 1 and self.min_steps >= 0, "patience must be >= 1 and min_steps >= 0")
-        _check(0 < self.stop_percentile < 100, "stop_percentile must lie strictly between 0 and 100")
-        _check(self.batch_masks is None or self.batch_masks >= 1, "batch_masks must be >= 1 or null")
-        _check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        _check(self.extrapolate_after is None or self.extrapolate_after >= 1,
+        require(len(self.sizes) >= 1 and all(a >= 1 for a in self.sizes), "sizes must be a non-empty list of positive ints")
+        require(self.lambda_l1 >= 0, f"lambda_l1 must be >= 0, got {self.lambda_l1}")
+        require(self.gamma >= 0, f"gamma must be >= 0, got {self.gamma}")
+        require(self.gamma < len(self.sizes), f"gamma ({self.gamma}) must be below the number of masks ({len(self.sizes)})")
+        require(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        require(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        require(0.0 <= self.init <= 1.0, f"init must lie in [0, 1], got {self.init}")
+        require(self.baseline in BASELINES, f"baseline must be one of {BASELINES}, got {self.baseline!r}")
+        require(self.blur_sigma > 0, "blur_sigma must be > 0")
+        require(self.upsample in ("bilinear", "nearest"), f"upsample must be bilinear or nearest, got {self.upsample!r}")
+        require(self.tol is None or self.tol > 0, f"tol must be > 0 or null, got {self.tol}")
+        require(self.patience >= 1 and self.min_steps >= 0, "patience must be >= 1 and min_steps >= 0")
+        require(0 < self.stop_percentile < 100, "stop_percentile must lie strictly between 0 and 100")
+        require(self.batch_masks is None or self.batch_masks >= 1, "batch_masks must be >= 1 or null")
+        require(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        require(self.extrapolate_after is None or self.extrapolate_after >= 1,
                f"extrapolate_after must be null or >= 1, got {self.extrapolate_after}")
 
     @property
@@ -298,10 +298,10 @@ class DataConfig:
     num_workers: int = 0
 
     def __post_init__(self) -> None:
-        _check(self.dataset in ("synthetic", "cub", "nih"), f"data.dataset must be synthetic, cub or nih, got {self.dataset!r}")
-        _check(self.dataset == "synthetic" or bool(self.root), f"data.root is required for dataset {self.dataset}")
-        _check(self.num_train >= 1 and self.num_test >= 1, "data.num_train and data.num_test must be >= 1")
-        _check(self.batch_size >= 1 and self.num_workers >= 0, "data.batch_size must be >= 1, num_workers >= 0")
+        require(self.dataset in ("synthetic", "cub", "nih"), f"data.dataset must be synthetic, cub or nih, got {self.dataset!r}")
+        require(self.dataset == "synthetic" or bool(self.root), f"data.root is required for dataset {self.dataset}")
+        require(self.num_train >= 1 and self.num_test >= 1, "data.num_train and data.num_test must be >= 1")
+        require(self.batch_size >= 1 and self.num_workers >= 0, "data.batch_size must be >= 1, num_workers >= 0")
 
 
 @dataclass
@@ -326,14 +326,14 @@ class OptimConfig:
         self.push_epochs = tuple(self.push_epochs)
         check_finite(self)
         for name in ("features_lr", "add_on_lr", "prototype_lr", "head_lr", "last_layer_lr", "warm_lr"):
-            _check(getattr(self, name) > 0, f"optim.{name} must be > 0, got {getattr(self, name)}")
-        _check(self.weight_decay >= 0, "optim.weight_decay must be >= 0")
-        _check(self.lr_step_size >= 1 and 0 < self.lr_gamma <= 1, "optim.lr_step_size >= 1 and 0 < lr_gamma <= 1")
-        _check(self.warm_epochs >= 0 and self.joint_epochs >= 0 and self.last_layer_epochs >= 0,
+            require(getattr(self, name) > 0, f"optim.{name} must be > 0, got {getattr(self, name)}")
+        require(self.weight_decay >= 0, "optim.weight_decay must be >= 0")
+        require(self.lr_step_size >= 1 and 0 < self.lr_gamma <= 1, "optim.lr_step_size >= 1 and 0 < lr_gamma <= 1")
+        require(self.warm_epochs >= 0 and self.joint_epochs >= 0 and self.last_layer_epochs >= 0,
                "optim epoch counts must be >= 0")
-        _check(self.warm_epochs + self.joint_epochs >= 1, "optim: train at least one warm or joint epoch")
+        require(self.warm_epochs + self.joint_epochs >= 1, "optim: train at least one warm or joint epoch")
         total = self.warm_epochs + self.joint_epochs
-        _check(all(0 <= e < total for e in self.push_epochs), f"optim.push_epochs must lie in 0..{total - 1}")
+        require(all(0 <= e < total for e in self.push_epochs), f"optim.push_epochs must lie in 0..{total - 1}")
 
 
 @dataclass

@@ -16,7 +16,8 @@ from .evaluation.metrics import dice, iou
 from .explain import MDMLocalizer, PrototypeSelector, UpsampleLocalizer
 from .explain.localization import model_device
 from .models import build_model, load_model
-from .pipeline import choose_prototype, resolve_device
+from .device import resolve_device
+from .explain.selectors import choose_prototype
 from .errors import UserError
 from .report.figures import check_writable, save_panels, write_csv
 from .training import train
@@ -64,7 +65,7 @@ def run_demo(out_dir: str | Path = "protomdm-demo", n_images: int = 4, mdm: MDMC
     Returns the mean scores and the file paths."""
     out = Path(out_dir)
     if n_images < 1:
-        raise UserError(f"--images must be at least 1, got {n_images}")
+        raise UserError(f"`images` must be at least 1, got {n_images}")
     check_writable(out, ["report.png", "report.csv"], overwrite)
     cfg = demo_config()
     model_dir = out / "model"

@@ -1,7 +1,8 @@
 """Errors that mean "the user asked for something that cannot be done".
 
 The CLI turns a :class:`UserError` into one line on stderr and exit status 2, never a traceback. Library callers
-can catch it like any ``ValueError``.
+can catch it like any ``ValueError``. A message names a setting by its Python keyword in backticks (`` `overwrite` ``);
+the CLI shows it as the flag (``--overwrite``).
 """
 
 from __future__ import annotations

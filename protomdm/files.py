@@ -48,10 +48,10 @@ def check_run_settings(out: str | Path, settings: dict, resume: bool) -> None:
         except (ValueError, UnicodeDecodeError):
             before = None
         if not isinstance(before, dict):
-            raise UserError(f"--resume: {path} is not the settings file protomdm wrote; start again with --overwrite")
+            raise UserError(f"`resume`: {path} is not the settings file protomdm wrote; start again with `overwrite`")
         for key in sorted(set(before) | set(settings)):
             if before.get(key) != settings.get(key):
-                raise UserError(f"--resume with other settings than the run in {out}: {key} was "
+                raise UserError(f"`resume` with other settings than the run in {out}: {key} was "
                                 f"{json.dumps(before.get(key))[:80]}, now {json.dumps(settings.get(key))[:80]}; "
                                 "resume with the same settings, or start again with --overwrite")
         return

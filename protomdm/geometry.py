@@ -14,6 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .errors import UserError
+
 Box = tuple[int, int, int, int]
 
 
@@ -103,3 +105,10 @@ def regions(heatmap: np.ndarray, percentile: float) -> list[Region]:
         found.append(Region((int(x0), int(y0), int(x1), int(y1)), int(r.area), float(vals.max()), float(vals.mean()),
                             float(vals.sum())))
     return sorted(found, key=lambda r: -r.mass)
+
+
+def check_percentile(p: float) -> float:
+    """``p`` itself, refused (a UserError) unless strictly between 0 and 100."""
+    if not 0 < p < 100:
+        raise UserError(f"percentile must lie strictly between 0 and 100, got {p}")
+    return p

@@ -1,13 +1,30 @@
-"""Two lines in your own script: ``protomdm.localize_prototype(model, image, j)``."""
+"""Localizing a prototype in images: two lines in your own script (``protomdm.localize_prototype(model, image,
+j)``), and the job behind ``protomdm localize`` (:class:`LocalizeJob`: load once, localize images, write outputs)."""
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 import torch
 from torch import nn
 
+from .config import MDMConfig
+from .data.images import LoadedImage, box_to_original, read_image, to_model_input
+from .device import resolve_device
 from .errors import UserError
 from .explain import Localization, PrototypeSelector, create_localizer
+from .explain.localization import model_device
+from .explain.registry import localizer_entry
+from .explain.selectors import choose_prototype
+from .geometry import check_percentile
 from .integrations.protopnet import as_prototype_model
+from .models import PrototypeModel, load_model
+from .report.figures import check_writable, resize_map, save_mask_png, save_overlay, write_json
+from .report.names import is_dicom, output_names, output_stem
 
 
 def localize_prototype(model: nn.Module, image: torch.Tensor, prototype: int, method: str = "mdm",
@@ -33,3 +50,131 @@ def localize_prototype(model: nn.Module, image: torch.Tensor, prototype: int, me
     except TypeError as e:  # keywords a method without settings does not take
         raise UserError(f"method {method!r} takes no settings {', '.join(settings)} ({e})") from None
     return localizer.localize(image, selector)
+
+
+@dataclass
+class LocalizeResult:
+    localization: Localization
+    record: dict[str, Any]
+    files: dict[str, Path]
+
+
+@dataclass
+class LocalizeJob:
+    """What to explain and how, for one model: shared by single-image and folder runs.
+
+    ``model`` is loaded once; :meth:`run` localizes one read image and writes its outputs to a folder.
+    """
+
+    model: PrototypeModel
+    checkpoint: str
+    method: str = "mdm"
+    prototype: int | None = None
+    class_name: str | None = None
+    percentile: float = 90.0
+    mdm: MDMConfig | None = None
+    keep_phi: bool = False
+    progress: bool = False
+
+    @classmethod
+    def load(cls, ckpt: str | Path, *, architecture: str | None = None, device: str = "cpu", method: str = "mdm",
+             percentile: float = 90.0, trust_pickle: bool = False, code_dir: str | Path | None = None,
+             **kw) -> "LocalizeJob":
+        """Check the settings and load the checkpoint (before any image is touched). ``trust_pickle`` loads a
+        whole pickled model with the original ProtoPNet interface (this runs code from the file), importing its
+        classes from ``code_dir``."""
+        check_percentile(percentile)
+        localizer_entry(method)  # an unknown name is refused before the checkpoint is read
+        if code_dir is not None and not trust_pickle:
+            raise UserError("`code_dir` is only used with `trust_pickle`")
+        if trust_pickle:
+            from .integrations import as_prototype_model
+            from .models.checkpoint import load_pickled_model
+
+            model = as_prototype_model(load_pickled_model(ckpt, code_dir, resolve_device(device)))
+        else:
+            model = load_model(ckpt, resolve_device(device), architecture=architecture)
+        if kw.get("prototype") is not None:
+            model.check_prototype(kw["prototype"])
+        return cls(model, str(ckpt), method, percentile=percentile, **kw)
+
+    def settings(self) -> dict[str, Any]:
+        """What decides a result: recorded by folder runs, which ``--resume`` only with the same settings."""
+        return {"checkpoint": self.checkpoint, "method": self.method, "prototype": self.prototype,
+                "class": self.class_name, "percentile": self.percentile, "keep_phi": self.keep_phi,
+                "mdm": dataclasses.asdict(self.mdm or MDMConfig()) if self.method == "mdm" else None}
+
+    def localize_images(self, images: list[LoadedImage]) -> list[tuple[int, Localization]]:
+        """Choose each image's prototype and localize them all in one search: ``(prototype, localization)`` per
+        image."""
+        model = self.model
+        x = torch.cat([to_model_input(im, model.config) for im in images]).to(model_device(model))
+        protos = [choose_prototype(model, x[i:i + 1], self.prototype, self.class_name) for i in range(len(images))]
+        sel = PrototypeSelector(model, sorted(set(protos)))
+        pairs = [(i, sel.indices.index(j)) for i, j in enumerate(protos)]
+        return list(zip(protos, create_localizer(self.method, self.mdm, progress=self.progress).localize_pairs(x, sel, pairs)))
+
+    def run(self, image: LoadedImage, out: Path, stem: str) -> LocalizeResult:
+        """Localize in ``image`` and write :func:`output_names` into the existing folder ``out``."""
+        ((j, loc),) = self.localize_images([image])
+        return self.write(image, j, loc, out, stem)
+
+    def write(self, image: LoadedImage, j: int, loc: Localization, out: Path, stem: str) -> LocalizeResult:
+        """Write prototype ``j``'s localization ``loc`` in ``image``: :func:`output_names` in the folder ``out``."""
+        model = self.model
+        size = image.size
+        heat = resize_map(loc.heatmap, size)
+        mask = resize_map(loc.binary(self.percentile).astype(np.float32), size) >= 0.5
+        box_in = loc.box(self.percentile)
+        box = box_to_original(box_in, loc.heatmap.shape, size) if box_in else None
+        regions = [{**r.as_dict(), "box": list(box_to_original(r.box, loc.heatmap.shape, size)),
+                    "box_input": list(r.box)} for r in loc.regions(self.percentile)]
+        c = model.prototype_class(j)
+        dicom = is_dicom(image)
+        record = {
+            "image": stem if dicom else str(image.source),
+            "image_size": list(size), "input_size": list(loc.heatmap.shape),
+            "model": {"architecture": model.config.architecture, "backbone": model.config.backbone,
+                      "checkpoint": self.checkpoint},
+            "prototype": j, "class_index": c, "class_name": model.class_names[c],
+            "score": loc.score, "percentile": self.percentile,
+            "box": list(box) if box else None, "box_input": list(box_in) if box_in else None,
+            "regions": regions,
+            "pixel_spacing": list(image.pixel_spacing) if image.pixel_spacing else None,
+            **loc.summary(),
+        }
+        files = {k: out / n for k, n in output_names(stem, dicom and loc.ok).items()}
+        label = f"{self.method} prototype {j} ({model.class_names[c]})"
+        n = len(regions)
+        title = (f"{label}, top {100 - self.percentile:g}%: {n} region{'s' if n != 1 else ''}" if loc.ok
+                 else f"{label}: empty ({loc.reason})")
+        save_overlay(files["overlay"], image.pixels, heat, box, title, [r["box"] for r in regions])
+        save_mask_png(files["mask"], mask)
+        if dicom and loc.ok:  # an empty result has no segment to send to a viewer
+            from .report.dicom import write_dicom_outputs
+
+            try:
+                write_dicom_outputs(image.source, mask, np.clip(heat, 0, 1), files["seg"], files["heatmap_pm"],
+                                    label, keep_phi=self.keep_phi)
+            except Exception as e:  # noqa: BLE001 - highdicom's checks of the source's attributes, in its terms
+                raise UserError(f"{image.source}: cannot write its DICOM SEG and Parametric Map ({type(e).__name__}: "
+                                f"{' '.join(str(e).split())[:200]})") from None
+        write_json(files["localization"], record)
+        return LocalizeResult(loc, record, files)
+
+
+def localize_file(ckpt: str | Path, image_path: str | Path, out_dir: str | Path, *, architecture: str | None = None,
+                  method: str = "mdm", prototype: int | None = None, class_name: str | None = None,
+                  percentile: float = 90.0, mdm: MDMConfig | None = None, device: str = "cpu",
+                  overwrite: bool = False, progress: bool = False, keep_phi: bool = False,
+                  trust_pickle: bool = False, code_dir: str | Path | None = None) -> LocalizeResult:
+    """Localize one prototype in one image file and write ``{stem}_overlay.png``, ``{stem}_mask.png`` and
+    ``{stem}_localization.json`` (box in the original image's pixels) to ``out_dir``; for a DICOM input also
+    ``{stem}_seg.dcm`` and ``{stem}_heatmap_pm.dcm``, and ``stem`` is a hash of its SOP Instance UID."""
+    job = LocalizeJob.load(ckpt, architecture=architecture, device=device, method=method, percentile=percentile,
+                           prototype=prototype, class_name=class_name, mdm=mdm, keep_phi=keep_phi,
+                           progress=progress, trust_pickle=trust_pickle, code_dir=code_dir)
+    image = read_image(image_path)
+    stem = output_stem(image)
+    out = check_writable(out_dir, output_names(stem, is_dicom(image)).values(), overwrite)
+    return job.run(image, out, stem)

@@ -19,7 +19,7 @@ def _setup(rank: int, world: int, port: int):
 def localize(rank, world, port, ckpt, folder, out, resume=False, die_rank=-1, die_after=0):
     dist = _setup(rank, world, port)
     from protomdm.batch import localize_folder
-    from protomdm.pipeline import LocalizeJob
+    from protomdm.localize import LocalizeJob
 
     job = LocalizeJob.load(ckpt, method="upsample")
     if rank == die_rank:

@@ -17,7 +17,7 @@ from dicom_factory import PATIENT_ID, PATIENT_NAME, make_dicom
 from protomdm import save_checkpoint
 from protomdm.batch import find_inputs, localize_folder
 from protomdm.cli import main
-from protomdm.pipeline import LocalizeJob
+from protomdm.localize import LocalizeJob
 
 pytest.importorskip("highdicom")
 FAST = ["--steps", "5", "--quiet"]
@@ -118,7 +118,7 @@ def test_resume_after_interruption_does_every_image_once(tmp_path, folder, grey_
     assert [r["status"] for r in first] == ["failed", "ok", "ok"]
 
     monkeypatch.setattr(LocalizeJob, "write", real_write)
-    with pytest.raises(Exception, match="--resume"):
+    with pytest.raises(Exception, match="pass `resume` to finish it"):
         localize_folder(job, folder, out, progress=False)
     res = localize_folder(job, folder, out, resume=True, progress=False)
     assert res.skipped == 2 and res.done == 2 and res.failed == 1

@@ -18,7 +18,7 @@ from conftest import tiny_model
 from protomdm import save_checkpoint
 from protomdm.batch import localize_folder
 from protomdm.config import to_dict
-from protomdm.pipeline import LocalizeJob
+from protomdm.localize import LocalizeJob
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="torch.distributed with Gloo is not available")

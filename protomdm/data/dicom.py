@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ImageError
-from .images import MAX_PIXELS, LoadedImage
+from .loaded import MAX_PIXELS, LoadedImage
 
 DECODER_HINT = "install the DICOM decoders with: pip install 'protomdm[dicom]'"
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -13,31 +12,10 @@ import torch.nn.functional as F
 
 from ..config import ModelConfig
 from ..errors import ImageError
+from .dicom import read_dicom
+from .loaded import MAX_PIXELS, LoadedImage
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".npy", ".bmp", ".tif", ".tiff"}
-MAX_PIXELS = 8192 * 8192  # larger inputs are refused before decoding (chest X-rays are at most ~4k x 4k)
-
-
-@dataclass
-class LoadedImage:
-    """An image as read from disk.
-
-    Attributes:
-        pixels: ``(H, W)`` grey or ``(H, W, 3)`` RGB, float32 in [0, 1].
-        source: the file it came from.
-        pixel_spacing: (row, column) spacing in mm when the file says so (DICOM), else None.
-        metadata: format-specific extras (never patient identifiers).
-    """
-
-    pixels: np.ndarray
-    source: Path
-    pixel_spacing: tuple[float, float] | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """(H, W) of the original image."""
-        return int(self.pixels.shape[0]), int(self.pixels.shape[1])
 
 
 def _to_unit(a: np.ndarray, name: str) -> np.ndarray:
@@ -87,8 +65,6 @@ def read_image(path: str | Path) -> LoadedImage:
     if p.stat().st_size == 0:
         raise ImageError(f"{p}: the file is empty")
     if p.suffix.lower() == ".dcm" or _looks_like_dicom(p):
-        from .dicom import read_dicom
-
         return read_dicom(p)
     if p.suffix.lower() == ".npy":
         try:

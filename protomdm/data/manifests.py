@@ -56,7 +56,7 @@ def check_data(dataset: str, root: str | Path) -> list[Check]:
     """Compare the copy at ``root`` with the dataset's manifest, item by item."""
     root = Path(root)
     if not root.is_dir():
-        raise UserError(f"--root {root} is not a folder")
+        raise UserError(f"`root` {root} is not a folder")
     manifest = load_manifest(dataset)
     checks = []
     for spec in manifest["files"]:

@@ -18,45 +18,52 @@ A run is resumable: rows are appended per (image, finding, method) once complete
 from __future__ import annotations
 
 import dataclasses
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
 from ..config import MDMConfig
 from ..data.images import model_input
+from ..device import resolve_device
 from ..distributed import DistEnv, rank_parts
 from ..errors import UserError
 from ..explain import PrototypeSelector
 from ..explain.localization import model_device
 from ..explain.mdm import images_per_search
+from ..explain.perturbation import Perturbation
+from ..explain.registry import create_localizer, list_localizers
+from ..files import atomic_write, check_run_settings
 from ..geometry import regions
 from ..models import PrototypeModel, load_model
-from ..explain.registry import list_localizers
-from ..pipeline import make_localizer, resolve_device
-from ..files import atomic_write, check_run_settings
 from ..report.figures import append_csv, read_csv, write_csv
 from . import metrics as M
 from .faithfulness import deletion_insertion, heatmap_masked_scores
+from .plots import plot_curves, plot_metrics
+from .results import COLUMNS, CURVE_COLUMNS, format_percentile, read_curves, read_results
 from .samples import EvalSample, Skipped, cub_samples, nih_samples, synthetic_samples
+from .tables import SUMMARY_COLUMNS, markdown_tables, summarise
 
 DATASETS = ("synthetic", "nih", "cub")
 POLICIES = ("first", "best-dice", "all-of-class")
-COLUMNS = ("image", "finding", "prototype", "method", "percentile", "metric", "value")
-CURVE_COLUMNS = ("image", "finding", "prototype", "method", "curve", "values")
 MASK_METRICS = tuple(M.MASK_METRICS)
 REGION_IOUS = (0.1, 0.3)
 
 
 @dataclass
 class EvalResult:
+    """What :func:`evaluate` did: ``results`` is the long frame of every row (see
+    :func:`~protomdm.evaluation.results.read_results`), ``summary`` its means (see
+    :func:`~protomdm.evaluation.tables.summarise`); both are empty on ranks other than 0."""
+
     out_dir: Path
     images: int = 0
     skipped: list[Skipped] = field(default_factory=list)
-    summary: list[dict] = field(default_factory=list)
+    results: pd.DataFrame = field(default_factory=pd.DataFrame)
+    summary: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def parse_methods(text: str | Sequence[str]) -> list[str]:
@@ -78,15 +85,73 @@ def parse_percentiles(text: str | Sequence[float]) -> list[float]:
     return sorted(set(ps))
 
 
+@dataclass
+class EvalSettings:
+    """What an evaluation measures; every field is recorded in ``run.json`` and ``--resume`` keeps them.
+
+    Attributes:
+        dataset: ``synthetic``, ``nih`` or ``cub``; ``root`` the copy of it (not for synthetic).
+        methods: registered localizers (see :func:`protomdm.explain.list_localizers`).
+        percentiles: the top-(100-p)% masks scored.
+        limit: at most this many images (synthetic: default 50); ``seed`` picks the synthetic ones.
+        prototype_policy: ``first`` (the first prototype of the finding's class, as the MDM paper does on CUB),
+            ``best-dice`` (the class's prototype with the best mean Dice, as it does on NIH) or ``all-of-class``;
+            default ``best-dice`` on NIH, else ``first``.
+        mdm: MDM's settings. ``truth``/``part_half_width``: CUB's ground truth (``segmentation`` or ``parts``).
+        faithfulness: also score deletion/insertion (``deletion_steps`` steps) and Average Drop/Increase,
+            masking with ``baseline``. ``stability_noise``: CUB's part stability noise.
+        batch_images: images sharing one localizer search (MDM trains their masks together); default 8 on a GPU
+            and 4 on the CPU (measured there: 1.24x faster than one at a time).
+    """
+
+    dataset: str = "synthetic"
+    root: str | Path | None = None
+    methods: Sequence[str] = ("upsample", "mdm")
+    percentiles: Sequence[float] = (70, 80, 90, 95)
+    limit: int | None = None
+    prototype_policy: str | None = None
+    seed: int = 1
+    mdm: MDMConfig | None = None
+    truth: str = "segmentation"
+    part_half_width: int = 16
+    faithfulness: bool = True
+    deletion_steps: int = 16
+    baseline: str = "zero"
+    stability_noise: float = 0.2
+    batch_images: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise UserError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        self.methods = parse_methods(self.methods)
+        self.percentiles = parse_percentiles(self.percentiles)
+        if self.deletion_steps < 1:
+            raise UserError(f"deletion/insertion curves need at least 1 step, got {self.deletion_steps}")
+        Perturbation(self.baseline)  # an unknown baseline is refused here
+        images_per_search(self.batch_images, torch.device("cpu"))
+        self.prototype_policy = self.prototype_policy or ("best-dice" if self.dataset == "nih" else "first")
+        if self.prototype_policy not in POLICIES:
+            raise UserError(f"unknown prototype policy {self.prototype_policy!r}; choose one of {', '.join(POLICIES)}")
+
+    def record(self, ckpt: str | Path) -> dict[str, Any]:
+        """The settings that decide the results, as ``run.json`` keeps them."""
+        return {"checkpoint": str(ckpt), "dataset": self.dataset, "root": str(self.root) if self.root else None,
+                "methods": self.methods, "percentiles": self.percentiles, "limit": self.limit,
+                "policy": self.prototype_policy, "seed": self.seed, "truth": self.truth,
+                "part_half_width": self.part_half_width, "faithfulness": self.faithfulness,
+                "deletion_steps": self.deletion_steps, "baseline": self.baseline,
+                "mdm": dataclasses.asdict(self.mdm or MDMConfig()) if "mdm" in self.methods else None}
+
+
 def _samples(dataset: str, root: str | Path | None, model: PrototypeModel, limit: int | None, seed: int,
              truth: str, part_half_width: int, shard: tuple[int, int]) -> Iterable[EvalSample | Skipped]:
     cfg = model.config
     if dataset == "synthetic":
         return synthetic_samples(cfg, limit or 50, seed, multilabel=cfg.architecture == "xprotonet", shard=shard)
     if root is None:
-        raise UserError(f"--dataset {dataset} needs --root (the folder of your copy)")
+        raise UserError(f"the {dataset} dataset needs `root` (the folder of your copy)")
     if not Path(root).is_dir():
-        raise UserError(f"--root {root} is not a folder")
+        raise UserError(f"`root` {root} is not a folder")
     if dataset == "nih":
         return nih_samples(root, cfg, limit, shard=shard)
     if dataset == "cub":
@@ -152,57 +217,44 @@ class _Scorer:
         return out, curves
 
 
-def evaluate(ckpt: str | Path, out_dir: str | Path, *, dataset: str = "synthetic", root: str | Path | None = None,
-             methods: Sequence[str] = ("upsample", "mdm"), percentiles: Sequence[float] = (70, 80, 90, 95),
-             limit: int | None = None, prototype_policy: str | None = None, seed: int = 1,
-             mdm: MDMConfig | None = None, truth: str = "segmentation", part_half_width: int = 16,
-             faithfulness: bool = True, deletion_steps: int = 16, baseline: str = "zero",
-             stability_noise: float = 0.2, device: str = "auto", resume: bool = False, overwrite: bool = False,
-             progress: bool = True, dist: DistEnv = DistEnv(), batch_images: int | None = None) -> EvalResult:
+def evaluate(ckpt: str | Path, out_dir: str | Path, settings: EvalSettings | None = None, *, device: str = "auto",
+             resume: bool = False, overwrite: bool = False, progress: bool = True, dist: DistEnv = DistEnv(),
+             **fields) -> EvalResult:
     """Evaluate prototype localisation on a dataset; see the module docstring for what is written.
 
-    ``prototype_policy``: ``first`` (the first prototype of the finding's class, as the MDM paper does on CUB),
-    ``best-dice`` (the class's prototype with the best mean Dice over the percentiles, as it does on NIH) or
-    ``all-of-class``; default ``best-dice`` on NIH, else ``first``. ``seed`` picks the synthetic images.
-    ``batch_images`` images (with all their findings and prototypes) share one localizer search (MDM trains all
-    their masks together); default 8 on a GPU and 4 on the CPU (measured there: 1.24x faster than one at a time).
+    Args:
+        settings: what to measure (:class:`EvalSettings`); ``fields`` set single ones of it, as in
+            ``evaluate(ckpt, out, methods=["mdm"], limit=4)``.
+        resume: finish an earlier run into ``out_dir`` (same settings); ``overwrite``: redo it.
+        dist: under torchrun rank ``r`` takes every ``world``-th image and writes ``results.rankR.csv`` (and
+            ``curves.rankR.csv``); rank 0 merges them and writes the summary once all are done. ``resume`` after
+            a failed rank redoes only the missing (image, finding, method) groups, with any number of ranks.
 
-    Under torchrun (``dist``) rank ``r`` takes every ``world``-th image and writes ``results.rankR.csv`` (and
-    ``curves.rankR.csv``); rank 0 merges them and writes the summary once all are done. ``resume`` after a failed
-    rank redoes only the missing (image, finding, method) groups, with any number of ranks.
+    Returns:
+        an :class:`EvalResult` whose ``results`` and ``summary`` are DataFrames.
     """
     from tqdm.auto import tqdm
 
-
-    methods = parse_methods(methods)
-    percentiles = parse_percentiles(percentiles)
-    if deletion_steps < 1:
-        raise UserError(f"deletion/insertion curves need at least 1 step, got {deletion_steps}")
-    images_per_search(batch_images, torch.device("cpu"))  # a bad value is refused before any work
-    policy = prototype_policy or ("best-dice" if dataset == "nih" else "first")
-    if policy not in POLICIES:
-        raise UserError(f"unknown prototype policy {policy!r}; choose one of {', '.join(POLICIES)}")
-    if dataset not in DATASETS:
-        raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(EvalSettings)})
+    if unknown:
+        raise TypeError(f"evaluate() got unknown setting(s) {', '.join(unknown)}")
+    cfg = dataclasses.replace(settings, **fields) if settings else EvalSettings(**fields)
+    dataset, methods, percentiles, policy = cfg.dataset, cfg.methods, cfg.percentiles, cfg.prototype_policy
     model = load_model(ckpt, dist.device(resolve_device(device))).eval()
-    samples = _samples(dataset, root, model, limit, seed, truth, part_half_width, (dist.rank, dist.world_size))
+    samples = _samples(dataset, cfg.root, model, cfg.limit, cfg.seed, cfg.truth, cfg.part_half_width,
+                       (dist.rank, dist.world_size))
     out = Path(out_dir)
     merged = out / "results.csv"
     if (merged.exists() or rank_parts(merged)) and not (resume or overwrite):
-        raise UserError(f"{merged} exists from an earlier run; pass --resume to finish it or --overwrite to redo it")
+        raise UserError(f"{merged} exists from an earlier run; pass `resume` to finish it or `overwrite` to redo it")
     if resume and not (merged.exists() or rank_parts(merged)):
-        raise UserError(f"--resume: {merged} does not exist; run without --resume first")
+        raise UserError(f"`resume`: {merged} does not exist; run without `resume` first")
     if dist.is_main:
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"cannot create output folder {out}: {e.strerror}") from None
-        check_run_settings(out, {
-            "checkpoint": str(ckpt), "dataset": dataset, "root": str(root) if root else None, "methods": methods,
-            "percentiles": percentiles, "limit": limit, "policy": policy, "seed": seed, "truth": truth,
-            "part_half_width": part_half_width, "faithfulness": faithfulness, "deletion_steps": deletion_steps,
-            "baseline": baseline, "mdm": dataclasses.asdict(mdm or MDMConfig()) if "mdm" in methods else None},
-            resume)
+        check_run_settings(out, cfg.record(ckpt), resume)
         if not resume:
             for p in [*rank_parts(merged), *rank_parts(out / "curves.csv"), out / "curves.csv", merged]:
                 p.unlink(missing_ok=True)
@@ -213,13 +265,13 @@ def evaluate(ckpt: str | Path, out_dir: str | Path, *, dataset: str = "synthetic
         if not path.exists():
             write_csv(path, cols, [])
     parts = dataset == "cub"
-    scorer = _Scorer(model, percentiles, faithfulness, deletion_steps, baseline, parts)
-    localizers = {m: make_localizer(m, mdm) for m in methods}
+    scorer = _Scorer(model, percentiles, cfg.faithfulness, cfg.deletion_steps, cfg.baseline, parts)
+    localizers = {m: create_localizer(m, cfg.mdm) for m in methods}
     res = EvalResult(out)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
     device = model_device(model)
-    per_search = images_per_search(batch_images, device)
-    bar = tqdm(total=limit, desc=f"evaluate {dataset}", unit="img", disable=not progress)
+    per_search = images_per_search(cfg.batch_images, device)
+    bar = tqdm(total=cfg.limit, desc=f"evaluate {dataset}", unit="img", disable=not progress)
     for chunk in _chunks(samples, per_search):
         real = [s for s in chunk if not isinstance(s, Skipped)]
         res.skipped += [s for s in chunk if isinstance(s, Skipped)]
@@ -229,7 +281,7 @@ def evaluate(ckpt: str | Path, out_dir: str | Path, *, dataset: str = "synthetic
         if not real:
             continue
         xs = model_input(torch.stack([s.pixels for s in real]).to(device), model.config)
-        noisy_xs = xs + stability_noise * torch.randn(xs.shape, generator=gen).to(device) if parts else None
+        noisy_xs = xs + cfg.stability_noise * torch.randn(xs.shape, generator=gen).to(device) if parts else None
         for method in methods:
             # every (image, finding) of the chunk not done yet, with the prototypes it explains: one search
             units = [(i, f, own[:1] if policy == "first" else own)
@@ -254,7 +306,7 @@ def evaluate(ckpt: str | Path, out_dir: str | Path, *, dataset: str = "synthetic
                     per_proto = {best: per_proto[best]}
                 unit = dict(image=real[i].id, finding=finding.name, method=method)
                 append_csv(results, COLUMNS, [
-                    {**unit, "prototype": j, "percentile": p if p == "" else f"{p:g}", "metric": m,
+                    {**unit, "prototype": j, "percentile": format_percentile(np.nan if p == "" else p), "metric": m,
                      "value": v if isinstance(v, str) else _fmt(v)}
                     for j, (rows, _) in per_proto.items() for p, m, v in rows])
                 append_csv(curves_csv, CURVE_COLUMNS, [
@@ -269,7 +321,7 @@ def evaluate(ckpt: str | Path, out_dir: str | Path, *, dataset: str = "synthetic
     if res.skipped:
         atomic_write(out / "skipped.txt", lambda tmp: Path(tmp).write_text(
             "".join(f"{s.id}\t{s.reason}\n" for s in res.skipped)))
-    res.summary = write_summary(out, dataset, len(res.skipped))
+    res.results, res.summary = write_summary(out, dataset, len(res.skipped))
     return res
 
 
@@ -286,146 +338,18 @@ def _merge_parts(out: Path) -> None:
             p.unlink()
 
 
-def summarise(rows: list[dict[str, str]], by_finding: bool = False) -> list[dict]:
-    """Means of ``results.csv`` rows per (method, finding or "all", percentile, metric), plus Average Drop and
-    Increase, pointing-game accuracy and, with part rows, part consistency and stability."""
-    groups: dict[tuple, list[float]] = defaultdict(list)
-    pairs: dict[tuple, dict[str, float]] = defaultdict(dict)
-    part_rows: dict[tuple, dict[str, str]] = defaultdict(dict)
-    for r in rows:
-        findings = ("all", r["finding"]) if by_finding else ("all",)
-        unit = (r["image"], r["finding"], r["prototype"])
-        if r["metric"] in ("score", "score_heatmap_masked"):
-            for f in findings:
-                pairs[(r["method"], f, unit)][r["metric"]] = float(r["value"])
-        elif r["metric"].startswith("part_"):
-            part_rows[(r["method"], r["prototype"], r["image"])][r["metric"]] = r["value"]
-        else:
-            for f in findings:
-                groups[(r["method"], f, r["percentile"], r["metric"])].append(float(r["value"]))
-    out = [{"method": m, "finding": f, "percentile": p, "metric": k, "value": float(np.mean(v)), "n": len(v)}
-           for (m, f, p, k), v in sorted(groups.items())]
-    for m, f in sorted({(m, f) for m, f, _ in pairs}):
-        ys = [(d["score"], d["score_heatmap_masked"]) for (mm, ff, _), d in pairs.items() if (mm, ff) == (m, f)
-              and len(d) == 2]
-        y, o = np.array(ys).T if ys else (np.array([]), np.array([]))
-        out += [{"method": m, "finding": f, "percentile": "", "metric": "average_drop", "value": M.average_drop(y, o),
-                 "n": len(ys)},
-                {"method": m, "finding": f, "percentile": "", "metric": "average_increase",
-                 "value": M.average_increase(y, o), "n": len(ys)}]
-    for m in sorted({m for m, _, _ in part_rows}):
-        by_proto: dict[str, list[dict[str, str]]] = defaultdict(list)
-        for (mm, j, _), d in part_rows.items():
-            if mm == m:
-                by_proto[j].append(d)
-        bits = lambda s: [c == "1" for c in s]  # noqa: E731
-        hits = [[bits(d["part_hits"]) for d in ds] for ds in by_proto.values()]
-        vis = [[bits(d["part_visible"]) for d in ds] for ds in by_proto.values()]
-        cons = float(np.mean([M.part_consistency(np.array([h]), np.array([v])) for h, v in zip(hits, vis)]))
-        out.append({"method": m, "finding": "all", "percentile": "", "metric": "part_consistency", "value": cons,
-                    "n": len(hits)})
-        noisy = [[bits(d["part_hits_noisy"]) for d in ds if "part_hits_noisy" in d] for ds in by_proto.values()]
-        if all(len(a) == len(b) for a, b in zip(noisy, hits)):
-            stab = float(np.mean([M.part_stability(np.array([h]), np.array([n])) for h, n in zip(hits, noisy)]))
-            out.append({"method": m, "finding": "all", "percentile": "", "metric": "part_stability", "value": stab,
-                        "n": len(hits)})
-    return out
-
-
-def write_summary(out: Path, dataset: str, skipped: int = 0) -> list[dict]:
-    """summary.csv, summary.md and the two plots, from results.csv and curves.csv."""
-    rows = read_csv(out / "results.csv")
-    summary = summarise(rows, by_finding=dataset == "nih")
-    write_csv(out / "summary.csv", ("method", "finding", "percentile", "metric", "value", "n"),
-              ({**r, "value": _fmt(r["value"])} for r in summary))
-    md = markdown_tables(summary, dataset, len({r["image"] for r in rows}), skipped)
+def write_summary(out: Path, dataset: str, skipped: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """summary.csv, summary.md and the two plots, from results.csv and curves.csv: ``(results, summary)`` frames."""
+    results = read_results(out / "results.csv")
+    summary = summarise(results, by_finding=dataset == "nih")
+    write_csv(out / "summary.csv", SUMMARY_COLUMNS, (
+        {**r, "percentile": format_percentile(r["percentile"]), "value": _fmt(r["value"])}
+        for r in summary.to_dict("records")))
+    md = markdown_tables(summary, dataset, results["image"].nunique(), skipped, list_localizers())
     atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(md))
-    if summary:
+    if not summary.empty:
         plot_metrics(out / "metrics_vs_percentile.png", summary)
-        curves = read_csv(out / "curves.csv")
-        if curves:
+        curves = read_curves(out / "curves.csv")
+        if not curves.empty:
             plot_curves(out / "deletion_insertion.png", curves)
-    return summary
-
-
-def markdown_tables(summary: list[dict], dataset: str, images: int, skipped: int) -> str:
-    order = list_localizers()
-    methods = sorted({r["method"] for r in summary}, key=lambda m: order.index(m) if m in order else len(order))
-    ps = sorted({r["percentile"] for r in summary if r["percentile"] != ""}, key=float)
-    get = {(r["method"], r["finding"], r["percentile"], r["metric"]): r["value"] for r in summary}
-    lines = [f"# Prototype localisation on {dataset}: {images} images evaluated, {skipped} skipped", ""]
-    empty = {r["method"]: (round(r["value"] * r["n"]), r["n"]) for r in summary
-             if r["metric"] == "empty" and r["finding"] == "all"}
-    if empty:
-        lines += ["Empty heatmaps (nothing localized; their masks are empty and score 0 below): " + ", ".join(
-            f"{m} {k} of {n}" for m, (k, n) in empty.items()), ""]
-    for metric in MASK_METRICS:
-        lines += [f"## {metric} of the top-(100-p)% mask", "", "| method | " + " | ".join(f"p{float(p):g}" for p in ps) + " |",
-                  "|---|" + "---|" * len(ps)]
-        lines += [f"| {m} | " + " | ".join(f"{get.get((m, 'all', p, metric), float('nan')):.3f}" for p in ps) + " |"
-                  for m in methods]
-        lines.append("")
-    free = ["pointing_game", "average_drop", "average_increase", "deletion_auc", "insertion_auc", "part_consistency",
-            "part_stability"]
-    free = [k for k in free if any((m, "all", "", k) in get for m in methods)]
-    if free:
-        lines += ["## Faithfulness and parts (percentile-free)", "", "| method | " + " | ".join(free) + " |",
-                  "|---|" + "---|" * len(free)]
-        lines += [f"| {m} | " + " | ".join(f"{get.get((m, 'all', '', k), float('nan')):.3f}" for k in free) + " |"
-                  for m in methods]
-        lines.append("")
-    hits = sorted({(p, k) for _, f, p, k in get if f == "all" and k.startswith("region_hit_")})
-    if hits:
-        lines += ["## Ground-truth boxes hit by a region of the mask", "",
-                  "| method | " + " | ".join(f"IoU >= {k.removeprefix('region_hit_iou')} (p{float(p):g})"
-                                           for p, k in hits) + " |", "|---|" + "---|" * len(hits)]
-        lines += [f"| {m} | " + " | ".join(f"{get.get((m, 'all', p, k), float('nan')):.3f}" for p, k in hits) + " |"
-                  for m in methods]
-        lines.append("")
-    findings = sorted({r["finding"] for r in summary} - {"all"})
-    if findings:
-        lines += ["## Dice per finding", "", "| finding | method | " + " | ".join(f"p{float(p):g}" for p in ps) + " |",
-                  "|---|---|" + "---|" * len(ps)]
-        lines += [f"| {f} | {m} | " + " | ".join(f"{get.get((m, f, p, 'dice'), float('nan')):.3f}" for p in ps)
-                  + " |" for f in findings for m in methods]
-        lines.append("")
-    return "\n".join(lines)
-
-
-def plot_metrics(path: Path, summary: list[dict]) -> Path:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(12, 3.2), dpi=100)
-    axes = fig.subplots(1, len(MASK_METRICS))
-    for ax, metric in zip(axes, MASK_METRICS):
-        for m in sorted({r["method"] for r in summary}):
-            pts = sorted((float(r["percentile"]), r["value"]) for r in summary if r["method"] == m and
-                         r["finding"] == "all" and r["metric"] == metric and r["percentile"] != "")
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=m)
-        ax.set_title(metric)
-        ax.set_xlabel("percentile p (top 100-p% kept)")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-
-
-def plot_curves(path: Path, curves: list[dict]) -> Path:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8, 3.2), dpi=100)
-    axes = dict(zip(("deletion", "insertion"), fig.subplots(1, 2)))
-    by: dict[tuple[str, str], list[np.ndarray]] = defaultdict(list)
-    for r in curves:
-        by[(r["method"], r["curve"])].append(np.array(r["values"].split(), float))
-    for (m, kind), cs in sorted(by.items()):
-        mean = np.mean(cs, 0)
-        axes[kind].plot(np.linspace(0, 1, len(mean)), mean, label=f"{m} (AUC {M.curve_auc(mean):.3f})")
-    for kind, ax in axes.items():
-        ax.set_title(f"{kind} (score / unmasked score)")
-        ax.set_xlabel("fraction of pixels " + ("removed" if kind == "deletion" else "restored"))
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return results, summary

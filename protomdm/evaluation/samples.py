@@ -62,7 +62,7 @@ def synthetic_samples(config: ModelConfig, n: int, seed: int, multilabel: bool,
     from ..data.synthetic import SHAPES, SyntheticLesions
 
     if not set(config.class_names) <= set(SHAPES):
-        raise UserError(f"--dataset synthetic needs a model trained on synthetic shapes ({', '.join(SHAPES)}); "
+        raise UserError(f"the synthetic dataset needs a model trained on synthetic shapes ({', '.join(SHAPES)}); "
                         f"this one's classes are {', '.join(config.class_names)}")
     data = SyntheticLesions(config.class_names, n=n, size=config.img_size[0], channels=config.in_channels,
                             multilabel=multilabel, seed=seed)

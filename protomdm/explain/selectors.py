@@ -139,3 +139,20 @@ class LogitSelector(Selector):
 
     def subset(self, ks: Sequence[int]) -> "LogitSelector":
         return LogitSelector(self.model, [self.indices[k] for k in ks], self.num_classes)
+
+
+def choose_prototype(model: nn.Module, x: torch.Tensor, prototype: int | None, class_name: str | None) -> int:
+    """The prototype to explain: ``prototype`` itself; else the most activated prototype of ``class_name``;
+    else the most activated prototype of the top-scoring class."""
+    if prototype is not None:
+        return model.check_prototype(prototype)
+    with torch.no_grad():
+        scores = model.prototype_scores(x)[0]
+        if class_name is None:
+            c = int(model(x)[0].argmax())
+        elif class_name in model.class_names:
+            c = model.class_names.index(class_name)
+        else:
+            raise UserError(f"class {class_name!r} is not one of this model's classes: {', '.join(model.class_names)}")
+    own = model.prototypes_of_class(c)
+    return own[int(scores[own].argmax())]

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import torch
 
 from ..config import ModelConfig, from_dict, to_dict
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, UserError
 from ..files import atomic_write
 from .base import PrototypeModel
 from .protopnet import ProtoPNet
@@ -145,7 +145,7 @@ def load_pickled_model(path: str | Path, code_dir: str | Path | None = None,
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
     if code_dir is not None and not Path(code_dir).is_dir():
-        raise CheckpointError(f"--code-dir {code_dir} is not a folder")
+        raise CheckpointError(f"`code_dir` {code_dir} is not a folder")
     try:
         with code_dir_on_path(code_dir):
             obj = torch.load(p, map_location=device, weights_only=False)
@@ -153,7 +153,7 @@ def load_pickled_model(path: str | Path, code_dir: str | Path | None = None,
         where = f"in --code-dir {code_dir}" if code_dir else "on the import path; pass --code-dir (their repository)"
         raise CheckpointError(f"{p}: the pickled model needs module {e.name!r}, not found {where}") from None
     except (AttributeError, ImportError) as e:
-        raise CheckpointError(f"{p}: the pickled model's code does not match --code-dir: {str(e)[:200]}") from None
+        raise CheckpointError(f"{p}: the pickled model's code does not match `code_dir`: {str(e)[:200]}") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f"{p}: not a readable pickled model: {str(e).splitlines()[0][:160]}") from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), torch.nn.Module):
@@ -190,3 +190,28 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", architectur
         raise CheckpointError(f"{path}: weights do not fit the {config.architecture}/{config.backbone} model: "
                               f"{str(e).splitlines()[0][:200]}") from None
     return model.to(device).eval()
+
+
+def init_model(out: str | Path, architecture: str, backbone: str, classes: list[str], prototypes_per_class: int = 10,
+               img_size: int = 224, prototype_dim: int | None = None, in_channels: int = 3, pretrained: bool = False,
+               overwrite: bool = False, seed: int = 0) -> Path:
+    """Write an untrained checkpoint (random weights, or a pretrained backbone if asked)."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists; pass `overwrite` to replace it")
+    if out.is_dir():
+        raise UserError(f"{out} is a folder; give the checkpoint file to write")
+    grey = in_channels == 1
+    cfg = ModelConfig(architecture=architecture, backbone=backbone, class_names=tuple(classes),
+                      prototypes_per_class=prototypes_per_class,
+                      prototype_dim=prototype_dim or 128,
+                      img_size=(img_size, img_size), in_channels=in_channels,
+                      mean=(0.5,) if grey else (0.485, 0.456, 0.406), std=(0.25,) if grey else (0.229, 0.224, 0.225),
+                      pretrained=pretrained)
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    model.config.pretrained = False  # the weights now live in the checkpoint
+    try:
+        return save_checkpoint(model, out)
+    except OSError as e:
+        raise UserError(f"cannot write {out}: {e.strerror or e}") from None

@@ -90,7 +90,7 @@ def write_dicom_outputs(source: str | Path, mask: np.ndarray, heatmap: np.ndarra
     import pydicom
     from pydicom.sr.codedict import codes
 
-    from .. import __version__
+    from ..version import __version__
 
     src = pydicom.dcmread(source)
     if not keep_phi:

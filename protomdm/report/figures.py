@@ -21,10 +21,10 @@ def check_writable(out_dir: str | Path, names: Iterable[str], overwrite: bool) -
     """Create ``out_dir`` if needed; refuse (UserError) if any of ``names`` exists there and not ``overwrite``."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
+        raise UserError(f"`out` {out} exists and is not a folder")
     clash = [n for n in names if (out / n).exists()]
     if clash and not overwrite:
-        raise UserError(f"{out} already holds {', '.join(clash)}; pass --overwrite to replace, or choose another --out")
+        raise UserError(f"{out} already holds {', '.join(clash)}; pass `overwrite` to replace, or choose another `out`")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -138,7 +138,7 @@ class Trainer:
         if not st:
             raise UserError(f"{path}: holds no training state to resume from (resume from a run's last.pt)")
         if st["config"] != to_dict(self.cfg):
-            raise UserError(f"{path}: was trained with another config; resume with the same --config")
+            raise UserError(f"{path}: was trained with another config; resume with the same `config`")
         self.model.load_state_dict(ckpt["state_dict"])
         self.warm_opt.load_state_dict(st["warm_opt"])
         self.joint_opt.load_state_dict(st["joint_opt"])
@@ -300,7 +300,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: str | Path | None = Non
     result as an uninterrupted run. ``stop_after`` ends after that many epochs (to split long runs). Under
     ``torchrun`` it trains with DistributedDataParallel, rank 0 writing the files; see :mod:`protomdm.distributed`.
     """
-    from ..pipeline import resolve_device
+    from ..device import resolve_device
 
     out = Path(out_dir)
     if stop_after is not None and stop_after < 1:
@@ -309,7 +309,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: str | Path | None = Non
         raise UserError(f"{out} exists and is not a folder; choose another output folder")
     dev = resolve_device(device or cfg.device)
     if resume is None and (out / "last.pt").exists():
-        raise UserError(f"{out} already holds a training run; pass --resume {out / 'last.pt'} or another --out")
+        raise UserError(f"{out} already holds a training run; pass `resume` {out / 'last.pt'} or another `out`")
     dist = init_distributed(dev)
     trainer = Trainer(cfg, out, dev, progress, dist)
     if dist.is_main:

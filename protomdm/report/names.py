@@ -1,0 +1,32 @@
+"""Output file names that carry no patient data."""
+
+from __future__ import annotations
+
+import hashlib
+
+from ..data.images import LoadedImage
+
+
+def safe_name(text: str) -> str:
+    """``text`` with every character but letters, digits and ``-_.`` replaced by ``_``: safe as a file name."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
+
+
+def output_stem(image: LoadedImage) -> str:
+    """A file-name stem for an image's outputs that carries no patient data (a hash for DICOM)."""
+    uid = image.metadata.get("sop_instance_uid")
+    if uid:
+        return "dcm-" + hashlib.sha256(str(uid).encode()).hexdigest()[:16]
+    return safe_name(image.source.stem) or "image"
+
+
+def output_names(stem: str, dicom: bool) -> dict[str, str]:
+    """The files written for one image: overlay, mask and JSON, plus a DICOM SEG and Parametric Map for DICOM."""
+    kinds = [("overlay", "png"), ("mask", "png"), ("localization", "json")]
+    if dicom:
+        kinds += [("seg", "dcm"), ("heatmap_pm", "dcm")]
+    return {k: f"{stem}_{k}.{ext}" for k, ext in kinds}
+
+
+def is_dicom(image: LoadedImage) -> bool:
+    return image.metadata.get("format") == "dicom"
