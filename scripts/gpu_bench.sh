@@ -12,7 +12,7 @@ run() {  # model backbone size precision [ckpt]
   local ckpt=()
   [ -n "${5:-}" ] && ckpt=(--ckpt "$5")
   echo "== $1 / $2 at $3 px, $4"
-  protomdm bench --model "$1" --backbone "$2" --img-size "$3" --precision "$4" --device cuda \
+  ${PROTOMDM:-protomdm} bench --model "$1" --backbone "$2" --img-size "$3" --precision "$4" --device cuda \
     --images "$IMAGES" --ref-steps "$REF_STEPS" --quiet "${ckpt[@]}"
 }
 for precision in fp32 bf16; do

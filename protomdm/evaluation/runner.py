@@ -4,9 +4,10 @@ Writes to the output folder:
 
 - ``results.csv``: one row per (image, finding, prototype, method, percentile, metric) with its value: Dice, IoU,
   PPV and sensitivity of the top-percentile mask per percentile, and, percentile-free, the pointing game (0/1), the
-  score on the image and on the image blended by the heatmap (Average Drop/Increase's ``Y`` and ``O``), and the
-  deletion and insertion AUC (curves normalised by the unmasked score). On CUB also the parts each prototype's
-  region covers, on the image and under noise (part consistency and stability).
+  score on the image and on the image blended by the heatmap (Average Drop/Increase's ``Y`` and ``O``), the
+  deletion and insertion AUC (curves normalised by the unmasked score), whether the heatmap was empty and the
+  localizer's seconds. On CUB also the parts each prototype's region covers, on the image and under noise (part
+  consistency and stability). :func:`~protomdm.evaluation.results.read_results` reads it as a typed DataFrame.
 - ``curves.csv``: the deletion/insertion curves.
 - ``summary.csv`` and ``summary.md``: means per method x percentile (per finding too on NIH), in the layout of
   the MDM paper's tables; ``metrics_vs_percentile.png`` (its Figure 5) and ``deletion_insertion.png``.
@@ -300,7 +301,7 @@ def evaluate(ckpt: str | Path, out_dir: str | Path, settings: EvalSettings | Non
                     loc = next(locs)
                     rows, curves = scorer.rows(xs[i:i + 1], loc.heatmap, float(loc.score or 0.0), finding, j,
                                                next(noisy).heatmap if noisy else None)
-                    per_proto[j] = (rows + [("", "empty", float(not loc.ok))], curves)
+                    per_proto[j] = (rows + [("", "empty", float(not loc.ok)), ("", "seconds", loc.seconds)], curves)
                 if policy == "best-dice":
                     best = max(per_proto, key=lambda j: np.mean([v for p, m, v in per_proto[j][0] if m == "dice"]))
                     per_proto = {best: per_proto[best]}

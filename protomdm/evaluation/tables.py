@@ -10,7 +10,7 @@ from . import metrics as M
 SUMMARY_COLUMNS = ("method", "finding", "percentile", "metric", "value", "n")
 PAIRED = ("score", "score_heatmap_masked")  # Average Drop / Increase's Y and O, per unit
 FREE = ("pointing_game", "average_drop", "average_increase", "deletion_auc", "insertion_auc", "part_consistency",
-        "part_stability")
+        "part_stability", "seconds")
 
 
 def summarise(results: pd.DataFrame, by_finding: bool = False) -> pd.DataFrame:

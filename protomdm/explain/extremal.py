@@ -114,39 +114,44 @@ class ExtremalLocalizer(Localizer):
         self.progress = progress
 
     def localize_many(self, images: torch.Tensor, selector: Selector) -> list[list[Localization]]:
-        """``result[b][k]`` for every image of ``images: (B, C, H, W)`` and target ``k`` of ``selector``: every
-        (image, target, area) mask is learned in one batch."""
+        """``result[b][k]`` for every image of ``images: (B, C, H, W)`` and target ``k`` of ``selector``."""
+        k = selector.num_targets
+        flat = self.localize_pairs(images, selector, [(b, j) for b in range(images.shape[0]) for j in range(k)])
+        return [flat[b * k:(b + 1) * k] for b in range(images.shape[0])]
+
+    def localize_pairs(self, images: torch.Tensor, selector: Selector, pairs: list[tuple[int, int]]
+                       ) -> list[Localization]:
+        """Target ``k`` of ``selector`` in image ``b`` for every ``(b, k)`` of ``pairs``: every (pair, area) mask is
+        learned in one batch."""
         cfg = self.config
         device = model_device(selector.model)
         x = images.to(device)
-        n_img, k, n_area = x.shape[0], selector.num_targets, len(cfg.areas)
-        h, w = x.shape[-2:]
+        n_area, h, w = len(cfg.areas), *x.shape[-2:]
         scale = min(h, w) / REFERENCE_SIZE
         pert = Perturbation(cfg.baseline, max(cfg.blur_sigma * scale, 0.5))
         smooth = SmoothMask((h, w), max(1, round(cfg.stride * scale)), max(cfg.sigma * scale, 0.5)).to(device)
         score = lambda t: t.reshape(*t.shape[:2], -1).mean(2)  # (B, K): a map's mean  # noqa: E731
+        pair_img, pair_tgt = torch.tensor(pairs, dtype=torch.long, device=device).view(-1, 2).unbind(1)
         t0 = time.perf_counter()
         with eval_mode(selector.model):
             base = pert.baseline(x)
             with torch.no_grad():
                 both = score(selector.targets(torch.cat([x, base])).float())
-                target, masked = both[:n_img], both[n_img:]
-                effect, independent = masking_effect(target.reshape(-1, 1), masked.reshape(-1, 1))
-            drop = (target - masked).reshape(-1)  # (B*K,)
+                target, masked = both[:len(x)][pair_img, pair_tgt], both[len(x):][pair_img, pair_tgt]  # (P,)
+                effect, independent = masking_effect(target[:, None], masked[:, None])
+            drop = target - masked
             drop = torch.where(drop.abs() > 0, drop, torch.ones_like(drop))
-            # tasks (b, k, area), image-major; the profile of each task's area
-            img = torch.arange(n_img, device=device).repeat_interleave(k * n_area)
-            tgt = torch.arange(k, device=device).repeat_interleave(n_area).repeat(n_img)
-            profile = torch.stack([area_profile(h * w, a, device) for a in cfg.areas]).repeat(n_img * k, 1)
-            p = torch.full((n_img * k * n_area, 1, *smooth.grid), 0.5, device=device, requires_grad=True)
+            task = torch.arange(len(pairs), device=device).repeat_interleave(n_area)  # (P * A,): pair-major
+            img, tgt = pair_img[task], pair_tgt[task]
+            profile = torch.stack([area_profile(h * w, a, device) for a in cfg.areas]).repeat(len(pairs), 1)
+            p = torch.full((len(task), 1, *smooth.grid), 0.5, device=device, requires_grad=True)
             opt = torch.optim.Adam([p], lr=cfg.lr)
             bar = tqdm(total=cfg.steps, disable=not self.progress, desc="extremal perturbation", unit="step",
                        leave=False)
             for _ in range(cfg.steps):
-                m = smooth(p)  # (T, H, W)
+                m = smooth(p)  # (P * A, H, W)
                 out = score(selector.targets(Perturbation.apply(x[img], m, base[img])).float())
-                kept = out[torch.arange(len(img), device=device), tgt]
-                reward = (kept - masked[img, tgt]) / drop[img * k + tgt]
+                reward = (out[torch.arange(len(task), device=device), tgt] - masked[task]) / drop[task]
                 area = ((m.flatten(1).sort(1).values - profile) ** 2).mean(1)
                 loss = (-reward + cfg.lambda_area * area).sum()
                 opt.zero_grad(set_to_none=True)
@@ -157,18 +162,14 @@ class ExtremalLocalizer(Localizer):
                 bar.update()
             bar.close()
             with torch.no_grad():
-                masks = smooth(p).view(n_img, k, n_area, h, w).mean(2).cpu().numpy()
-        seconds = (time.perf_counter() - t0) / (n_img * k)
+                heat = smooth(p).view(len(pairs), n_area, h, w).mean(1).cpu().numpy()
+        seconds = (time.perf_counter() - t0) / len(pairs)
         out = []
-        for b in range(n_img):
-            row = []
-            for j in range(k):
-                t = b * k + j
-                empty = bool(independent[t])
-                row.append(Localization(
-                    masks[b, j].astype(np.float32), "extremal", float(target[b, j]),
-                    {**dataclasses.asdict(cfg), "selector": selector.single(j).describe()}, seconds, str(device),
-                    steps=cfg.steps, status="empty" if empty else "ok",
-                    reason=independence_reason(float(effect[t]), target[b, j:j + 1]) if empty else ""))
-            out.append(row)
+        for i, (_, k) in enumerate(pairs):
+            empty = bool(independent[i])
+            out.append(Localization(
+                heat[i].astype(np.float32), "extremal", float(target[i]),
+                {**dataclasses.asdict(cfg), "selector": selector.single(k).describe()}, seconds, str(device),
+                steps=cfg.steps, status="empty" if empty else "ok",
+                reason=independence_reason(float(effect[i]), target[i:i + 1]) if empty else ""))
         return out
