@@ -10,3 +10,6 @@ OUT=${2:-runs/compare_methods}
 PROTOMDM=${PROTOMDM:-protomdm}
 $PROTOMDM evaluate --dataset synthetic --ckpt "$CKPT" --limit "${IMAGES:-24}" --percentiles 80,90,95 \
   --methods upsample,mdm,rise,extremal,gradcam,gradcampp --device "${DEVICE:-auto}" --out "$OUT" --overwrite --quiet
+cat "$OUT/summary.md"
+echo "seconds per localisation (timings.csv):"
+python3 -c "import sys, pandas as pd; print(pd.read_csv(sys.argv[1]).groupby('method').seconds.mean().round(3).to_string())" "$OUT/timings.csv"

@@ -58,3 +58,10 @@ def test_summary_by_hand():
     md = markdown_tables(s, "nih", 2, 1, ["mdm", "upsample"])
     assert "| mdm | 0.583 |" in md and "| upsample | 0.125 |" in md and "| Mass | mdm | 0.375 |" in md
     assert md.index("| mdm |") < md.index("| upsample |")
+
+
+def test_timings_give_mean_seconds_per_method():
+    timings = pd.DataFrame({"image": ["a", "b", "a"], "finding": ["Mass"] * 3, "prototype": ["0"] * 3,
+                            "method": ["mdm", "mdm", "rise"], "seconds": [2.0, 4.0, 0.5]})
+    s = summarise(results_frame(ROWS), timings=timings).query("metric == 'seconds'").set_index("method")
+    assert s.loc["mdm", "value"] == 3.0 and s.loc["mdm", "n"] == 2 and s.loc["rise", "value"] == 0.5

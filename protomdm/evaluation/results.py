@@ -3,7 +3,8 @@
 ``results.csv`` holds one row per (image, finding, prototype, method, percentile, metric); in the frame
 ``percentile`` is a float (NaN for percentile-free metrics), ``value`` a float (NaN for the CUB part rows), and the
 part rows' hit patterns are tuples of bools in ``parts`` (``"0101"`` on disk). ``curves.csv`` holds the
-deletion/insertion curves; in the frame ``values`` is a float array.
+deletion/insertion curves; in the frame ``values`` is a float array. ``timings.csv`` holds the seconds of each
+localisation.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pandas as pd
 
 COLUMNS = ("image", "finding", "prototype", "method", "percentile", "metric", "value")
 CURVE_COLUMNS = ("image", "finding", "prototype", "method", "curve", "values")
+TIMING_COLUMNS = ("image", "finding", "prototype", "method", "seconds")
 PART_METRICS = ("part_hits", "part_visible", "part_hits_noisy")  # one bit per part, in the CSV's value
 
 
@@ -47,6 +49,17 @@ def read_curves(path: str | Path) -> pd.DataFrame:
         return pd.DataFrame(columns=list(CURVE_COLUMNS))
     return frame.assign(prototype=frame["prototype"].astype("int64"),
                         values=[np.array(v.split(), float) for v in frame["values"]])
+
+
+def read_timings(path: str | Path) -> pd.DataFrame:
+    """The frame of a ``timings.csv`` (or of an evaluation folder holding one): the localizer's seconds per
+    localisation (its search's wall time shared among the localisations it made); empty if there is none."""
+    path = Path(path)
+    path = path / "timings.csv" if path.is_dir() else path
+    if not path.exists():
+        return pd.DataFrame({c: pd.Series(dtype=float if c == "seconds" else str) for c in TIMING_COLUMNS})
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return frame.assign(seconds=pd.to_numeric(frame["seconds"]).astype(float))
 
 
 def format_percentile(p: float) -> str:

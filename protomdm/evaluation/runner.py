@@ -5,10 +5,9 @@ Writes to the output folder:
 - ``results.csv``: one row per (image, finding, prototype, method, percentile, metric) with its value: Dice, IoU,
   PPV and sensitivity of the top-percentile mask per percentile, and, percentile-free, the pointing game (0/1), the
   score on the image and on the image blended by the heatmap (Average Drop/Increase's ``Y`` and ``O``), the
-  deletion and insertion AUC (curves normalised by the unmasked score), whether the heatmap was empty and the
-  localizer's seconds. On CUB also the parts each prototype's region covers, on the image and under noise (part
+  deletion and insertion AUC (curves normalised by the unmasked score) and whether the heatmap was empty. On CUB also the parts each prototype's region covers, on the image and under noise (part
   consistency and stability). :func:`~protomdm.evaluation.results.read_results` reads it as a typed DataFrame.
-- ``curves.csv``: the deletion/insertion curves.
+- ``curves.csv``: the deletion/insertion curves; ``timings.csv``: each localizer's seconds per localisation.
 - ``summary.csv`` and ``summary.md``: means per method x percentile (per finding too on NIH), in the layout of
   the MDM paper's tables; ``metrics_vs_percentile.png`` (its Figure 5) and ``deletion_insertion.png``.
 - ``skipped.txt``: images listed by the dataset but missing or unreadable.
@@ -44,7 +43,8 @@ from ..report.figures import append_csv, read_csv, write_csv
 from . import metrics as M
 from .faithfulness import deletion_insertion, heatmap_masked_scores
 from .plots import plot_curves, plot_metrics
-from .results import COLUMNS, CURVE_COLUMNS, format_percentile, read_curves, read_results
+from .results import (COLUMNS, CURVE_COLUMNS, TIMING_COLUMNS, format_percentile, read_curves, read_results,
+                      read_timings)
 from .samples import EvalSample, Skipped, cub_samples, nih_samples, synthetic_samples
 from .tables import SUMMARY_COLUMNS, markdown_tables, summarise
 
@@ -257,12 +257,13 @@ def evaluate(ckpt: str | Path, out_dir: str | Path, settings: EvalSettings | Non
             raise UserError(f"cannot create output folder {out}: {e.strerror}") from None
         check_run_settings(out, cfg.record(ckpt), resume)
         if not resume:
-            for p in [*rank_parts(merged), *rank_parts(out / "curves.csv"), out / "curves.csv", merged]:
+            extra = [out / "curves.csv", out / "timings.csv"]
+            for p in [*rank_parts(merged), *(q for e in extra for q in rank_parts(e)), *extra, merged]:
                 p.unlink(missing_ok=True)
     dist.barrier()
     done = {(r["image"], r["finding"], r["method"]) for p in [merged, *rank_parts(merged)] for r in read_csv(p)}
-    results, curves_csv = dist.part(merged), dist.part(out / "curves.csv")
-    for path, cols in ((results, COLUMNS), (curves_csv, CURVE_COLUMNS)):
+    results, curves_csv, timings = dist.part(merged), dist.part(out / "curves.csv"), dist.part(out / "timings.csv")
+    for path, cols in ((results, COLUMNS), (curves_csv, CURVE_COLUMNS), (timings, TIMING_COLUMNS)):
         if not path.exists():
             write_csv(path, cols, [])
     parts = dataset == "cub"
@@ -296,17 +297,20 @@ def evaluate(ckpt: str | Path, out_dir: str | Path, settings: EvalSettings | Non
             locs = iter(localizers[method].localize_pairs(xs, sel, pairs))
             noisy = iter(localizers[method].localize_pairs(noisy_xs, sel, pairs)) if parts else None
             for i, finding, protos in units:
-                per_proto = {}
+                per_proto, seconds = {}, {}
                 for j in protos:
                     loc = next(locs)
                     rows, curves = scorer.rows(xs[i:i + 1], loc.heatmap, float(loc.score or 0.0), finding, j,
                                                next(noisy).heatmap if noisy else None)
-                    per_proto[j] = (rows + [("", "empty", float(not loc.ok)), ("", "seconds", loc.seconds)], curves)
+                    per_proto[j] = (rows + [("", "empty", float(not loc.ok))], curves)
+                    seconds[j] = loc.seconds
                 if policy == "best-dice":
                     best = max(per_proto, key=lambda j: np.mean([v for p, m, v in per_proto[j][0] if m == "dice"]))
                     per_proto = {best: per_proto[best]}
                 unit = dict(image=real[i].id, finding=finding.name, method=method)
-                append_csv(results, COLUMNS, [
+                append_csv(timings, TIMING_COLUMNS, [{**unit, "prototype": j, "seconds": _fmt(seconds[j])}
+                                                     for j in per_proto])
+                append_csv(results, COLUMNS, [  # last: a unit with its results rows is done
                     {**unit, "prototype": j, "percentile": format_percentile(np.nan if p == "" else p), "metric": m,
                      "value": v if isinstance(v, str) else _fmt(v)}
                     for j, (rows, _) in per_proto.items() for p, m, v in rows])
@@ -327,8 +331,9 @@ def evaluate(ckpt: str | Path, out_dir: str | Path, settings: EvalSettings | Non
 
 
 def _merge_parts(out: Path) -> None:
-    """Fold the ranks' parts into results.csv and curves.csv (a row seen twice is kept once) and remove them."""
-    for kind, cols, key_len in (("results", COLUMNS, 6), ("curves", CURVE_COLUMNS, 5)):
+    """Fold the ranks' parts into results.csv, curves.csv and timings.csv (a row seen twice is kept once) and
+    remove them."""
+    for kind, cols, key_len in (("results", COLUMNS, 6), ("curves", CURVE_COLUMNS, 5), ("timings", TIMING_COLUMNS, 4)):
         parts = rank_parts(out / f"{kind}.csv")
         if not parts:
             continue
@@ -342,7 +347,7 @@ def _merge_parts(out: Path) -> None:
 def write_summary(out: Path, dataset: str, skipped: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """summary.csv, summary.md and the two plots, from results.csv and curves.csv: ``(results, summary)`` frames."""
     results = read_results(out / "results.csv")
-    summary = summarise(results, by_finding=dataset == "nih")
+    summary = summarise(results, by_finding=dataset == "nih", timings=read_timings(out / "timings.csv"))
     write_csv(out / "summary.csv", SUMMARY_COLUMNS, (
         {**r, "percentile": format_percentile(r["percentile"]), "value": _fmt(r["value"])}
         for r in summary.to_dict("records")))

@@ -10,13 +10,14 @@ from . import metrics as M
 SUMMARY_COLUMNS = ("method", "finding", "percentile", "metric", "value", "n")
 PAIRED = ("score", "score_heatmap_masked")  # Average Drop / Increase's Y and O, per unit
 FREE = ("pointing_game", "average_drop", "average_increase", "deletion_auc", "insertion_auc", "part_consistency",
-        "part_stability", "seconds")
+        "part_stability")  # (``seconds`` stays in summary.csv: it differs from run to run, the tables do not)
 
 
-def summarise(results: pd.DataFrame, by_finding: bool = False) -> pd.DataFrame:
+def summarise(results: pd.DataFrame, by_finding: bool = False, timings: pd.DataFrame | None = None) -> pd.DataFrame:
     """Means of a results frame (:func:`~protomdm.evaluation.results.read_results`) per (method, finding or
     ``"all"``, percentile, metric), with their counts, plus Average Drop and Increase and, from the CUB part rows,
-    part consistency and stability. Columns: :data:`SUMMARY_COLUMNS` (``percentile`` NaN where there is none)."""
+    part consistency and stability; with ``timings`` (:func:`~protomdm.evaluation.results.read_timings`) the mean
+    ``seconds`` per localisation. Columns: :data:`SUMMARY_COLUMNS` (``percentile`` NaN where there is none)."""
     frame = results.assign(unit_finding=results["finding"])
     scoped = pd.concat([frame.assign(finding="all")] + ([frame] if by_finding else []), ignore_index=True)
     keys = ["method", "finding", "percentile", "metric"]
@@ -31,6 +32,9 @@ def summarise(results: pd.DataFrame, by_finding: bool = False) -> pd.DataFrame:
             out.append(pd.DataFrame([(m, f, np.nan, "average_drop", M.average_drop(y, o), len(g)),
                                      (m, f, np.nan, "average_increase", M.average_increase(y, o), len(g))],
                                     columns=SUMMARY_COLUMNS))
+    if timings is not None and not timings.empty:
+        t = timings.groupby("method")["seconds"].agg(value="mean", n="count").reset_index()
+        out.append(t.assign(finding="all", percentile=np.nan, metric="seconds"))
     parts = frame[frame["parts"].notna()]
     for m, g in parts.groupby("method", sort=True):
         out.append(_part_summary(m, g))
