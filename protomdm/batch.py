@@ -54,7 +54,7 @@ def find_inputs(root: str | Path) -> list[Path]:
     return found
 
 
-def _path_hash(rel: str) -> str:
+def path_hash(rel: str) -> str:
     return hashlib.sha256(rel.encode()).hexdigest()[:8]
 
 
@@ -63,7 +63,7 @@ def folder_name(rel: str) -> str:
     and other unsafe characters ``_``; whenever that changed the name (or it is long), a short hash of ``rel`` is
     added, so that two inputs never share a folder (``x y.png`` and ``x_y.png``, ``sub/a.png`` and ``sub__a.png``)."""
     safe = safe_name(rel.replace("/", "__"))
-    return safe if safe == rel and len(safe) <= 100 else f"{safe[:100]}-{_path_hash(rel)}"
+    return safe if safe == rel and len(safe) <= 100 else f"{safe[:100]}-{path_hash(rel)}"
 
 
 def _printable(rel: str) -> str:
@@ -231,7 +231,7 @@ def localize_folder(job: LocalizeJob, input_dir: str | Path, out_dir: str | Path
                     raise result
                 stem = output_stem(image)
                 if is_dicom(image):  # named by its SOP Instance UID, never by the path (which may name the patient)
-                    name = f"{stem}-{_path_hash(rel)}"
+                    name = f"{stem}-{path_hash(rel)}"
                     tmp = out / f".tmp-{name}"
                 shutil.rmtree(tmp, ignore_errors=True)
                 tmp.mkdir()

@@ -79,9 +79,42 @@ def _mdm_config(args: argparse.Namespace):
     return dataclasses.replace(cfg, **overrides)
 
 
+def _cmd_prototypes(args: argparse.Namespace) -> int:
+    from .report.gallery import make_gallery
+
+    g = make_gallery(args.ckpt, args.out, method=args.method, mdm=_mdm_config(args), device=args.device,
+                     percentile=args.percentile, overwrite=args.overwrite, progress=not args.quiet)
+    for note in g.notes:
+        print(f"note: {note}")
+    shown = sum(e.pixels is not None for e in g.entries)
+    print(f"{len(g.entries)} prototypes, {shown} with their source image; open {g.files['html']}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .case_report import case_reports
+
+    if args.resume:
+        raise UserError("--resume does not apply to --report")
+    run = case_reports(args.ckpt, args.out, image=args.image, input_dir=args.input, top_k=args.top_k,
+                       method=args.method or "mdm", mdm=_mdm_config(args), class_name=args.class_name,
+                       device=args.device, overwrite=args.overwrite, progress=not args.quiet)
+    for r in run.reports:
+        for note in r["notes"]:
+            print(f"note: {note}")
+        print(f"{r['input']}: {r['top']} {r['probability']:.1%}; report {r['files']['html']}")
+    for rel, why in run.failures:
+        print(f"failed: {rel}: {why}")
+    if args.input is not None:
+        print(f"{len(run.reports)} report(s), {len(run.failures)} failed; index {run.out_dir / 'index.html'}")
+    return 1 if run.failures else 0
+
+
 def _cmd_localize(args: argparse.Namespace) -> int:
     from .localize import LocalizeJob, localize_file
 
+    if args.report:
+        return _cmd_report(args)
     given = dict(architecture=args.model, method=args.method, prototype=args.prototype, class_name=args.class_name,
                  percentile=args.percentile, mdm=_mdm_config(args), device=args.device, keep_phi=args.keep_phi,
                  trust_pickle=args.trust_pickle, code_dir=args.code_dir)
@@ -207,6 +240,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for m, v in res["means"].items():
         print(f"{m:<10} {v['dice']:>9.3f} {v['iou']:>9.3f} {v['seconds']:>8.2f}")
     print(f"\nreport: {res['figure']} and {res['table']} (model: {res['model']})")
+    print(f"prototype gallery: {res['gallery']}\ncase report: {res['case_report']}")
     return 0
 
 
@@ -268,9 +302,28 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 8 on a GPU, 4 on the CPU)")
     p.add_argument("--keep-phi", action="store_true", help="copy patient and study attributes (name, ID, dates, "
                    "accession number) into the DICOM outputs; by default they are left empty")
+    p.add_argument("--report", action="store_true", help="write a case report instead: the predicted classes and, "
+                   "for the --top-k prototypes that contribute most, each one's region in the scan beside the "
+                   "training image region it stands for (HTML, PNG, JSON; with --input one per image and an index)")
+    p.add_argument("--top-k", type=int, default=5, help="--report: prototypes shown (default 5)")
     _add_job_options(p, resume="--input runs: skip images already done in --out's results.csv, retry the failed "
                      "ones")
     p.set_defaults(func=_cmd_localize)
+
+    p = sub.add_parser("prototypes", help="the prototype gallery: each prototype's source image and region, with "
+                       "the network's own region and MDM's, in one HTML page",
+                       description="For every prototype of the checkpoint: the training image it was pushed to "
+                       "(recorded in the checkpoint at push), the network's own region (upsampled similarity or "
+                       "occurrence map) and the --method region on it, its class and last-layer weight. Writes a PNG "
+                       "per prototype, index.csv and gallery.html (self-contained: opens without a network).")
+    p.add_argument("--ckpt", required=True, help="protomdm checkpoint (trained with protomdm: the sources are "
+                   "recorded at push; without them the prototypes are listed with a note)")
+    p.add_argument("--method", default="mdm", metavar="METHOD", help="the localizer drawn beside the network's own "
+                   "region: " + ", ".join(methods) + " (default mdm)")
+    p.add_argument("--percentile", type=float, default=95.0, help="the box drawn: the top (100-p)%% (default 95, as "
+                   "ProtoPNet's prototype crops)")
+    _add_job_options(p)
+    p.set_defaults(func=_cmd_prototypes)
 
     p = sub.add_parser("demo", help="train a small synthetic ProtoPNet (once) and compare MDM with upsampling",
                        description="The built-in demo: no downloads, no data needed. Trains the synthetic ProtoPNet "

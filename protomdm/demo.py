@@ -1,4 +1,5 @@
-"""``protomdm demo``: train the small synthetic ProtoPNet (once), then compare MDM with the upsampling search."""
+"""``protomdm demo``: train the small synthetic ProtoPNet (once), compare MDM with the upsampling search, and show
+the model's reasoning: the prototype gallery and a case report of one test image."""
 
 from __future__ import annotations
 
@@ -22,6 +23,13 @@ from .errors import UserError
 from .report.figures import check_writable, save_panels, write_csv
 from .training import train
 from .data.images import model_input
+from .data.loaded import LoadedImage
+from .explain.case import explain_case
+from .models import read_checkpoint
+from .report.case import report_names, write_case_report
+from .report.gallery import make_gallery, push_records
+
+CASE_STEM = "synthetic-test-0"
 
 # The built-in demo model; configs/synthetic_protopnet.yaml holds the same settings (a test keeps them equal).
 DEMO_CONFIG = {
@@ -61,12 +69,15 @@ def estimate_training_seconds(cfg: TrainConfig) -> float:
 def run_demo(out_dir: str | Path = "protomdm-demo", n_images: int = 4, mdm: MDMConfig | None = None,
              percentile: float = 90.0, progress: bool = True, overwrite: bool = False) -> dict:
     """Train (or reuse) the demo model in ``out_dir/model``, localize ``n_images`` test images' prototypes with MDM
-    and upsampling, and write ``report.png`` and ``report.csv`` (an existing report only with ``overwrite``).
+    and upsampling, and write ``report.png`` and ``report.csv`` (an existing report only with ``overwrite``), the
+    prototype gallery (``gallery/``) and the case report of the first test image (``case/``).
     Returns the mean scores and the file paths."""
     out = Path(out_dir)
     if n_images < 1:
         raise UserError(f"`images` must be at least 1, got {n_images}")
     check_writable(out, ["report.png", "report.csv"], overwrite)
+    check_writable(out / "case", report_names(CASE_STEM).values(), overwrite)
+    check_writable(out / "gallery", ["gallery.html", "index.csv"], overwrite)
     cfg = demo_config()
     model_dir = out / "model"
     say = print if progress else (lambda *a, **k: None)
@@ -116,4 +127,12 @@ def run_demo(out_dir: str | Path = "protomdm-demo", n_images: int = 4, mdm: MDMC
     table = write_csv(out / "report.csv", list(rows[0]), rows)
     means = {m: {k: float(np.mean([r[k] for r in rows if r["method"] == m])) for k in ("dice", "iou", "seconds")}
              for m in ("upsample", "mdm")}
-    return {"means": means, "figure": figure, "table": table, "model": model_dir / "best.pt"}
+    say("the prototype gallery: each prototype's source image, with the network's region and MDM's")
+    gallery = make_gallery(model_dir / "best.pt", out / "gallery", mdm=mdm, overwrite=True, progress=progress)
+    say("a case report of test image 0: which prototypes drove its prediction, and where")
+    records = push_records(read_checkpoint(model_dir / "best.pt"))
+    case = explain_case(model, x[:1], top_k=3, provenance=records, config=mdm)
+    image = LoadedImage(samples[0].image.transpose(1, 2, 0), Path(f"{CASE_STEM}.png"))
+    case_files = write_case_report(case, image, out / "case", CASE_STEM, "Case report: synthetic test image 0")
+    return {"means": means, "figure": figure, "table": table, "model": model_dir / "best.pt",
+            "gallery": gallery.files["html"], "case_report": case_files["html"]}

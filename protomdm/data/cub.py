@@ -87,6 +87,10 @@ class CUBDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def source(self, k: int) -> str:
+        """Where item ``k`` comes from, for a prototype's provenance: its path under ``images/``."""
+        return str(self.items[k][1])
+
     def __getitem__(self, k: int):
         image_id, rel, label = self.items[k]
         px = read_image(self.root / "images" / rel).pixels

@@ -137,6 +137,10 @@ class NIHDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def source(self, k: int) -> str:
+        """Where item ``k`` comes from, for a prototype's provenance: its file name (the publisher's)."""
+        return self.items[k][0].name
+
     def __getitem__(self, k: int):
         path, findings = self.items[k]
         px = read_image(path).pixels

@@ -147,6 +147,10 @@ class SyntheticLesions(Dataset):
             masks[k] = self._place(img, occupied, self.classes[k], rng, tint)
         return SyntheticSample(np.clip(img, 0, 1).astype(np.float32), labels, masks)
 
+    def source(self, index: int) -> str:
+        """Where item ``index`` comes from, for a prototype's provenance."""
+        return f"synthetic seed {self.seed} #{index}"
+
     def __getitem__(self, index: int):
         s = self.sample(index)
         target = torch.from_numpy(s.labels) if self.multilabel else int(s.labels.argmax())

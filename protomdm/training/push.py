@@ -13,6 +13,31 @@ from ..models import ProtoPNet, PrototypeModel, XProtoNet
 
 # (model-ready images (B, C, H, W), targets, their dataset indices (B,)), in dataset order
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+THUMBNAIL_SIDE = 128  # longest side of the source image kept with each prototype (uint8: at most 48 KiB each)
+
+
+def thumbnail(pixels: torch.Tensor, side: int = THUMBNAIL_SIDE) -> torch.Tensor:
+    """``pixels (C, H, W)`` in [0, 1] as a uint8 ``(C, h, w)`` image whose longest side is at most ``side``."""
+    h, w = pixels.shape[-2:]
+    scale = min(1.0, side / max(h, w))
+    if scale < 1:
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        pixels = torch.nn.functional.interpolate(pixels[None].float(), size=size, mode="area")[0]
+    return (pixels.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+
+
+def add_provenance(records: list[dict[str, Any]], dataset: Any, dataset_name: str) -> list[dict[str, Any]]:
+    """Record where each pushed prototype came from: ``dataset`` (its name), ``source`` (``dataset.source(i)``: a
+    file name or path, never a DICOM's, which may name the patient) and a ``thumbnail`` of the source image."""
+    for rec in records:
+        i = rec.get("image")
+        if i is None:
+            continue
+        src = dataset.source(i) if hasattr(dataset, "source") else f"#{i}"
+        if str(src).lower().endswith((".dcm", ".dicom")):
+            src = f"#{i} (DICOM)"
+        rec.update(dataset=dataset_name, source=str(src), thumbnail=thumbnail(dataset[i][0]))
+    return records
 
 
 def receptive_field_box(model: ProtoPNet, x: torch.Tensor, cell: tuple[int, int]) -> list[int]:
@@ -44,9 +69,10 @@ def push_prototypes(model: PrototypeModel, batches: Batches, get_image: Callable
             the smallest dataset index, as one process scanning in order would pick).
 
     Returns:
-        One record per prototype: ``image`` (dataset index), ``patch`` (h, w) for ProtoPNet, ``distance`` or
-        ``similarity``, ``receptive_field_box`` (ProtoPNet) and ``activation_box`` (the top-``percentile`` box of
-        the upsampled activation / occurrence map on that image), in input pixels.
+        One record per prototype: ``image`` (dataset index), ``patch`` (h, w) for ProtoPNet, ``distance`` (of the
+        prototype before the push to the vector it moved onto), ``similarity`` (its score on that image after the
+        push), ``receptive_field_box`` (ProtoPNet) and ``activation_box`` (the top-``percentile`` box of the
+        upsampled activation / occurrence map on that image), in input pixels.
     """
     with eval_mode(model):
         return _push(model, batches, get_image, multilabel, percentile, dist)
@@ -103,11 +129,11 @@ def _push(model: PrototypeModel, batches: Batches, get_image: Callable[[int], to
             rec["image"] = idx
             box = upsample.localize(xi, PrototypeSelector(model, j)).box(percentile)
             rec["activation_box"] = list(box) if box else None
+            # the prototype now lies on its source: its score there, as the model computes it from now on
+            rec.update(distance=float(best[j]), similarity=float(model.prototype_scores(xi, [j])[0, 0]))
             if isinstance(model, ProtoPNet):
-                rec.update(patch=[hh, ww], distance=float(best[j]))
+                rec["patch"] = [hh, ww]
                 with torch.enable_grad():
                     rec["receptive_field_box"] = receptive_field_box(model, xi, (hh, ww))
-            else:
-                rec["similarity"] = float(model.distance_2_similarity(best[j]))
         records.append(rec)
     return records

@@ -23,7 +23,7 @@ from ..evaluation.metrics import auroc
 from ..models import ProtoPNet, PrototypeModel, build_model, read_checkpoint, save_checkpoint
 from ..report.figures import write_csv
 from .losses import protopnet_loss, random_affine, xprotonet_loss
-from .push import push_prototypes
+from .push import add_provenance, push_prototypes
 
 LOG_NAME = "log.csv"
 
@@ -184,6 +184,10 @@ class Trainer:
         _set_trainable(model, self.groups, trainable)
         step = self._step_module(trainable)
         model.train()
+        if trainable == {"last"}:  # after a push: the features keep their normalisation statistics too, so that
+            for m in model.modules():  # every prototype stays on the training patch it was pushed to
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         sums: dict[str, float] = {}
         n = 0
         plan = self._plan(len(self.train_set), gen, training=True)
@@ -235,7 +239,8 @@ class Trainer:
         batches = ((model_input(p.to(self.device), self.cfg.model), y, torch.tensor(idx))
                    for (_, idx), (p, y, _) in zip(plan, self._loader(self.train_set, plan)))
         get = lambda i: model_input(self.train_set[i][0][None].to(self.device), self.cfg.model)  # noqa: E731
-        self.push_records = push_prototypes(self.model, batches, get, multilabel=self.multilabel, dist=self.dist)
+        records = push_prototypes(self.model, batches, get, multilabel=self.multilabel, dist=self.dist)
+        self.push_records = add_provenance(records, self.train_set, self.cfg.data.dataset)
 
     def run(self, stop_after: int | None = None) -> TrainResult:
         cfg, o = self.cfg, self.cfg.optim
@@ -269,8 +274,10 @@ class Trainer:
             done_now += 1
             self.log.append({"epoch": self.epoch, "stage": stage, **{k: round(v, 5) for k, v in row.items()},
                              metric_name: round(value, 5), "seconds": round(time.perf_counter() - t0, 2)})
-            improved = value > self.best
-            self.best = max(self.best, value)
+            # best.pt is chosen among the pushed models only: between pushes the prototypes are latent vectors of
+            # no training image, so "this looks like that" (and the recorded sources) would not hold
+            improved = pushed and value > self.best
+            self.best = max(self.best, value) if pushed else self.best
             if self.dist.is_main:  # one writer; the others wait so that a resume sees complete files
                 extra = {"train_state": self.state(), "push": self.push_records, metric_name: value}
                 save_checkpoint(self.model, self.out / "last.pt", extra)

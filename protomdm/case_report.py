@@ -1,0 +1,101 @@
+"""``protomdm localize --report``: a case report per scan (one image, or every image under a folder with an index
+page), from the checkpoint's model and its recorded prototype sources."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from .batch import find_inputs, folder_name, path_hash
+from .config import MDMConfig
+from .data.images import read_image, to_model_input
+from .device import resolve_device
+from .errors import UserError
+from .explain.case import explain_case
+from .explain.localization import model_device
+from .explain.registry import localizer_entry
+from .files import atomic_write
+from .models import load_model, read_checkpoint
+from .report.case import report_names, write_case_report
+from .report.figures import check_writable
+from .report.gallery import push_records
+from .report.html import esc, page
+from .report.names import is_dicom, output_stem
+
+INDEX = "index.html"
+FAILURES = "failures.txt"
+
+
+@dataclass
+class CaseReportRun:
+    out_dir: Path
+    reports: list[dict[str, Any]] = field(default_factory=list)  # input, stem, explained class, probability, files
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+def case_reports(ckpt: str | Path, out_dir: str | Path, *, image: str | Path | None = None,
+                 input_dir: str | Path | None = None, top_k: int = 5, method: str = "mdm",
+                 mdm: MDMConfig | None = None, class_name: str | None = None, device: str = "auto",
+                 overwrite: bool = False, progress: bool = False) -> CaseReportRun:
+    """Write a case report (``{stem}_report.html/.png/.json``) for ``image``, or for every image under
+    ``input_dir`` (one subfolder each, and ``index.html``); a bad image in a folder fails alone and is listed."""
+    if (image is None) == (input_dir is None):
+        raise UserError("give one `image` or an `input` folder")
+    localizer_entry(method)
+    if top_k < 1:
+        raise UserError(f"`top_k` must be at least 1, got {top_k}")
+    model = load_model(ckpt, resolve_device(device)).eval()
+    records = push_records(read_checkpoint(ckpt))
+    run = CaseReportRun(Path(out_dir))
+
+    def one(path: Path, base: Path, rel: str | None) -> None:
+        img = read_image(path)
+        stem = output_stem(img)
+        folder = "" if rel is None else (f"{stem}-{path_hash(rel)}" if is_dicom(img) else folder_name(rel))
+        dest = check_writable(base / folder, report_names(stem).values(), overwrite)
+        x = to_model_input(img, model.config).to(model_device(model))
+        report = explain_case(model, x, top_k, method, class_name, records, progress=progress and rel is None,
+                              config=mdm)
+        shown = stem if is_dicom(img) else (rel or path.name)  # a DICOM's path may name the patient
+        files = write_case_report(report, img, dest, stem, f"Case report: {shown}")
+        best = report.classes[0]
+        run.reports.append({"input": shown, "folder": folder, "explained": report.explained_class,
+                            "top": best["name"], "probability": best["probability"], "files": files,
+                            "notes": report.notes})
+
+    if image is not None:
+        one(Path(image), Path(out_dir), None)
+        return run
+    root = Path(input_dir)
+    inputs = find_inputs(root)
+    if not inputs:
+        raise UserError(f"no images under `input` {root}")
+    base = check_writable(out_dir, [INDEX, FAILURES], overwrite)
+    for path in tqdm(inputs, desc="case reports", unit="image", disable=not progress):
+        rel = path.relative_to(root).as_posix()
+        try:
+            one(path, base, rel)
+        except UserError as e:
+            run.failures.append((rel, str(e)))
+    if run.failures:
+        atomic_write(base / FAILURES, lambda tmp: Path(tmp).write_text(
+            "".join(f"{rel}\t{why}\n" for rel, why in run.failures), encoding="utf-8"))
+    write_index(run, base / INDEX)
+    return run
+
+
+def write_index(run: CaseReportRun, path: Path) -> Path:
+    """The folder run's index page: one line per report (a link) and the number of images that failed (their paths,
+    which may name patients, stay in ``failures.txt``)."""
+    rows = "".join(
+        f'<tr><td><a href="{esc(r["folder"] + "/" + r["files"]["html"].name)}">{esc(r["input"])}</a></td>'
+        f'<td>{esc(r["top"])}</td><td class="num">{r["probability"]:.1%}</td></tr>' for r in run.reports)
+    body = (f"<h1>Case reports ({len(run.reports)})</h1><table><thead><tr><th>image</th><th>most probable</th>"
+            f"<th>probability</th></tr></thead><tbody>{rows}</tbody></table>"
+            + (f"<p class=\"note\">{len(run.failures)} image(s) could not be read; they are listed, with the reason, "
+               f"in {FAILURES} beside this page.</p>" if run.failures else ""))
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(page("Case reports", body), encoding="utf-8"))
+

@@ -1,0 +1,124 @@
+"""Self-contained HTML pages: images embedded as data URIs, the style inline, no script or font from anywhere else,
+so a page opens from a USB stick on a hospital workstation with no network."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Sequence
+
+import numpy as np
+
+STYLE = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 24px; color: #1b1f24;
+       max-width: 1200px; }
+h1 { font-size: 22px; margin-bottom: 4px; } h2 { font-size: 18px; margin-top: 28px; }
+p.lead { color: #444; margin-top: 0; } p.note { background: #fff4ce; padding: 8px 12px; border-radius: 4px; }
+table { border-collapse: collapse; margin: 8px 0 16px; }
+th, td { border-bottom: 1px solid #d0d7de; padding: 6px 10px; text-align: left; vertical-align: middle; }
+th { background: #f6f8fa; font-weight: 600; white-space: nowrap; }
+th.sortable { cursor: pointer; } th.sortable:after { content: " \\21C5"; color: #888; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.pos { color: #1a7f37; } td.neg { color: #cf222e; }
+img.panel { image-rendering: auto; border: 1px solid #d0d7de; }
+.caption { font-size: 12px; color: #555; }
+.prob { display: inline-block; height: 10px; background: #0969da; vertical-align: middle; margin-right: 6px; }
+"""
+
+# sorts a table by the clicked column (numbers as numbers); inline, nothing fetched
+SORT_SCRIPT = """
+document.querySelectorAll("th.sortable").forEach(function (th) {
+  th.addEventListener("click", function () {
+    var table = th.closest("table"), body = table.tBodies[0], i = Array.prototype.indexOf.call(th.parentNode.children, th);
+    var rows = Array.prototype.slice.call(body.rows), down = th.dataset.down !== "1";
+    rows.sort(function (a, b) {
+      var x = a.cells[i].dataset.value || a.cells[i].textContent, y = b.cells[i].dataset.value || b.cells[i].textContent;
+      var fx = parseFloat(x), fy = parseFloat(y);
+      var c = (isNaN(fx) || isNaN(fy)) ? x.localeCompare(y) : fx - fy;
+      return down ? -c : c;
+    });
+    th.dataset.down = down ? "1" : "0";
+    rows.forEach(function (r) { body.appendChild(r); });
+  });
+});
+"""
+
+
+def esc(text: object) -> str:
+    """``text`` escaped for HTML."""
+    return html.escape(str(text), quote=True)
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """An ``(H, W, 3)`` or ``(H, W)`` uint8 array as PNG bytes."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def data_uri(rgb: np.ndarray) -> str:
+    """An image as a ``data:image/png;base64,...`` URI."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes(rgb)).decode("ascii")
+
+
+def img_tag(rgb: np.ndarray, alt: str, width: int | None = None) -> str:
+    w = f' width="{width}"' if width else ""
+    return f'<img class="panel" src="{data_uri(rgb)}" alt="{esc(alt)}"{w}>'
+
+
+def overlay_rgb(pixels: np.ndarray, heatmap: np.ndarray | None = None, boxes: Sequence[Sequence[float]] = (),
+                side: int = 224, box_colour: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+    """An image (``(H, W)`` or ``(H, W, 3)`` in [0, 1]) with an optional heatmap (``(H, W)`` in [0, 1], jet, 45%
+    opacity) and boxes (``(x0, y0, x1, y1)`` exclusive ends, in the image's pixels), as uint8 RGB with its longest
+    side ``side``."""
+    from matplotlib import colormaps
+    from PIL import Image, ImageDraw
+
+    rgb = np.repeat(pixels[..., None], 3, -1) if pixels.ndim == 2 else pixels[..., :3]
+    rgb = np.clip(rgb.astype(np.float32), 0, 1)
+    if heatmap is not None:
+        heat = colormaps["jet"](np.clip(heatmap, 0, 1))[..., :3].astype(np.float32)
+        rgb = 0.55 * rgb + 0.45 * heat
+    h, w = rgb.shape[:2]
+    scale = side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    img = Image.fromarray((rgb * 255).round().astype(np.uint8)).resize(size, Image.BILINEAR)
+    draw = ImageDraw.Draw(img)
+    for x0, y0, x1, y1 in boxes:
+        draw.rectangle([x0 * scale, y0 * scale, x1 * scale - 1, y1 * scale - 1], outline=box_colour, width=2)
+    return np.asarray(img)
+
+
+def hstack(images: Sequence[np.ndarray], gap: int = 6) -> np.ndarray:
+    """uint8 RGB images side by side on white, top-aligned."""
+    h = max(im.shape[0] for im in images)
+    w = sum(im.shape[1] for im in images) + gap * (len(images) - 1)
+    out = np.full((h, w, 3), 255, np.uint8)
+    x = 0
+    for im in images:
+        out[:im.shape[0], x:x + im.shape[1]] = im
+        x += im.shape[1] + gap
+    return out
+
+
+def vstack(images: Sequence[np.ndarray], gap: int = 6) -> np.ndarray:
+    """uint8 RGB images one above the other on white, left-aligned."""
+    w = max(im.shape[1] for im in images)
+    h = sum(im.shape[0] for im in images) + gap * (len(images) - 1)
+    out = np.full((h, w, 3), 255, np.uint8)
+    y = 0
+    for im in images:
+        out[y:y + im.shape[0], :im.shape[1]] = im
+        y += im.shape[0] + gap
+    return out
+
+
+def page(title: str, body: str, sortable: bool = False) -> str:
+    """A whole HTML5 document."""
+    script = f"<script>{SORT_SCRIPT}</script>" if sortable else ""
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{esc(title)}</title>\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<style>{STYLE}</style>\n</head>\n'
+            f"<body>\n{body}\n{script}\n</body>\n</html>\n")
