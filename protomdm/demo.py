@@ -127,9 +127,11 @@ def run_demo(out_dir: str | Path = "protomdm-demo", n_images: int = 4, mdm: MDMC
     table = write_csv(out / "report.csv", list(rows[0]), rows)
     means = {m: {k: float(np.mean([r[k] for r in rows if r["method"] == m])) for k in ("dice", "iou", "seconds")}
              for m in ("upsample", "mdm")}
-    say("the prototype gallery: each prototype's source image, with the network's region and MDM's")
+    per_task = step / per_search * mdm.steps_taken * 0.85  # seconds per (image, prototype) task, as measured above
+    say(f"the prototype gallery: each prototype's source image, with the network's region and MDM's: about "
+        f"{per_task * model.num_prototypes:.0f} s")
     gallery = make_gallery(model_dir / "best.pt", out / "gallery", mdm=mdm, overwrite=True, progress=progress)
-    say("a case report of test image 0: which prototypes drove its prediction, and where")
+    say(f"a case report of test image 0: which prototypes drove its prediction, and where: about {per_task * 3:.0f} s")
     records = push_records(read_checkpoint(model_dir / "best.pt"))
     case = explain_case(model, x[:1], top_k=3, provenance=records, config=mdm)
     image = LoadedImage(samples[0].image.transpose(1, 2, 0), Path(f"{CASE_STEM}.png"))
