@@ -177,7 +177,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .device import resolve_device
 
     dist = init_distributed(resolve_device(args.device))
-    given = {"dataset": args.dataset, "root": args.root, "methods": args.methods, "percentiles": args.percentiles,
+    given = {"data": _data_config(args), "methods": args.methods, "percentiles": args.percentiles,
              "limit": args.limit, "prototype_policy": args.prototype_policy, "seed": args.seed, "truth": args.truth,
              "part_half_width": args.part_half_width, "deletion_steps": args.deletion_steps,
              "baseline": args.faithfulness_baseline, "batch_images": args.batch_images, "mdm": _mdm_config(args)}
@@ -196,14 +196,32 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_check_data(args: argparse.Namespace) -> int:
-    from .data.manifests import check_data
+def _data_config(args: argparse.Namespace):
+    """The data config of --config (its data: section), with --dataset and --root over it."""
+    from .config import DataConfig, from_dict, load_yaml
 
-    checks = check_data(args.dataset, args.root)
+    section = {}
+    if args.config:
+        raw = load_yaml(args.config)
+        section = raw["data"] if "data" in raw else raw
+        if not isinstance(section, dict):
+            raise UserError(f"{args.config}: its data: section is not a mapping")
+    section = {**section, "dataset": args.dataset}
+    if args.root:
+        section["root"] = args.root
+    if args.dataset != "synthetic" and not section.get("root"):
+        raise UserError(f"the {args.dataset} dataset needs `root` (the folder of your copy), or a `config` naming it")
+    return from_dict(DataConfig, section, where=f"{args.config}: data" if args.config else "data")
+
+
+def _cmd_check_data(args: argparse.Namespace) -> int:
+    from .data import dataset_source
+
+    checks = dataset_source(_data_config(args)).check()
     for c in checks:
         print(f"{c.status:>9}  {c.item}: {c.detail}")
     bad = [c for c in checks if c.status in ("missing", "malformed")]
-    print(f"{args.dataset} at {args.root}: " + ("complete" if all(c.status in ("ok", "optional") for c in checks)
+    print(f"{args.dataset} at {_data_config(args).root}: " + ("complete" if all(c.status in ("ok", "optional") for c in checks)
                                                  else f"{len(bad)} problem(s)" if bad else "usable, partial copy"))
     return 1 if bad else 0
 
@@ -262,7 +280,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .version import __version__
     from .config import BASELINES
-    from .evaluation.runner import DATASETS, POLICIES, EvalSettings
+    from .data import list_datasets
+    from .evaluation.runner import POLICIES, EvalSettings
     from .explain.registry import list_localizers
     from .localize import LocalizeJob
 
@@ -392,8 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="For each image and ground-truth finding, localize the prototypes of its class "
                        "with every method and write results.csv (long format), summary.csv/.md (the paper's "
                        "tables), metrics_vs_percentile.png and deletion_insertion.png.")
-    p.add_argument("--dataset", required=True, choices=DATASETS)
-    p.add_argument("--root", help="your copy of the dataset (nih, cub); check it with protomdm check-data")
+    p.add_argument("--dataset", required=True, choices=list_datasets())
+    p.add_argument("--root", help="your copy of the dataset (nih, cub, table); check it with protomdm check-data")
+    p.add_argument("--config", help="YAML with a data: section (a training config will do): a table's files, "
+                   "columns and split; --dataset and --root override it")
     p.add_argument("--ckpt", required=True, help="protomdm checkpoint trained on that dataset's classes")
     d = EvalSettings()
     p.add_argument("--methods", help="comma-separated, of " + ", ".join(methods) + f" (default {','.join(d.methods)})")
@@ -416,12 +437,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_options(p, resume="continue an interrupted run in --out")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("check-data", help="check a copy of NIH ChestX-ray14 or CUB-200-2011 against its manifest",
-                       description="Compares the files, columns and row counts of your copy with "
-                       "the manifest shipped inside protomdm (protomdm/data/manifests/DATASET.yaml) and says what is "
-                       "missing; exit 1 if something needed is.")
-    p.add_argument("--dataset", required=True, choices=("nih", "cub"))
-    p.add_argument("--root", required=True, help="the folder you unpacked the dataset into")
+    p = sub.add_parser("check-data", help="check a copy of NIH ChestX-ray14 or CUB-200-2011 against its manifest, "
+                       "or your own table",
+                       description="NIH and CUB: compares the files, columns and row counts of your copy with the "
+                       "manifest shipped inside protomdm (protomdm/data/manifests/DATASET.yaml). table: reads the "
+                       "table, boxes and masks as training would and says what they hold and what is wrong. Exit 1 "
+                       "if something needed is missing.")
+    p.add_argument("--dataset", required=True, choices=[d for d in list_datasets() if d != "synthetic"])
+    p.add_argument("--root", help="the folder you unpacked the dataset into (table: the folder the paths are "
+                   "relative to)")
+    p.add_argument("--config", help="table: YAML with a data: section (a training config will do)")
     p.set_defaults(func=_cmd_check_data)
 
     p = sub.add_parser("init-model", help="write an untrained checkpoint (smoke tests, your own training loop)",

@@ -185,6 +185,7 @@ class ModelConfig:
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     pretrained: bool = False
+    multilabel: bool = False  # several classes per image (sigmoid outputs); set by training, always true for XProtoNet
 
     def __post_init__(self) -> None:
         self.class_names = tuple(self.class_names)
@@ -284,24 +285,53 @@ def load_mdm_config(path: str | Path) -> MDMConfig:
 
 @dataclass
 class DataConfig:
-    """Where the training data comes from. ``synthetic`` needs no files; ``cub``/``nih`` read ``root``."""
+    """Where the training and evaluation data come from: a registered dataset (``synthetic`` needs no files;
+    ``nih``, ``cub`` and ``table`` read ``root``; see :mod:`protomdm.data.sources`).
+
+    ``table``: your own collection, one row per image (or per finding) in a CSV/TSV (``table``), with optional
+    ground-truth boxes (``boxes``, in ``box_format`` ``xyxy`` or ``xywh``, original pixels) and masks (``masks``);
+    without ``table``, ``root/<class>/*`` is read as an image folder. ``columns`` renames any of the default column
+    names (table: ``path``, ``labels``, ``split``, ``patient``; boxes: ``image``, ``label``, ``x0 y0 x1 y1`` or
+    ``x y w h``; masks: ``image``, ``label``, ``mask``; one 0/1 column per class is looked up by the class's name);
+    ``path_format`` turns a table's path value into a file path (``"{}.dcm"``). Without a split column, a seeded
+    ``test_fraction`` of the images (of the patients, with a patient column) is held out. ``other_labels``: what a
+    label outside the model's classes is, ``error`` (named with its line) or ``ignore``. ``cache_dir``: decoded
+    images at the model's input size are cached there (default ``~/.cache/protomdm``; ``none``: no cache).
+    """
 
     dataset: str = "synthetic"
     root: str | None = None
     num_train: int = 600  # synthetic only
     num_test: int = 300  # synthetic only
-    seed: int = 0  # synthetic: the train set uses seed, the test set seed + 1
-    multilabel: bool = False  # synthetic only
+    seed: int = 0  # synthetic: the train set uses seed, the test set seed + 1; table: the split's seed
+    multilabel: bool = False  # synthetic only (table and nih: multi-label; cub: single-label)
     distractors: int = 2  # synthetic only
     flip: bool = True  # random horizontal flips in training
     batch_size: int = 32
     num_workers: int = 0
+    table: str | None = None
+    boxes: str | None = None
+    masks: str | None = None
+    box_format: str = "xyxy"
+    columns: dict[str, str] = field(default_factory=dict)
+    path_format: str = "{}"
+    label_separator: str = "|"
+    test_fraction: float = 0.2
+    other_labels: str = "error"
+    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
-        require(self.dataset in ("synthetic", "cub", "nih"), f"data.dataset must be synthetic, cub or nih, got {self.dataset!r}")
+        check_finite(self)
+        require(bool(self.dataset), "data.dataset must name a dataset")
         require(self.dataset == "synthetic" or bool(self.root), f"data.root is required for dataset {self.dataset}")
         require(self.num_train >= 1 and self.num_test >= 1, "data.num_train and data.num_test must be >= 1")
         require(self.batch_size >= 1 and self.num_workers >= 0, "data.batch_size must be >= 1, num_workers >= 0")
+        require(self.box_format in ("xyxy", "xywh"), f"data.box_format must be xyxy or xywh, got {self.box_format!r}")
+        require(0 < self.test_fraction < 1, f"data.test_fraction must lie strictly between 0 and 1, got {self.test_fraction}")
+        require(self.other_labels in ("error", "ignore"), f"data.other_labels must be error or ignore, got {self.other_labels!r}")
+        require("{}" in self.path_format, f"data.path_format must contain {{}} (the path value), got {self.path_format!r}")
+        require(bool(self.label_separator), "data.label_separator must not be empty")
+        require(all(isinstance(v, str) and v for v in self.columns.values()), "data.columns: every value must be a column name")
 
 
 @dataclass

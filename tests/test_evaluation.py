@@ -18,7 +18,9 @@ from protomdm.data.cub import read_parts
 from protomdm.data.nih import read_boxes
 from protomdm.errors import UserError
 from protomdm.evaluation.metrics import iou, top_percentile_mask, box_mask
-from protomdm.evaluation.samples import Skipped, cub_samples, nih_samples
+from protomdm.data.cub import cub_samples
+from protomdm.data.groundtruth import Skipped
+from protomdm.data.nih import nih_samples
 
 NIH_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,\n"  # the publisher's header, trailing commas included
 

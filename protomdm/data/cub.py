@@ -6,13 +6,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..config import ModelConfig
 from ..errors import UserError
+from ..geometry import box_mask
+from .groundtruth import EvalSample, Finding, Shard, Skipped, resize_mask
 from .images import pixels_to_tensor, read_image
+from .manifests import Check, check_data
+from .sources import DatasetSource, EvalOptions, register_dataset
 
 
 def read_table(path: Path, columns: int) -> list[list[str]]:
@@ -135,3 +141,72 @@ def part_mask(parts: np.ndarray, size: tuple[int, int], half_width: int) -> np.n
             xi, yi = int(np.floor(x)), int(np.floor(y))
             m[max(0, yi - half_width):max(0, yi + half_width + 1), max(0, xi - half_width):max(0, xi + half_width + 1)] = True
     return m
+
+
+CUB_TRUTHS = ("segmentation", "parts", "bbox")
+
+
+def cub_samples(root: str | Path, config: ModelConfig, truth: str = "segmentation", part_half_width: int = 16,
+                limit: int | None = None, split: str = "test", shard: Shard = (0, 1)) -> Iterator[EvalSample | Skipped]:
+    """CUB images of the model's classes. Cropped to the bird's box, as ProtoPNet trains, for ``segmentation`` and
+    ``parts`` ground truth; whole images for ``bbox`` (in a crop the box would be the whole image).
+    ``part_half_width`` is in original-image pixels."""
+    if truth not in CUB_TRUTHS:
+        raise UserError(f"CUB ground truth must be one of {', '.join(CUB_TRUTHS)}, got {truth!r}")
+    root = Path(root)
+    index = CUBIndex.read(root)
+    _, parts = read_parts(root)
+    seg_dir = find_segmentations(root)
+    if truth == "segmentation" and seg_dir is None:
+        raise UserError(f"no segmentations/ folder at {root} or beside it (CUB ships them as a separate archive); "
+                        "use --truth parts or --truth bbox, or unpack segmentations.tgz")
+    ids = index.select(split, config.class_names)
+    for k, i in enumerate(ids[:limit] if limit is not None else ids):
+        if k % shard[1] != shard[0]:
+            continue
+        rel = index.paths[i]
+        try:
+            px = read_image(root / "images" / rel).pixels
+            h, w = px.shape[:2]
+            if truth == "segmentation":
+                seg = read_image(seg_dir / Path(rel).with_suffix(".png")).pixels
+                full = (seg if seg.ndim == 2 else seg.mean(-1)) >= 0.5
+            elif truth == "parts":
+                full = part_mask(parts.get(i, np.zeros((0, 3))), (h, w), part_half_width)
+            else:
+                if i not in index.boxes:
+                    raise KeyError("bounding_boxes.txt")
+                full = box_mask(index.bird_box(i, (h, w)), (h, w))
+        except (UserError, KeyError) as e:
+            yield Skipped(rel, str(e) if isinstance(e, UserError) else f"{rel}: no {e.args[0]} entry")
+            continue
+        x0, y0, x1, y1 = (0, 0, w, h) if truth == "bbox" else index.bird_box(i, (h, w))
+        p = parts.get(i)
+        if p is not None:  # part locations into the crop's, then the input's pixels
+            p = p.copy()
+            p[:, 0] = (p[:, 0] - x0) * config.img_size[1] / (x1 - x0)
+            p[:, 1] = (p[:, 1] - y0) * config.img_size[0] / (y1 - y0)
+        name = index.labels[i]
+        c = config.class_names.index(name)
+        crop = px[y0:y1, x0:x1]
+        if config.in_channels == 3 and crop.ndim == 2:
+            crop = np.repeat(crop[..., None], 3, -1)
+        yield EvalSample(rel, pixels_to_tensor(crop, config.img_size),
+                         [Finding(name, c, resize_mask(full[y0:y1, x0:x1], config.img_size), p)])
+
+
+@register_dataset("cub")
+class CUBSource(DatasetSource):
+    """CUB-200-2011 as published (single-label, bird crops; evaluation on segmentations, parts or boxes)."""
+
+    def training(self, model: ModelConfig) -> tuple[Dataset, Dataset, bool]:
+        root = self.root()
+        return (CUBDataset(root, "train", model.class_names, model.img_size),
+                CUBDataset(root, "test", model.class_names, model.img_size), False)
+
+    def evaluation(self, model: ModelConfig, options: EvalOptions, shard: Shard = (0, 1)
+                   ) -> Iterator[EvalSample | Skipped]:
+        return cub_samples(self.root(), model, options.truth, options.part_half_width, options.limit, shard=shard)
+
+    def check(self) -> list[Check]:
+        return check_data("cub", self.root())

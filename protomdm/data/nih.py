@@ -4,17 +4,24 @@
 from __future__ import annotations
 
 import csv
+from collections import OrderedDict
 import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..config import ModelConfig
 from ..errors import UserError
+from ..geometry import box_mask
+from .groundtruth import EvalSample, Finding, Shard, Skipped
 from .images import pixels_to_tensor, read_image
+from .manifests import Check, check_data
+from .sources import DatasetSource, EvalOptions, register_dataset
 
 FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
             "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia")
@@ -137,6 +144,10 @@ class NIHDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def targets(self) -> torch.Tensor:
+        """Every item's multi-hot target ``(N, F)``, without reading the images."""
+        return torch.tensor([[float(c in f) for c in self.class_names] for _, f in self.items])
+
     def source(self, k: int) -> str:
         """Where item ``k`` comes from, for a prototype's provenance: its file name (the publisher's)."""
         return self.items[k][0].name
@@ -147,3 +158,70 @@ class NIHDataset(Dataset):
         px = px.mean(-1) if px.ndim == 3 else px
         y = torch.tensor([float(c in findings) for c in self.class_names])
         return pixels_to_tensor(px, self.img_size), y, torch.zeros(len(self.class_names), *self.img_size, dtype=torch.uint8)
+
+
+def _finding_key(name: str) -> str:
+    """A finding's name as compared with a model's class names: case, spaces and underscores ignored, and the box
+    list's "Infiltrate" the same as the labels' "Infiltration"."""
+    name = BOX_NAME_TO_LABEL.get(name, name)
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def nih_samples(root: str | Path, config: ModelConfig, limit: int | None = None,
+                shard: Shard = (0, 1)) -> Iterator[EvalSample | Skipped]:
+    """Images of ``BBox_List_2017.csv`` (in its order) with a box of a finding the model knows."""
+    root = Path(root)
+    by_image: OrderedDict[str, list] = OrderedDict()
+    classes = {_finding_key(c): i for i, c in enumerate(config.class_names)}  # "Infiltrate", "pleural thickening"
+    unmatched: OrderedDict[str, int] = OrderedDict()
+    for b in read_boxes(root / "BBox_List_2017.csv"):
+        k = classes.get(_finding_key(b.finding))
+        if k is None:
+            unmatched[b.finding] = unmatched.get(b.finding, 0) + 1
+        else:
+            by_image.setdefault(b.image, []).append((b, k))
+    if not by_image:
+        raise UserError(f"none of the box list's findings is a class of this model ({', '.join(config.class_names)})")
+    if shard[0] == 0:  # ground truth no class of the model can explain: counted and named, once
+        for finding, n in unmatched.items():
+            yield Skipped(f"{finding} boxes", f"{n} box(es) of {finding}, which is not a class of this model "
+                          f"({', '.join(config.class_names)})")
+    images = find_images(root)
+    for k, (name, boxes) in enumerate(by_image.items()):
+        if limit is not None and k >= limit:
+            return
+        if k % shard[1] != shard[0]:
+            continue
+        if name not in images:
+            yield Skipped(name, f"{name} is in BBox_List_2017.csv but not under {root}/images*")
+            continue
+        try:
+            px = read_image(images[name]).pixels
+        except UserError as e:
+            yield Skipped(name, str(e))
+            continue
+        findings: dict[str, Finding] = {}
+        for b, c in boxes:  # several boxes of one finding: their union, and each box for the region-level scores
+            box = b.scaled(config.img_size, IMAGE_SIZE)
+            truth = box_mask(box, config.img_size)
+            f = findings.setdefault(b.finding, Finding(config.class_names[c], c, truth))
+            f.truth = f.truth | truth
+            f.boxes.append(box)
+        yield EvalSample(name, pixels_to_tensor(px, config.img_size), list(findings.values()))
+
+
+@register_dataset("nih")
+class NIHSource(DatasetSource):
+    """NIH ChestX-ray14 as published (multi-label; evaluation on ``BBox_List_2017.csv``)."""
+
+    def training(self, model: ModelConfig) -> tuple[Dataset, Dataset, bool]:
+        root = self.root()
+        return (NIHDataset(root, "train", model.class_names, model.img_size),
+                NIHDataset(root, "test", model.class_names, model.img_size), True)
+
+    def evaluation(self, model: ModelConfig, options: EvalOptions, shard: Shard = (0, 1)
+                   ) -> Iterator[EvalSample | Skipped]:
+        return nih_samples(self.root(), model, options.limit, shard=shard)
+
+    def check(self) -> list[Check]:
+        return check_data("nih", self.root())

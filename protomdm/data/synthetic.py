@@ -9,13 +9,18 @@ at the right object, not at "any object". Every sample comes with the pixel mask
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import ConfigError
+from ..config import ModelConfig
+from ..errors import ConfigError, UserError
 from ..geometry import Box, mask_box
+from .groundtruth import EvalSample, Finding, Shard, resize_mask
+from .images import pixels_to_tensor
+from .sources import DatasetSource, EvalOptions, register_dataset
 
 SHAPES = ("disk", "square", "cross", "stripes", "triangle", "blob")
 DISTRACTORS = ("ring", "dark_blob")
@@ -155,3 +160,33 @@ class SyntheticLesions(Dataset):
         s = self.sample(index)
         target = torch.from_numpy(s.labels) if self.multilabel else int(s.labels.argmax())
         return torch.from_numpy(s.image), target, torch.from_numpy(s.masks.astype(np.uint8))
+
+
+def synthetic_samples(config: ModelConfig, n: int, seed: int, multilabel: bool,
+                      shard: Shard = (0, 1)) -> Iterator[EvalSample]:
+    """Planted-lesion images of the model's classes (its class names must be synthetic shapes)."""
+    if not set(config.class_names) <= set(SHAPES):
+        raise UserError(f"the synthetic dataset needs a model trained on synthetic shapes ({', '.join(SHAPES)}); "
+                        f"this one's classes are {', '.join(config.class_names)}")
+    data = SyntheticLesions(config.class_names, n=n, size=config.img_size[0], channels=config.in_channels,
+                            multilabel=multilabel, seed=seed)
+    for i in range(shard[0], n, shard[1]):
+        s = data.sample(i)
+        yield EvalSample(f"synthetic-{seed}-{i:05d}", pixels_to_tensor(s.image.transpose(1, 2, 0), config.img_size),
+                         [Finding(config.class_names[k], k, m, boxes=[mask_box(m)] if m.any() else [])
+                          for k in np.flatnonzero(s.labels) for m in [resize_mask(s.masks[k], config.img_size)]])
+
+
+@register_dataset("synthetic")
+class SyntheticSource(DatasetSource):
+    """Planted-lesion images generated from ``data.seed`` (the test set from ``seed + 1``); no files."""
+
+    def training(self, model: ModelConfig) -> tuple[Dataset, Dataset, bool]:
+        d = self.data
+        common = dict(classes=model.class_names, size=model.img_size[0], channels=model.in_channels,
+                      multilabel=d.multilabel, distractors=d.distractors)
+        return (SyntheticLesions(n=d.num_train, seed=d.seed, **common),
+                SyntheticLesions(n=d.num_test, seed=d.seed + 1, **common), d.multilabel)
+
+    def evaluation(self, model: ModelConfig, options: EvalOptions, shard: Shard = (0, 1)) -> Iterator[EvalSample]:
+        return synthetic_samples(model, options.limit or 50, options.seed, options.multilabel, shard)

@@ -26,8 +26,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import MDMConfig
+from ..config import DataConfig, MDMConfig, to_dict
+from ..data.groundtruth import Skipped
 from ..data.images import model_input
+from ..data.sources import EvalOptions, dataset_source, list_datasets
 from ..device import resolve_device
 from ..distributed import DistEnv, rank_parts
 from ..errors import UserError
@@ -45,10 +47,8 @@ from .faithfulness import deletion_insertion, heatmap_masked_scores
 from .plots import plot_curves, plot_metrics
 from .results import (COLUMNS, CURVE_COLUMNS, TIMING_COLUMNS, format_percentile, read_curves, read_results,
                       read_timings)
-from .samples import EvalSample, Skipped, cub_samples, nih_samples, synthetic_samples
 from .tables import SUMMARY_COLUMNS, markdown_tables, summarise
 
-DATASETS = ("synthetic", "nih", "cub")
 POLICIES = ("first", "best-dice", "all-of-class")
 MASK_METRICS = tuple(M.MASK_METRICS)
 REGION_IOUS = (0.1, 0.3)
@@ -91,7 +91,8 @@ class EvalSettings:
     """What an evaluation measures; every field is recorded in ``run.json`` and ``--resume`` keeps them.
 
     Attributes:
-        dataset: ``synthetic``, ``nih`` or ``cub``; ``root`` the copy of it (not for synthetic).
+        dataset: a registered dataset (``synthetic``, ``nih``, ``cub``, ``table``); ``root`` the copy of it (not
+            for synthetic); ``data`` the whole data config (a ``table``'s files and columns), which names both.
         methods: registered localizers (see :func:`protomdm.explain.list_localizers`).
         percentiles: the top-(100-p)% masks scored.
         limit: at most this many images (synthetic: default 50); ``seed`` picks the synthetic ones.
@@ -120,10 +121,18 @@ class EvalSettings:
     baseline: str = "zero"
     stability_noise: float = 0.2
     batch_images: int | None = None
+    data: DataConfig | None = None
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise UserError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        if self.data is None:
+            if self.dataset != "synthetic" and not self.root:
+                raise UserError(f"the {self.dataset} dataset needs `root` (the folder of your copy)")
+            self.data = DataConfig(dataset=self.dataset, root=str(self.root) if self.root else None)
+        elif self.root:  # a root given beside a data config wins
+            self.data = dataclasses.replace(self.data, root=str(self.root))
+        self.dataset = self.data.dataset
+        if self.dataset not in list_datasets():
+            raise UserError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(list_datasets())}")
         self.methods = parse_methods(self.methods)
         self.percentiles = parse_percentiles(self.percentiles)
         if self.deletion_steps < 1:
@@ -136,28 +145,12 @@ class EvalSettings:
 
     def record(self, ckpt: str | Path) -> dict[str, Any]:
         """The settings that decide the results, as ``run.json`` keeps them."""
-        return {"checkpoint": str(ckpt), "dataset": self.dataset, "root": str(self.root) if self.root else None,
+        return {"checkpoint": str(ckpt), "dataset": self.dataset, "data": to_dict(self.data),
                 "methods": self.methods, "percentiles": self.percentiles, "limit": self.limit,
                 "policy": self.prototype_policy, "seed": self.seed, "truth": self.truth,
                 "part_half_width": self.part_half_width, "faithfulness": self.faithfulness,
                 "deletion_steps": self.deletion_steps, "baseline": self.baseline,
                 "mdm": dataclasses.asdict(self.mdm or MDMConfig()) if "mdm" in self.methods else None}
-
-
-def _samples(dataset: str, root: str | Path | None, model: PrototypeModel, limit: int | None, seed: int,
-             truth: str, part_half_width: int, shard: tuple[int, int]) -> Iterable[EvalSample | Skipped]:
-    cfg = model.config
-    if dataset == "synthetic":
-        return synthetic_samples(cfg, limit or 50, seed, multilabel=cfg.architecture == "xprotonet", shard=shard)
-    if root is None:
-        raise UserError(f"the {dataset} dataset needs `root` (the folder of your copy)")
-    if not Path(root).is_dir():
-        raise UserError(f"`root` {root} is not a folder")
-    if dataset == "nih":
-        return nih_samples(root, cfg, limit, shard=shard)
-    if dataset == "cub":
-        return cub_samples(root, cfg, truth, part_half_width, limit, shard=shard)
-    raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
 
 
 def _fmt(v: float) -> str:
@@ -242,8 +235,9 @@ def evaluate(ckpt: str | Path, out_dir: str | Path, settings: EvalSettings | Non
     cfg = dataclasses.replace(settings, **fields) if settings else EvalSettings(**fields)
     dataset, methods, percentiles, policy = cfg.dataset, cfg.methods, cfg.percentiles, cfg.prototype_policy
     model = load_model(ckpt, dist.device(resolve_device(device))).eval()
-    samples = _samples(dataset, cfg.root, model, cfg.limit, cfg.seed, cfg.truth, cfg.part_half_width,
-                       (dist.rank, dist.world_size))
+    options = EvalOptions(cfg.limit, cfg.seed, cfg.truth, cfg.part_half_width,
+                          multilabel=model.config.architecture == "xprotonet" or model.config.multilabel)
+    samples = dataset_source(cfg.data).evaluation(model.config, options, (dist.rank, dist.world_size))
     out = Path(out_dir)
     merged = out / "results.csv"
     if (merged.exists() or rank_parts(merged)) and not (resume or overwrite):

@@ -116,7 +116,7 @@ def explain_case(model: torch.nn.Module, x: torch.Tensor, top_k: int = 5, method
         raise UserError(f"top_k must be at least 1, got {top_k}")
     weight, sims, bias, logits = prototype_contributions(model, x)
     contrib = weight * sims[None]
-    multilabel = model.config.architecture == "xprotonet" or getattr(model.config, "multilabel", False)
+    multilabel = model.config.architecture == "xprotonet" or model.config.multilabel
     probs = torch.sigmoid(logits) if multilabel else torch.softmax(logits, 0)
     names = list(model.class_names)
     if class_name is None:

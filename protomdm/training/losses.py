@@ -9,22 +9,32 @@ from ..config import LossConfig
 from ..models import ProtoPNet, XProtoNet
 
 
-def protopnet_loss(model: ProtoPNet, x: torch.Tensor, y: torch.Tensor, coefs: LossConfig,
-                   use_l1: bool = True) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
-    """Cross-entropy + cluster + separation + L1 on wrong-class last-layer weights.
+def protopnet_loss(model: ProtoPNet, x: torch.Tensor, y: torch.Tensor, coefs: LossConfig, use_l1: bool = True,
+                   pos_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    """Cross-entropy (or, for multi-label targets, weighted BCE) + cluster + separation + L1 on wrong-class
+    last-layer weights.
 
-    Cluster: each image's smallest distance to a prototype of its own class. Separation: its smallest distance to
-    a prototype of another class (a negative coefficient pushes it up). Returns ``(loss, parts, logits)``.
+    ``y``: class indices ``(B,)``, or multi-hot ``(B, C)`` floats (multi-label, as XProtoNet's paper trains its
+    ProtoPNet baseline on NIH). Cluster: for each class present in an image, its smallest distance to a prototype of
+    that class, averaged over the (image, present class) pairs. Separation: each image's smallest distance to a
+    prototype of a class it does not have (a negative coefficient pushes it up). With one class per image both are
+    ProtoPNet's. Returns ``(loss, parts, logits)``.
     """
     logits, min_d = model.outputs(x)
-    own = model.prototype_class_identity[:, y].t()  # (B, P): 1 for prototypes of the image's class
+    multilabel = y.dim() == 2
+    present = y.float() if multilabel else F.one_hot(y, model.num_classes).float()  # (B, C)
+    own = present @ model.prototype_class_identity.t()  # (B, P): 1 for prototypes of a class the image has
     big = min_d.detach().max() + 1
-    cluster = (min_d + big * (1 - own)).min(1).values.mean()
+    per_class = (min_d[:, None, :] + big * (1 - model.prototype_class_identity.t()[None])).min(2).values  # (B, C)
+    cluster = (per_class * present).sum() / present.sum().clamp_min(1)
     separation = (min_d + big * own).min(1).values.mean()
-    ce = F.cross_entropy(logits, y)
+    if multilabel:
+        ce = F.binary_cross_entropy_with_logits(logits, present, pos_weight=pos_weight)
+    else:
+        ce = F.cross_entropy(logits, y)
     l1 = (model.last_layer.weight * (1 - model.prototype_class_identity.t())).abs().sum()
     loss = coefs.crs_ent * ce + coefs.clst * cluster + coefs.sep * separation + (coefs.l1 * l1 if use_l1 else 0)
-    parts = {"ce": ce, "cluster": cluster, "separation": separation, "l1": l1}
+    parts = {"bce" if multilabel else "ce": ce, "cluster": cluster, "separation": separation, "l1": l1}
     return loss, {k: float(v.detach()) for k, v in parts.items()}, logits
 
 

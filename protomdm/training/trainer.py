@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..config import TrainConfig, to_dict
 from ..data.images import model_input
-from ..data.synthetic import SyntheticLesions
+from ..data.sources import dataset_source
 from ..distributed import DistEnv, init_distributed
 from ..errors import UserError
 from ..evaluation.metrics import auroc
@@ -29,24 +30,9 @@ LOG_NAME = "log.csv"
 
 
 def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, bool]:
-    """``(train, test, multilabel)`` datasets yielding ``(image (C, H, W) in [0, 1], target, mask)``."""
-    d, m = cfg.data, cfg.model
-    if d.dataset == "synthetic":
-        common = dict(classes=m.class_names, size=m.img_size[0], channels=m.in_channels, multilabel=d.multilabel,
-                      distractors=d.distractors)
-        return (SyntheticLesions(n=d.num_train, seed=d.seed, **common),
-                SyntheticLesions(n=d.num_test, seed=d.seed + 1, **common), d.multilabel)
-    root = Path(d.root or "")
-    if not root.is_dir():
-        raise UserError(f"dataset folder not found: {root}")
-    if d.dataset == "cub":
-        from ..data.cub import CUBDataset
-
-        return (CUBDataset(root, "train", m.class_names, m.img_size),
-                CUBDataset(root, "test", m.class_names, m.img_size), False)
-    from ..data.nih import NIHDataset
-
-    return NIHDataset(root, "train", m.class_names, m.img_size), NIHDataset(root, "test", m.class_names, m.img_size), True
+    """``(train, test, multilabel)`` datasets yielding ``(image (C, H, W) in [0, 1], target, mask)``, from the
+    dataset source ``cfg.data`` names (see :mod:`protomdm.data.sources`)."""
+    return dataset_source(cfg.data).training(cfg.model)
 
 
 def _groups(model: PrototypeModel) -> dict[str, list[torch.nn.Parameter]]:
@@ -96,9 +82,10 @@ class Trainer:
         self.cfg, self.out, self.dist = cfg, Path(out_dir), dist
         self.device, self.progress = dist.device(device), progress and dist.is_main
         self.train_set, self.test_set, self.multilabel = build_datasets(cfg)
-        if self.multilabel != (cfg.model.architecture == "xprotonet"):
-            raise UserError("ProtoPNet trains on single-label data and XProtoNet on multi-label data; "
-                            "check data.multilabel and model.architecture")
+        if cfg.model.architecture == "xprotonet" and not self.multilabel:
+            raise UserError("XProtoNet trains on multi-label data (a 0/1 target per finding); this data is "
+                            "single-label: set data.multilabel, or train a ProtoPNet")
+        cfg.model = dataclasses.replace(cfg.model, multilabel=self.multilabel)  # recorded in every checkpoint
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model)
         has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
@@ -147,7 +134,10 @@ class Trainer:
         self.epoch, self.best, self.log, self.push_records = st["epoch"], st["best"], st["log"], st["push"]
 
     def _pos_weight(self) -> torch.Tensor:
-        labels = torch.stack([self.train_set[i][1] for i in range(len(self.train_set))])
+        """Each finding's negatives / positives in the training set (read from the labels, without the images
+        when the dataset offers ``targets()``)."""
+        targets = getattr(self.train_set, "targets", None)
+        labels = targets() if targets else torch.stack([self.train_set[i][1] for i in range(len(self.train_set))])
         pos = labels.sum(0)
         return ((len(labels) - pos) / pos.clamp_min(1)).to(self.device)
 
@@ -200,7 +190,9 @@ class Trainer:
                 flip = (torch.rand(global_n, generator=gen) < 0.5)[mine]
                 pixels = torch.where(flip.to(self.device)[:, None, None, None], pixels.flip(-1), pixels)
             x = model_input(pixels, cfg.model)
-            if isinstance(model, ProtoPNet):
+            if isinstance(model, ProtoPNet) and self.multilabel:
+                loss, parts, logits = step(x, y.float(), cfg.loss, use_l1, self.pos_weight)
+            elif isinstance(model, ProtoPNet):
                 loss, parts, logits = step(x, y, cfg.loss, use_l1)
                 parts["acc"] = float((logits.argmax(1) == y).float().mean())
             else:

@@ -1,0 +1,448 @@
+"""Your own collection: images listed in a table (CSV/TSV, read with pandas), with labels, an optional split and
+optional ground-truth boxes and masks; or an image folder ``root/<class>/*``. See :class:`~protomdm.config.DataConfig`
+for the keys, and the README for the RSNA Pneumonia and VinDr-CXR recipes.
+
+Every problem with the files is said in one line with the file and line it is on: a label outside the model's
+classes, a box of negative size, a table with none of the declared columns, an empty split. Rows of one image are
+merged (the union of their labels); exact duplicate rows are dropped and counted. A row whose image is missing or
+unreadable is skipped, counted and listed, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from ..config import DataConfig, ModelConfig
+from ..errors import UserError
+from ..geometry import Box, box_mask
+from .cache import ImageCache, default_cache_dir, load_pixels, to_channels
+from .groundtruth import EvalSample, Finding, Shard, Skipped, resize_mask
+from .images import IMAGE_SUFFIXES, pixels_to_tensor, read_image
+from .manifests import Check
+from .sources import DatasetSource, EvalOptions, register_dataset
+
+TABLE_COLUMNS = ("path", "labels", "split", "patient")
+BOX_COLUMNS = ("image", "label", "x0", "y0", "x1", "y1", "x", "y", "w", "h")
+MASK_COLUMNS = ("image", "label", "mask")
+SPLITS = ("train", "test")
+NO_FINDING = {"no finding", "nofinding", "normal", "none"}  # labels that mean "none of the classes"
+
+
+@dataclass
+class Row:
+    """One image of the collection. ``key``: the table's path value (boxes and masks name the image by it)."""
+
+    key: str
+    path: Path
+    labels: set[int]
+    line: int
+    split: str | None = None
+    patient: str | None = None
+
+
+@dataclass
+class Table:
+    """A parsed collection: images, their boxes ``(class, box, line)`` and masks ``(class, path, line)`` by key."""
+
+    rows: list[Row]
+    class_names: tuple[str, ...]
+    boxes: dict[str, list[tuple[int, Box, int]]] = field(default_factory=dict)
+    masks: dict[str, list[tuple[int, Path, int]]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    box_file: str = "boxes"
+
+    @property
+    def multilabel(self) -> bool:
+        return any(len(r.labels) != 1 for r in self.rows)
+
+    def split(self, which: str) -> list[Row]:
+        """The rows of split ``which`` (``train`` or ``test``); an empty split is a UserError."""
+        rows = [r for r in self.rows if r.split == which]
+        if not rows:
+            raise UserError(f"the {which} split is empty ({len(self.rows)} images in all); check the split column "
+                            "or test_fraction")
+        return rows
+
+
+def _column(data: DataConfig, name: str) -> str:
+    return data.columns.get(name, name)
+
+
+def _read_csv(path: Path, what: str) -> pd.DataFrame:
+    if not path.is_file():
+        raise UserError(f"{what} {path} not found")
+    sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+    try:
+        frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"{path}: not a readable {'TSV' if sep == chr(9) else 'CSV'} table "
+                        f"({' '.join(str(e).split())[:160]})") from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame
+
+
+def _class_of(label: str, classes: dict[str, int], data: DataConfig, where: str) -> int | None:
+    """The class index of a label (case and spacing ignored); None for "No Finding" or an ignored other label."""
+    key = " ".join(label.split()).lower()
+    if key in classes:
+        return classes[key]
+    if key in NO_FINDING or not key:
+        return None
+    if data.other_labels == "ignore":
+        return None
+    raise UserError(f"{where}: label {label!r} is not one of the model's classes ({', '.join(classes)}); set "
+                    "data.other_labels: ignore to skip such labels")
+
+
+def _labels_of(frame: pd.DataFrame, data: DataConfig, class_names: tuple[str, ...], name: str) -> list[set[int]]:
+    classes = {" ".join(c.split()).lower(): i for i, c in enumerate(class_names)}
+    col = _column(data, "labels")
+    if col in frame.columns:
+        sep = data.label_separator
+        out = []
+        for i, text in enumerate(frame[col]):
+            found = {_class_of(t, classes, data, f"{name} line {i + 2}") for t in str(text).split(sep)}
+            out.append({c for c in found if c is not None})
+        return out
+    per_class = [_column(data, c) for c in class_names]
+    if all(c in frame.columns for c in per_class):
+        values = frame[per_class].apply(lambda s: s.str.strip().str.lower())
+        bad = ~values.isin(["0", "1", "0.0", "1.0", "true", "false", ""]).to_numpy()
+        if bad.any():
+            r, c = np.argwhere(bad)[0]
+            raise UserError(f"{name} line {r + 2}: column {per_class[c]!r} holds {frame[per_class[c]].iloc[r]!r}, "
+                            "not 0 or 1")
+        hot = values.isin(["1", "1.0", "true"]).to_numpy()
+        return [set(np.flatnonzero(row).tolist()) for row in hot]
+    raise UserError(f"{name} has no label column: neither {col!r} (names separated by {data.label_separator!r}) nor "
+                    f"one 0/1 column per class ({', '.join(per_class)}); its columns are: {', '.join(frame.columns)}")
+
+
+def read_table(data: DataConfig, class_names: tuple[str, ...]) -> Table:
+    """Parse the collection ``data`` describes (a table under ``data.root``, or an image folder)."""
+    root = Path(data.root or "")
+    if not data.root or not root.is_dir():
+        raise UserError(f"dataset folder not found: {data.root or '(none given)'} (the root of the table's paths)")
+    table = _read_folder(root, data, class_names) if not data.table else _read_rows(root, data, class_names)
+    _assign_splits(table, data)
+    if data.boxes:
+        _read_boxes(table, root, data)
+    if data.masks:
+        _read_masks(table, root, data)
+    return table
+
+
+def _resolve(root: Path, value: str) -> Path:
+    p = Path(value)
+    return p if p.is_absolute() else root / p
+
+
+def _read_rows(root: Path, data: DataConfig, class_names: tuple[str, ...]) -> Table:
+    path = _resolve(root, data.table)
+    frame = _read_csv(path, "data.table")
+    name = path.name
+    pcol = _column(data, "path")
+    if pcol not in frame.columns:
+        raise UserError(f"{name} has no {pcol!r} column (the image paths; rename it with data.columns.path); its "
+                        f"columns are: {', '.join(frame.columns)}")
+    labels = _labels_of(frame, data, class_names, name)
+    scol, gcol = _column(data, "split"), _column(data, "patient")
+    dup = frame.duplicated(keep="first").to_numpy()
+    notes = []
+    if dup.any():
+        lines = [str(i + 2) for i in np.flatnonzero(dup)]
+        notes.append(f"{name}: {len(lines)} duplicate row(s) dropped (line {', '.join(lines[:10])}"
+                     f"{' ...' if len(lines) > 10 else ''})")
+    rows: dict[str, Row] = {}
+    for i, rec in enumerate(frame.to_dict("records")):
+        if dup[i]:
+            continue
+        key = str(rec[pcol]).strip()
+        if not key:
+            raise UserError(f"{name} line {i + 2}: empty {pcol!r}")
+        split = str(rec[scol]).strip().lower() or None if scol in frame.columns else None
+        if split is not None and split not in SPLITS:
+            raise UserError(f"{name} line {i + 2}: split {rec[scol]!r} is neither train nor test")
+        patient = str(rec[gcol]).strip() or None if gcol in frame.columns else None
+        if key in rows:  # another row of the same image: its labels join; the split and patient must agree
+            first = rows[key]
+            if (split, patient) != (first.split, first.patient):
+                raise UserError(f"{name} lines {first.line} and {i + 2}: image {key!r} is given two splits or "
+                                "patients")
+            first.labels |= labels[i]
+            continue
+        rows[key] = Row(key, _resolve(root, data.path_format.format(key)), set(labels[i]), i + 2, split, patient)
+    if not rows:
+        raise UserError(f"{name} lists no images")
+    return Table(list(rows.values()), tuple(class_names), notes=notes)
+
+
+def _read_folder(root: Path, data: DataConfig, class_names: tuple[str, ...]) -> Table:
+    """``root/<class>/*`` (or ``root/train/<class>/*`` and ``root/test/<class>/*``): single-label."""
+    split_dirs = [s for s in SPLITS if (root / s).is_dir()]
+    bases = [(root / s, s) for s in split_dirs] if split_dirs else [(root, None)]
+    classes = {" ".join(c.split()).lower(): i for i, c in enumerate(class_names)}
+    rows = []
+    for base, split in bases:
+        for d in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            c = _class_of(d.name, classes, data, f"folder {d}")
+            if c is None:
+                continue
+            for f in sorted(d.rglob("*")):
+                if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES | {".dcm"}:
+                    rel = f.relative_to(root).as_posix()
+                    rows.append(Row(rel, f, {c}, 0, split))
+    if not rows:
+        raise UserError(f"no data.table given and no class folders ({', '.join(class_names)}) with images under "
+                        f"{root}")
+    return Table(rows, tuple(class_names))
+
+
+def _assign_splits(table: Table, data: DataConfig) -> None:
+    """Rows without a split: a seeded ``test_fraction`` of the patients (each image its own patient without a
+    patient column) goes to test, so that no patient is on both sides."""
+    todo = [r for r in table.rows if r.split is None]
+    if not todo:
+        return
+    groups: dict[str, list[Row]] = defaultdict(list)
+    for r in todo:
+        groups[r.patient or f"image:{r.key}"].append(r)
+    names = sorted(groups)
+    random.Random(data.seed).shuffle(names)
+    n_test = max(1, round(data.test_fraction * len(names))) if len(names) > 1 else 0
+    for k, g in enumerate(names):
+        for r in groups[g]:
+            r.split = "test" if k < n_test else "train"
+
+
+def _read_boxes(table: Table, root: Path, data: DataConfig) -> None:
+    path = _resolve(root, data.boxes)
+    frame = _read_csv(path, "data.boxes")
+    name = path.name
+    table.box_file = name
+    coords = ("x0", "y0", "x1", "y1") if data.box_format == "xyxy" else ("x", "y", "w", "h")
+    need = [_column(data, "image"), *(_column(data, c) for c in coords)]
+    missing = [c for c in need if c not in frame.columns]
+    if missing:
+        raise UserError(f"{name} lacks the column(s) {', '.join(missing)} (box_format {data.box_format}; rename with "
+                        f"data.columns); its columns are: {', '.join(frame.columns)}")
+    lcol = _column(data, "label")
+    if lcol not in frame.columns and len(table.class_names) > 1:
+        raise UserError(f"{name} has no {lcol!r} column, and the model has several classes; its columns are: "
+                        f"{', '.join(frame.columns)}")
+    classes = {" ".join(c.split()).lower(): i for i, c in enumerate(table.class_names)}
+    keys = {r.key for r in table.rows}
+    for i, rec in enumerate(frame.to_dict("records")):
+        where = f"{name} line {i + 2}"
+        key = str(rec[need[0]]).strip()
+        values = [str(rec[c]).strip() for c in need[1:]]
+        if not any(values):
+            continue  # a row without a box (RSNA's negatives)
+        try:
+            a, b, c, d = (float(v) for v in values)
+        except ValueError:
+            raise UserError(f"{where}: box {values} is not four numbers") from None
+        x0, y0, x1, y1 = (a, b, c, d) if data.box_format == "xyxy" else (a, b, a + c, b + d)
+        if not (x1 > x0 and y1 > y0) or min(a, b) < 0:
+            raise UserError(f"{where}: box {values} ({data.box_format}) has a negative or zero size or lies left of "
+                            "or above the image")
+        if key not in keys:
+            raise UserError(f"{where}: image {key!r} is not in the table")
+        label = str(rec[lcol]) if lcol in frame.columns else table.class_names[0]
+        cls = _class_of(label, classes, data, where)
+        if cls is not None:
+            table.boxes.setdefault(key, []).append((cls, (x0, y0, x1, y1), i + 2))
+
+
+def _read_masks(table: Table, root: Path, data: DataConfig) -> None:
+    path = _resolve(root, data.masks)
+    frame = _read_csv(path, "data.masks")
+    name = path.name
+    need = [_column(data, c) for c in MASK_COLUMNS]
+    missing = [c for c in need if c not in frame.columns]
+    if missing:
+        raise UserError(f"{name} lacks the column(s) {', '.join(missing)}; its columns are: {', '.join(frame.columns)}")
+    classes = {" ".join(c.split()).lower(): i for i, c in enumerate(table.class_names)}
+    keys = {r.key for r in table.rows}
+    for i, rec in enumerate(frame.to_dict("records")):
+        key = str(rec[need[0]]).strip()
+        if key not in keys:
+            raise UserError(f"{name} line {i + 2}: image {key!r} is not in the table")
+        cls = _class_of(str(rec[need[1]]), classes, data, f"{name} line {i + 2}")
+        if cls is not None:
+            table.masks.setdefault(key, []).append((cls, _resolve(root, str(rec[need[2]]).strip()), i + 2))
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A ground-truth mask file (PNG or another image, or NPY): non-zero = inside."""
+    if path.suffix.lower() == ".npy":
+        try:
+            return np.load(path, allow_pickle=False) != 0
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: not a readable mask ({e})") from None
+    px = read_image(path).pixels
+    return (px if px.ndim == 2 else px.max(-1)) > 0
+
+
+class TableDataset(Dataset):
+    """Training items ``(image (C, H, W) in [0, 1], target, empty mask (F, H, W))`` of table rows, read through the
+    image cache (or directly without one). Rows whose image cannot be read are left out (``skipped``)."""
+
+    def __init__(self, rows: list[Row], model: ModelConfig, multilabel: bool, cache_dir: Path | None,
+                 progress: bool = False) -> None:
+        self.size, self.channels = tuple(model.img_size), model.in_channels
+        self.num_classes, self.multilabel = len(model.class_names), multilabel
+        self.skipped: list[tuple[str, str]] = []
+        if cache_dir is not None:
+            cache = ImageCache(cache_dir, [r.path for r in rows], self.size, self.channels)
+            bad = cache.prepare(progress)
+            self.skipped = [(rows[i].key, why) for i, why in sorted(bad.items())]
+            self.index = [i for i in range(len(rows)) if i not in bad]
+            self.cache: ImageCache | None = cache
+        else:
+            missing = {i for i, r in enumerate(rows) if not r.path.is_file()}
+            self.skipped = [(rows[i].key, f"{rows[i].path}: no such file") for i in sorted(missing)]
+            self.index = [i for i in range(len(rows)) if i not in missing]
+            self.cache = None
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def targets(self) -> torch.Tensor:
+        """Every item's multi-hot target ``(N, F)``, without reading the images."""
+        hot = torch.zeros(len(self.index), self.num_classes)
+        for k, i in enumerate(self.index):
+            hot[k, list(self.rows[i].labels)] = 1
+        return hot
+
+    def source(self, k: int) -> str:
+        """The table's path value of item ``k``, for a prototype's provenance."""
+        return self.rows[self.index[k]].key
+
+    def __getitem__(self, k: int):
+        i = self.index[k]
+        row = self.rows[i]
+        pixels = self.cache[i] if self.cache is not None else load_pixels(row.path, self.size, self.channels)
+        if self.multilabel:
+            target = torch.zeros(self.num_classes)
+            target[list(row.labels)] = 1
+        else:
+            target = next(iter(row.labels))
+        return pixels, target, torch.zeros(self.num_classes, *self.size, dtype=torch.uint8)
+
+
+@register_dataset("table")
+class TableSource(DatasetSource):
+    """A user's collection: a table of images and labels (with boxes and masks), or an image folder."""
+
+    def __init__(self, data: DataConfig) -> None:
+        super().__init__(data)
+        self._table: Table | None = None
+
+    def table(self, class_names: tuple[str, ...]) -> Table:
+        if self._table is None or self._table.class_names != tuple(class_names):
+            self._table = read_table(self.data, tuple(class_names))
+        return self._table
+
+    def cache_dir(self) -> Path | None:
+        d = self.data.cache_dir
+        return None if d is not None and d.lower() == "none" else Path(d) if d else default_cache_dir()
+
+    def training(self, model: ModelConfig) -> tuple[Dataset, Dataset, bool]:
+        table = self.table(model.class_names)
+        single = not table.multilabel and model.architecture != "xprotonet" and not model.multilabel
+        sets = [TableDataset(table.split(s), model, not single, self.cache_dir()) for s in SPLITS]
+        for ds, s in zip(sets, SPLITS):
+            if ds.skipped:
+                shown = "; ".join(f"{k}: {why}" for k, why in ds.skipped[:5])
+                print(f"{s}: skipped {len(ds.skipped)} unreadable or missing image(s): {shown}"
+                      + (" ..." if len(ds.skipped) > 5 else ""))
+            if len(ds) == 0:
+                raise UserError(f"the {s} split has no readable image")
+        for note in table.notes:
+            print(f"note: {note}")
+        return sets[0], sets[1], not single
+
+    def evaluation(self, model: ModelConfig, options: EvalOptions, shard: Shard = (0, 1)
+                   ) -> Iterator[EvalSample | Skipped]:
+        table = self.table(model.class_names)
+        if not table.boxes and not table.masks:
+            raise UserError("evaluation needs ground truth: give data.boxes or data.masks")
+        rows = [r for r in table.split("test") if r.key in table.boxes or r.key in table.masks]
+        if not rows:
+            raise UserError("no image of the test split has a ground-truth box or mask")
+        for k, row in enumerate(rows[:options.limit] if options.limit is not None else rows):
+            if k % shard[1] != shard[0]:
+                continue
+            try:
+                yield self._sample(row, table, model)
+            except UserError as e:
+                yield Skipped(row.key, str(e))
+
+    def _sample(self, row: Row, table: Table, model: ModelConfig) -> EvalSample:
+        px = read_image(row.path).pixels
+        h, w = px.shape[:2]
+        size = tuple(model.img_size)
+        sy, sx = size[0] / h, size[1] / w
+        findings: dict[int, Finding] = {}
+        for c, (x0, y0, x1, y1), line in table.boxes.get(row.key, []):
+            if x1 > w + 0.5 or y1 > h + 0.5:
+                raise UserError(f"{table.box_file} line {line}: box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) lies outside the "
+                                f"{w}x{h} image {row.key}")
+            box = (int(x0 * sx), int(y0 * sy), max(int(x0 * sx) + 1, round(x1 * sx)),
+                   max(int(y0 * sy) + 1, round(y1 * sy)))
+            truth = box_mask(box, size)
+            f = findings.setdefault(c, Finding(model.class_names[c], c, np.zeros(size, bool)))
+            f.truth = f.truth | truth
+            f.boxes.append(box)
+        for c, mpath, line in table.masks.get(row.key, []):
+            mask = read_mask(mpath)
+            if mask.shape[:2] != (h, w):
+                raise UserError(f"masks line {line}: mask {mpath.name} is {mask.shape[1]}x{mask.shape[0]}, the image "
+                                f"{w}x{h}")
+            f = findings.setdefault(c, Finding(model.class_names[c], c, np.zeros(size, bool)))
+            f.truth = f.truth | resize_mask(mask, size)
+        pixels = to_channels(pixels_to_tensor(px, size), model.in_channels)
+        return EvalSample(row.key, pixels, list(findings.values()))
+
+    def check(self) -> list[Check]:
+        d = self.data
+        table = read_table(d, self._class_names())
+        out = [Check(d.table or "image folder", "ok", f"{len(table.rows)} images, "
+                     f"{sum(r.split == 'train' for r in table.rows)} train / {sum(r.split == 'test' for r in table.rows)} "
+                     "test")]
+        missing = [r for r in table.rows if not r.path.is_file()]
+        out.append(Check("image files", "partial" if missing else "ok",
+                         f"{len(table.rows) - len(missing)} of {len(table.rows)} found"
+                         + (f"; missing e.g. {missing[0].path}" if missing else "")))
+        if d.boxes:
+            out.append(Check(d.boxes, "ok", f"{sum(map(len, table.boxes.values()))} boxes on {len(table.boxes)} images"))
+        if d.masks:
+            out.append(Check(d.masks, "ok", f"{sum(map(len, table.masks.values()))} masks on {len(table.masks)} images"))
+        out += [Check("note", "ok", n) for n in table.notes]
+        return out
+
+    def _class_names(self) -> tuple[str, ...]:
+        """check-data has no model: every label the table holds is a class."""
+        d = self.data
+        if not d.table:
+            root = Path(d.root or "")
+            base = next((root / s for s in SPLITS if (root / s).is_dir()), root)
+            return tuple(sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")))
+        frame = _read_csv(_resolve(Path(d.root or ""), d.table), "data.table")
+        col = _column(d, "labels")
+        if col not in frame.columns:
+            reserved = {_column(d, c) for c in TABLE_COLUMNS}
+            return tuple(c for c in frame.columns if c not in reserved)
+        names = {" ".join(t.split()) for v in frame[col] for t in str(v).split(d.label_separator) if t.strip()}
+        return tuple(sorted(n for n in names if n.lower() not in NO_FINDING))
