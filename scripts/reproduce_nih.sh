@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Reproduce the MDM paper's NIH ChestX-ray14 comparison, for users with the data and a GPU: XProtoNet with the
-# published settings (configs/nih_xprotonet.yaml), every method evaluated against the 984 boxes of
-# BBox_List_2017.csv with the best of each finding's prototypes by Dice (as the paper), the tables (per finding too)
-# beside the paper's numbers in OUT/tables.md. The paper's NIH headline (Dice 0.256 -> 0.283) is for ProtoPNet:
-# point CONFIG at a ProtoPNet NIH config to compare like with like.
+# Reproduce the MDM paper's NIH ChestX-ray14 tables, for users with the data and a GPU: ProtoPNet (its Table 5,
+# configs/nih_protopnet.yaml: multi-label, as XProtoNet's paper trains its ProtoPNet baseline) and XProtoNet (its
+# Table 6, configs/nih_xprotonet.yaml), trained with the published settings, every method evaluated against the 984
+# boxes of BBox_List_2017.csv with the best of each finding's prototypes by Dice (as the paper); the two models'
+# tables side by side, beside the paper's headline numbers, in OUT/tables.md.
 #
-#   [DEVICE=cuda] [CONFIG=configs/nih_xprotonet.yaml] scripts/reproduce_nih.sh /data/NIH [runs/reproduce_nih]
+#   [DEVICE=cuda] [CONFIGS="configs/nih_protopnet.yaml configs/nih_xprotonet.yaml"] \
+#     scripts/reproduce_nih.sh /data/NIH [runs/reproduce_nih]
 exec "$(dirname "$0")/reproduce.sh" nih "$@"

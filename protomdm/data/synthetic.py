@@ -9,6 +9,7 @@ at the right object, not at "any object". Every sample comes with the pixel mask
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -190,3 +191,34 @@ class SyntheticSource(DatasetSource):
 
     def evaluation(self, model: ModelConfig, options: EvalOptions, shard: Shard = (0, 1)) -> Iterator[EvalSample]:
         return synthetic_samples(model, options.limit or 50, options.seed, options.multilabel, shard)
+
+
+def write_table(folder: str | Path, n: int, classes: tuple[str, ...] = ("disk", "square", "cross"), size: int = 64,
+                channels: int = 3, multilabel: bool = True, seed: int = 0, scale: int = 1,
+                test_fraction: float = 0.25) -> Path:
+    """Write a synthetic collection the way a user's own data comes: ``images/*.png`` (``scale`` times larger
+    than ``size``), ``labels.csv`` (path, ``|``-separated labels, split, patient) and ``boxes.csv`` (image, label,
+    x0, y0, x1, y1 in the PNGs' pixels). Returns the folder."""
+    from PIL import Image
+
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    data = SyntheticLesions(classes, n=n, size=size, channels=channels, multilabel=multilabel, seed=seed)
+    rows, boxes = [], []
+    for i in range(n):
+        s = data.sample(i)
+        px = (s.image.transpose(1, 2, 0) * 255).round().astype(np.uint8)
+        img = Image.fromarray(px[..., 0] if channels == 1 else px)
+        if scale != 1:
+            img = img.resize((size * scale, size * scale), Image.BILINEAR)
+        name = f"images/img{i:05d}.png"
+        img.save(folder / name)
+        present = [classes[k] for k in np.flatnonzero(s.labels)]
+        split = "test" if i // 2 >= round(n / 2 * (1 - test_fraction)) else "train"  # two images per patient
+        rows.append(f"{name},{'|'.join(present)},{split},p{i // 2:05d}")
+        for k, box in enumerate(s.boxes()):
+            if box is not None:
+                boxes.append(f"{name},{classes[k]}," + ",".join(str(v * scale) for v in box))
+    (folder / "labels.csv").write_text("path,labels,split,patient\n" + "\n".join(rows) + "\n")
+    (folder / "boxes.csv").write_text("image,label,x0,y0,x1,y1\n" + "\n".join(boxes) + "\n")
+    return folder

@@ -8,7 +8,7 @@ Writes to the output folder:
   deletion and insertion AUC (curves normalised by the unmasked score) and whether the heatmap was empty. On CUB also the parts each prototype's region covers, on the image and under noise (part
   consistency and stability). :func:`~protomdm.evaluation.results.read_results` reads it as a typed DataFrame.
 - ``curves.csv``: the deletion/insertion curves; ``timings.csv``: each localizer's seconds per localisation.
-- ``summary.csv`` and ``summary.md``: means per method x percentile (per finding too on NIH), in the layout of
+- ``summary.csv`` and ``summary.md``: means per method x percentile (per finding too, where there are several), in the layout of
   the MDM paper's tables; ``metrics_vs_percentile.png`` (its Figure 5) and ``deletion_insertion.png``.
 - ``skipped.txt``: images listed by the dataset but missing or unreadable.
 
@@ -341,7 +341,8 @@ def _merge_parts(out: Path) -> None:
 def write_summary(out: Path, dataset: str, skipped: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """summary.csv, summary.md and the two plots, from results.csv and curves.csv: ``(results, summary)`` frames."""
     results = read_results(out / "results.csv")
-    summary = summarise(results, by_finding=dataset == "nih", timings=read_timings(out / "timings.csv"))
+    summary = summarise(results, by_finding=results["finding"].nunique() > 1,
+                        timings=read_timings(out / "timings.csv"))
     write_csv(out / "summary.csv", SUMMARY_COLUMNS, (
         {**r, "percentile": format_percentile(r["percentile"]), "value": _fmt(r["value"])}
         for r in summary.to_dict("records")))
