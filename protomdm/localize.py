@@ -88,7 +88,6 @@ class LocalizeJob:
         if code_dir is not None and not trust_pickle:
             raise UserError("`code_dir` is only used with `trust_pickle`")
         if trust_pickle:
-            from .integrations import as_prototype_model
             from .models.checkpoint import load_pickled_model
 
             model = as_prototype_model(load_pickled_model(ckpt, code_dir, resolve_device(device)))

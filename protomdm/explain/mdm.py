@@ -40,6 +40,8 @@ from .selectors import Selector
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
+
+
 def images_per_search(requested: int | None, device: torch.device) -> int:
     """How many images share one MDM search: ``requested``, else 8 on a GPU and 4 on the CPU (measured there: 1.24x
     faster than one at a time)."""

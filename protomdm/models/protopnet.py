@@ -74,8 +74,13 @@ class ProtoPNet(PrototypeModel):
         self.features, channels = build_backbone(config.backbone, config.pretrained, config.in_channels)
         self.add_on_layers = add_on_layers(config.add_on, channels, config.prototype_dim)
         self.prototype_vectors = nn.Parameter(torch.rand(config.num_prototypes, config.prototype_dim, 1, 1))
-        self.last_layer = nn.Linear(config.num_prototypes, config.num_classes, bias=False)
-        self.set_last_layer_incorrect_connection(-0.5)
+        # multi-label: each finding reads its own prototypes (no negative connections, which other findings present
+        # in the same image would trigger) and has a bias, as XProtoNet's classifier does
+        self.last_layer = nn.Linear(config.num_prototypes, config.num_classes, bias=config.multilabel)
+        self.set_last_layer_incorrect_connection(0.0 if config.multilabel else -0.5)
+        if config.multilabel:
+            with torch.no_grad():
+                self.last_layer.bias.fill_(-0.5 * config.prototypes_per_class)
 
     @property
     def prototype_shape(self) -> tuple[int, int, int, int]:

@@ -92,28 +92,31 @@ def overlay_rgb(pixels: np.ndarray, heatmap: np.ndarray | None = None, boxes: Se
     return np.asarray(img)
 
 
-def hstack(images: Sequence[np.ndarray], gap: int = 6) -> np.ndarray:
-    """uint8 RGB images side by side on white, top-aligned."""
-    h = max(im.shape[0] for im in images)
-    w = sum(im.shape[1] for im in images) + gap * (len(images) - 1)
-    out = np.full((h, w, 3), 255, np.uint8)
-    x = 0
+def stack(images: Sequence[np.ndarray], axis: int, gap: int = 6) -> np.ndarray:
+    """uint8 RGB images on white, side by side (``axis`` 1, top-aligned) or one above the other (``axis`` 0,
+    left-aligned), ``gap`` pixels apart."""
+    across = 1 - axis
+    size = [0, 0]
+    size[axis] = sum(im.shape[axis] for im in images) + gap * (len(images) - 1)
+    size[across] = max(im.shape[across] for im in images)
+    out = np.full((*size, 3), 255, np.uint8)
+    at = 0
     for im in images:
-        out[:im.shape[0], x:x + im.shape[1]] = im
-        x += im.shape[1] + gap
+        h, w = im.shape[:2]
+        y, x = (at, 0) if axis == 0 else (0, at)
+        out[y:y + h, x:x + w] = im
+        at += im.shape[axis] + gap
     return out
+
+
+def hstack(images: Sequence[np.ndarray], gap: int = 6) -> np.ndarray:
+    """Images side by side, top-aligned."""
+    return stack(images, 1, gap)
 
 
 def vstack(images: Sequence[np.ndarray], gap: int = 6) -> np.ndarray:
-    """uint8 RGB images one above the other on white, left-aligned."""
-    w = max(im.shape[1] for im in images)
-    h = sum(im.shape[0] for im in images) + gap * (len(images) - 1)
-    out = np.full((h, w, 3), 255, np.uint8)
-    y = 0
-    for im in images:
-        out[y:y + im.shape[0], :im.shape[1]] = im
-        y += im.shape[0] + gap
-    return out
+    """Images one above the other, left-aligned."""
+    return stack(images, 0, gap)
 
 
 def page(title: str, body: str, sortable: bool = False) -> str:
