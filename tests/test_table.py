@@ -273,3 +273,15 @@ def test_protopnet_trains_on_multilabel_data(tmp_path):
     assert res.metric_name == "test_mean_auroc" and res.best_metric >= 0.9, res.best_metric
     model = load_model(tmp_path / "run" / "best.pt")
     assert model.config.multilabel and model.config.architecture == "protopnet"
+
+
+def test_check_data_reads_a_table_as_training_would(tmp_path, capsys):
+    write_table(tmp_path / "col", 8, size=32)
+    (tmp_path / "c.yaml").write_text(f"data:\n  root: {tmp_path / 'col'}\n  table: labels.csv\n  boxes: boxes.csv\n")
+    assert main(["check-data", "--dataset", "table", "--config", str(tmp_path / "c.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "labels.csv: 8 images, 6 train / 2 test" in out and "8 of 8 found" in out and "complete" in out
+    (tmp_path / "col" / "labels.csv").write_text("path,diagnosis\nimages/img00000.png,disk\n")
+    assert main(["check-data", "--dataset", "table", "--config", str(tmp_path / "c.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "labels.csv has no label column" in err and "its columns are: path, diagnosis" in err

@@ -421,6 +421,8 @@ class TableSource(DatasetSource):
         out = [Check(d.table or "image folder", "ok", f"{len(table.rows)} images, "
                      f"{sum(r.split == 'train' for r in table.rows)} train / {sum(r.split == 'test' for r in table.rows)} "
                      "test")]
+        out += [Check(f"{s} split", "malformed", "empty: check the split column or test_fraction")
+                for s in SPLITS if not any(r.split == s for r in table.rows)]
         missing = [r for r in table.rows if not r.path.is_file()]
         out.append(Check("image files", "partial" if missing else "ok",
                          f"{len(table.rows) - len(missing)} of {len(table.rows)} found"
@@ -439,10 +441,16 @@ class TableSource(DatasetSource):
             root = Path(d.root or "")
             base = next((root / s for s in SPLITS if (root / s).is_dir()), root)
             return tuple(sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")))
-        frame = _read_csv(_resolve(Path(d.root or ""), d.table), "data.table")
+        path = _resolve(Path(d.root or ""), d.table)
+        frame = _read_csv(path, "data.table")
         col = _column(d, "labels")
-        if col not in frame.columns:
+        if col not in frame.columns:  # one 0/1 column per class: the columns holding only 0 and 1
             reserved = {_column(d, c) for c in TABLE_COLUMNS}
-            return tuple(c for c in frame.columns if c not in reserved)
+            flags = [c for c in frame.columns if c not in reserved and frame[c].str.strip().str.lower()
+                     .isin(["0", "1", "0.0", "1.0", "true", "false"]).all()]
+            if not flags:
+                raise UserError(f"{path.name} has no label column: neither {col!r} (names separated by "
+                                f"{d.label_separator!r}) nor 0/1 columns; its columns are: {', '.join(frame.columns)}")
+            return tuple(flags)
         names = {" ".join(t.split()) for v in frame[col] for t in str(v).split(d.label_separator) if t.strip()}
         return tuple(sorted(n for n in names if n.lower() not in NO_FINDING))
