@@ -214,6 +214,8 @@ def nih_samples(root: str | Path, config: ModelConfig, limit: int | None = None,
 class NIHSource(DatasetSource):
     """NIH ChestX-ray14 as published (multi-label; evaluation on ``BBox_List_2017.csv``)."""
 
+    per_finding = True
+
     def training(self, model: ModelConfig) -> tuple[Dataset, Dataset, bool]:
         root = self.root()
         return (NIHDataset(root, "train", model.class_names, model.img_size),

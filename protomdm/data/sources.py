@@ -37,7 +37,10 @@ class EvalOptions:
 
 
 class DatasetSource(abc.ABC):
-    """A dataset, configured by ``data`` (its ``root`` and options)."""
+    """A dataset, configured by ``data`` (its ``root`` and options). ``per_finding``: images carry several
+    findings, so evaluation tables are also given per finding."""
+
+    per_finding: bool = False
 
     def __init__(self, data: DataConfig) -> None:
         self.data = data

@@ -345,6 +345,8 @@ class TableDataset(Dataset):
 class TableSource(DatasetSource):
     """A user's collection: a table of images and labels (with boxes and masks), or an image folder."""
 
+    per_finding = True
+
     def __init__(self, data: DataConfig) -> None:
         super().__init__(data)
         self._table: Table | None = None

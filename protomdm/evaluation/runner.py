@@ -8,7 +8,7 @@ Writes to the output folder:
   deletion and insertion AUC (curves normalised by the unmasked score) and whether the heatmap was empty. On CUB also the parts each prototype's region covers, on the image and under noise (part
   consistency and stability). :func:`~protomdm.evaluation.results.read_results` reads it as a typed DataFrame.
 - ``curves.csv``: the deletion/insertion curves; ``timings.csv``: each localizer's seconds per localisation.
-- ``summary.csv`` and ``summary.md``: means per method x percentile (per finding too, where there are several), in the layout of
+- ``summary.csv`` and ``summary.md``: means per method x percentile (per finding too on NIH and tables), in the layout of
   the MDM paper's tables; ``metrics_vs_percentile.png`` (its Figure 5) and ``deletion_insertion.png``.
 - ``skipped.txt``: images listed by the dataset but missing or unreadable.
 
@@ -237,7 +237,8 @@ def evaluate(ckpt: str | Path, out_dir: str | Path, settings: EvalSettings | Non
     model = load_model(ckpt, dist.device(resolve_device(device))).eval()
     options = EvalOptions(cfg.limit, cfg.seed, cfg.truth, cfg.part_half_width,
                           multilabel=model.config.architecture == "xprotonet" or model.config.multilabel)
-    samples = dataset_source(cfg.data).evaluation(model.config, options, (dist.rank, dist.world_size))
+    source = dataset_source(cfg.data)
+    samples = source.evaluation(model.config, options, (dist.rank, dist.world_size))
     out = Path(out_dir)
     merged = out / "results.csv"
     if (merged.exists() or rank_parts(merged)) and not (resume or overwrite):
@@ -320,7 +321,7 @@ def evaluate(ckpt: str | Path, out_dir: str | Path, settings: EvalSettings | Non
     if res.skipped:
         atomic_write(out / "skipped.txt", lambda tmp: Path(tmp).write_text(
             "".join(f"{s.id}\t{s.reason}\n" for s in res.skipped)))
-    res.results, res.summary = write_summary(out, dataset, len(res.skipped))
+    res.results, res.summary = write_summary(out, dataset, len(res.skipped), source.per_finding)
     return res
 
 
@@ -338,11 +339,12 @@ def _merge_parts(out: Path) -> None:
             p.unlink()
 
 
-def write_summary(out: Path, dataset: str, skipped: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """summary.csv, summary.md and the two plots, from results.csv and curves.csv: ``(results, summary)`` frames."""
+def write_summary(out: Path, dataset: str, skipped: int = 0, by_finding: bool = False
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """summary.csv, summary.md and the two plots, from results.csv and curves.csv: ``(results, summary)`` frames;
+    ``by_finding``: the means per finding too."""
     results = read_results(out / "results.csv")
-    summary = summarise(results, by_finding=results["finding"].nunique() > 1,
-                        timings=read_timings(out / "timings.csv"))
+    summary = summarise(results, by_finding=by_finding, timings=read_timings(out / "timings.csv"))
     write_csv(out / "summary.csv", SUMMARY_COLUMNS, (
         {**r, "percentile": format_percentile(r["percentile"]), "value": _fmt(r["value"])}
         for r in summary.to_dict("records")))
