@@ -18,7 +18,7 @@ from .explain.case import explain_case
 from .explain.localization import model_device
 from .explain.registry import localizer_entry
 from .files import atomic_write
-from .models import load_model, read_checkpoint
+from .models import load_model_and_extra
 from .report.case import report_names, write_case_report
 from .report.figures import check_writable
 from .report.gallery import push_records
@@ -47,8 +47,8 @@ def case_reports(ckpt: str | Path, out_dir: str | Path, *, image: str | Path | N
     localizer_entry(method)
     if top_k < 1:
         raise UserError(f"`top_k` must be at least 1, got {top_k}")
-    model = load_model(ckpt, resolve_device(device)).eval()
-    records = push_records(read_checkpoint(ckpt))
+    model, extra = load_model_and_extra(ckpt, resolve_device(device))
+    records = push_records(extra)
     run = CaseReportRun(Path(out_dir))
 
     def one(path: Path, base: Path, rel: str | None) -> None:

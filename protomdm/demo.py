@@ -16,7 +16,7 @@ from .data.synthetic import SyntheticLesions
 from .evaluation.metrics import dice, iou
 from .explain import MDMLocalizer, PrototypeSelector, UpsampleLocalizer
 from .explain.localization import model_device
-from .models import build_model, load_model
+from .models import build_model
 from .device import resolve_device
 from .explain.selectors import choose_prototype
 from .errors import UserError
@@ -25,7 +25,7 @@ from .training import train
 from .data.images import model_input
 from .data.loaded import LoadedImage
 from .explain.case import explain_case
-from .models import read_checkpoint
+from .models import load_model_and_extra
 from .report.case import report_names, write_case_report
 from .report.gallery import make_gallery, push_records
 
@@ -86,7 +86,7 @@ def run_demo(out_dir: str | Path = "protomdm-demo", n_images: int = 4, mdm: MDMC
             f"{estimate_training_seconds(cfg) / 60:.1f} min here (measured from one training step)")
         resume = model_dir / "last.pt" if (model_dir / "last.pt").exists() else None
         train(cfg, model_dir, resume=resume, progress=progress)
-    model = load_model(model_dir / "best.pt", resolve_device(cfg.device))
+    model, extra = load_model_and_extra(model_dir / "best.pt", resolve_device(cfg.device))
     dev = model_device(model)
     test = SyntheticLesions(cfg.model.class_names, n=n_images, size=cfg.model.img_size[0], seed=cfg.data.seed + 1)
     samples = [test.sample(i) for i in range(n_images)]
@@ -132,8 +132,7 @@ def run_demo(out_dir: str | Path = "protomdm-demo", n_images: int = 4, mdm: MDMC
         f"{per_task * model.num_prototypes:.0f} s")
     gallery = make_gallery(model_dir / "best.pt", out / "gallery", mdm=mdm, overwrite=True, progress=progress)
     say(f"a case report of test image 0: which prototypes drove its prediction, and where: about {per_task * 3:.0f} s")
-    records = push_records(read_checkpoint(model_dir / "best.pt"))
-    case = explain_case(model, x[:1], top_k=3, provenance=records, config=mdm)
+    case = explain_case(model, x[:1], top_k=3, provenance=push_records(extra), config=mdm)
     image = LoadedImage(samples[0].image.transpose(1, 2, 0), Path(f"{CASE_STEM}.png"))
     case_files = write_case_report(case, image, out / "case", CASE_STEM, "Case report: synthetic test image 0")
     return {"means": means, "figure": figure, "table": table, "model": model_dir / "best.pt",

@@ -93,7 +93,7 @@ def test_contributions_plus_bias_equal_the_logit(architecture):
 def test_provenance_is_an_image_of_its_class_and_reproduces_its_similarity(trained):
     cfg, ckpt = trained
     model = load_model(ckpt)
-    records = push_records(read_checkpoint(ckpt))
+    records = push_records(read_checkpoint(ckpt)["extra"])
     assert records and len(records) == model.num_prototypes
     train_set = SyntheticLesions(cfg.model.class_names, n=cfg.data.num_train, size=cfg.model.img_size[0],
                                  channels=cfg.model.in_channels, seed=cfg.data.seed, multilabel=cfg.data.multilabel)
@@ -180,7 +180,7 @@ def test_a_browser_renders_the_gallery_and_a_case_report(trained, tmp_path):
     from protomdm.data.loaded import LoadedImage
     from protomdm.report.case import write_case_report
 
-    report = explain_case(model, x, top_k=3, method="upsample", provenance=push_records(read_checkpoint(ckpt)))
+    report = explain_case(model, x, top_k=3, method="upsample", provenance=push_records(read_checkpoint(ckpt)["extra"]))
     files = write_case_report(report, LoadedImage(np.full((32, 32, 3), 0.5, np.float32), Path("x.png")), tmp_path,
                               "x", "Case report: x")
     pages.append(files["html"])

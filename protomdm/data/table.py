@@ -90,9 +90,18 @@ def _read_csv(path: Path, what: str) -> pd.DataFrame:
     return frame
 
 
+def _label_key(label: str) -> str:
+    """A label as compared with class names: case and runs of spaces ignored."""
+    return " ".join(str(label).split()).lower()
+
+
+def _class_keys(class_names: tuple[str, ...]) -> dict[str, int]:
+    return {_label_key(c): i for i, c in enumerate(class_names)}
+
+
 def _class_of(label: str, classes: dict[str, int], data: DataConfig, where: str) -> int | None:
-    """The class index of a label (case and spacing ignored); None for "No Finding" or an ignored other label."""
-    key = " ".join(label.split()).lower()
+    """The class index of a label (see :func:`_label_key`); None for "No Finding" or an ignored other label."""
+    key = _label_key(label)
     if key in classes:
         return classes[key]
     if key in NO_FINDING or not key:
@@ -104,7 +113,7 @@ def _class_of(label: str, classes: dict[str, int], data: DataConfig, where: str)
 
 
 def _labels_of(frame: pd.DataFrame, data: DataConfig, class_names: tuple[str, ...], name: str) -> list[set[int]]:
-    classes = {" ".join(c.split()).lower(): i for i, c in enumerate(class_names)}
+    classes = _class_keys(class_names)
     col = _column(data, "labels")
     if col in frame.columns:
         sep = data.label_separator
@@ -190,7 +199,7 @@ def _read_folder(root: Path, data: DataConfig, class_names: tuple[str, ...]) -> 
     """``root/<class>/*`` (or ``root/train/<class>/*`` and ``root/test/<class>/*``): single-label."""
     split_dirs = [s for s in SPLITS if (root / s).is_dir()]
     bases = [(root / s, s) for s in split_dirs] if split_dirs else [(root, None)]
-    classes = {" ".join(c.split()).lower(): i for i, c in enumerate(class_names)}
+    classes = _class_keys(class_names)
     rows = []
     for base, split in bases:
         for d in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -239,7 +248,7 @@ def _read_boxes(table: Table, root: Path, data: DataConfig) -> None:
     if lcol not in frame.columns and len(table.class_names) > 1:
         raise UserError(f"{name} has no {lcol!r} column, and the model has several classes; its columns are: "
                         f"{', '.join(frame.columns)}")
-    classes = {" ".join(c.split()).lower(): i for i, c in enumerate(table.class_names)}
+    classes = _class_keys(table.class_names)
     keys = {r.key for r in table.rows}
     for i, rec in enumerate(frame.to_dict("records")):
         where = f"{name} line {i + 2}"
@@ -271,7 +280,7 @@ def _read_masks(table: Table, root: Path, data: DataConfig) -> None:
     missing = [c for c in need if c not in frame.columns]
     if missing:
         raise UserError(f"{name} lacks the column(s) {', '.join(missing)}; its columns are: {', '.join(frame.columns)}")
-    classes = {" ".join(c.split()).lower(): i for i, c in enumerate(table.class_names)}
+    classes = _class_keys(table.class_names)
     keys = {r.key for r in table.rows}
     for i, rec in enumerate(frame.to_dict("records")):
         key = str(rec[need[0]]).strip()

@@ -166,7 +166,14 @@ def load_pickled_model(path: str | Path, code_dir: str | Path | None = None,
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", architecture: str | None = None) -> PrototypeModel:
-    """Rebuild a model from a protomdm checkpoint, in eval mode on ``device``.
+    """Rebuild a model from a protomdm checkpoint, in eval mode on ``device``; see :func:`load_model_and_extra`."""
+    return load_model_and_extra(path, device, architecture)[0]
+
+
+def load_model_and_extra(path: str | Path, device: str | torch.device = "cpu", architecture: str | None = None
+                         ) -> tuple[PrototypeModel, dict[str, Any]]:
+    """Rebuild a model from a protomdm checkpoint, in eval mode on ``device``, with the checkpoint's ``extra``
+    (push records, training state...), reading the file once.
 
     Args:
         path: the checkpoint file.
@@ -189,7 +196,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", architectur
     except (RuntimeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: weights do not fit the {config.architecture}/{config.backbone} model: "
                               f"{str(e).splitlines()[0][:200]}") from None
-    return model.to(device).eval()
+    return model.to(device).eval(), ckpt.get("extra", {})
 
 
 def init_model(out: str | Path, architecture: str, backbone: str, classes: list[str], prototypes_per_class: int = 10,

@@ -21,7 +21,7 @@ from ..explain import PrototypeSelector, create_localizer
 from ..explain.case import last_layer_weights
 from ..explain.localization import Localization, model_device
 from ..explain.mdm import images_per_search
-from ..models import PrototypeModel, load_model, read_checkpoint
+from ..models import PrototypeModel, load_model_and_extra
 from ..files import atomic_write
 from .figures import check_writable, write_csv
 from .html import esc, hstack, img_tag, overlay_rgb, page, png_bytes
@@ -42,9 +42,10 @@ def source_pixels(record: dict[str, Any]) -> np.ndarray | None:
     return px[0] if px.shape[0] == 1 else px.transpose(1, 2, 0)
 
 
-def push_records(checkpoint: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """The push records of a read checkpoint (:func:`~protomdm.models.read_checkpoint`), None if it has none."""
-    recs = checkpoint.get("extra", {}).get("push")
+def push_records(extra: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The push records in a checkpoint's ``extra`` (:func:`~protomdm.models.load_model_and_extra`), None if it has
+    none."""
+    recs = extra.get("push")
     return recs if isinstance(recs, list) and recs else None
 
 
@@ -124,8 +125,8 @@ def make_gallery(ckpt: str | Path, out_dir: str | Path, *, method: str = "mdm", 
 
     check_percentile(percentile)
     localizer_entry(method)
-    model = load_model(ckpt, resolve_device(device)).eval()
-    records = push_records(read_checkpoint(ckpt))
+    model, extra = load_model_and_extra(ckpt, resolve_device(device))
+    records = push_records(extra)
     weight, _ = last_layer_weights(model)
     gallery = Gallery(Path(out_dir))
     by_proto = {int(r["prototype"]): r for r in records or []}
