@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.images import box_to_original
 from ..data.loaded import LoadedImage
 from ..explain.case import CaseReport, CaseRow
 from ..files import atomic_write
@@ -27,10 +28,7 @@ def _scan_panel(image: LoadedImage, row: CaseRow, percentile: float) -> np.ndarr
     loc = row.localization
     size = image.size
     heat = resize_map(loc.heatmap, size)
-    boxes = []
-    if loc.ok:
-        sy, sx = size[0] / loc.heatmap.shape[0], size[1] / loc.heatmap.shape[1]
-        boxes = [(r.box[0] * sx, r.box[1] * sy, r.box[2] * sx, r.box[3] * sy) for r in loc.regions(percentile)[:3]]
+    boxes = [box_to_original(r.box, loc.heatmap.shape, size) for r in loc.regions(percentile)[:3]]
     return overlay_rgb(image.pixels, heat, boxes, side=SIDE)
 
 
@@ -39,10 +37,7 @@ def _source_panel(row: CaseRow, input_size: tuple[int, int]) -> np.ndarray | Non
     if px is None:
         return None
     box = row.source.get("activation_box") or row.source.get("receptive_field_box")
-    boxes = []
-    if box:
-        sy, sx = px.shape[0] / input_size[0], px.shape[1] / input_size[1]
-        boxes = [(box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)]
+    boxes = [box_to_original(box, input_size, px.shape[:2])] if box else []
     return overlay_rgb(px, None, boxes, side=SIDE, box_colour=(255, 200, 0))
 
 

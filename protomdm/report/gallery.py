@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import MDMConfig
-from ..data.images import to_model_input
+from ..data.images import box_to_original, to_model_input
 from ..explain import PrototypeSelector, create_localizer
 from ..explain.case import last_layer_weights
 from ..explain.localization import Localization, model_device
@@ -90,13 +90,10 @@ def localize_sources(model: PrototypeModel, entries: list[GalleryEntry], method:
     bar.close()
 
 
-def _box_in(loc: Localization | None, size: tuple[int, int], percentile: float) -> list[float] | None:
-    """``loc``'s box scaled from the model input to an image of ``size`` (H, W)."""
+def _box_in(loc: Localization | None, size: tuple[int, int], percentile: float) -> tuple[int, int, int, int] | None:
+    """``loc``'s box mapped from the model input to an image of ``size`` (H, W)."""
     box = loc.box(percentile) if loc is not None else None
-    if box is None:
-        return None
-    sy, sx = size[0] / loc.heatmap.shape[0], size[1] / loc.heatmap.shape[1]
-    return [box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy]
+    return box_to_original(box, loc.heatmap.shape, size) if box is not None else None
 
 
 def entry_panels(e: GalleryEntry, method: str, percentile: float, side: int = 200) -> np.ndarray:
@@ -174,8 +171,8 @@ def _similarity(rec: dict[str, Any]) -> str:
     return ""
 
 
-def _fmt_box(box: list[float] | None) -> str:
-    return " ".join(f"{v:.0f}" for v in box) if box else ""
+def _fmt_box(box: tuple[int, int, int, int] | None) -> str:
+    return " ".join(map(str, box)) if box else ""
 
 
 def gallery_html(model: PrototypeModel, gallery: Gallery, panels: dict[int, np.ndarray], method: str,
