@@ -263,17 +263,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import format_table, run_bench
+    from .bench import format_table, rows_record, run_bench
 
     mdm = _mdm_config(args)
     rows, what = run_bench(args.model, args.backbone, args.img_size, args.device, args.images, args.ref_steps, mdm,
-                           args.seed, progress=not args.quiet, ckpt=args.ckpt)
-    note = (f"MDM bench: {what}, {args.images} synthetic image(s) one at a time, each image's top prototype score, "
-            f"precision {mdm.precision}. "
-            f"The paper's schedule (each mask alone, {mdm.steps} steps) was timed over {args.ref_steps} steps and "
-            f"projected; the batched full schedule is the reference for agreement; ours: adaptive stop (tol "
-            f"{mdm.tol}), at most {mdm.steps_taken} steps taken, the rest extrapolated.")
+                           args.seed, progress=not args.quiet, ckpt=args.ckpt, batch_images=args.batch_images)
+    note = (f"MDM bench: {what}, {args.images} synthetic image(s), each image's top prototype score, precision "
+            f"{mdm.precision}. The paper's schedule (each mask alone, {mdm.steps} steps) was timed over "
+            f"{args.ref_steps} steps and projected; the batched full schedule is the reference for agreement; ours: "
+            f"time scale {mdm.time_scale:g}, adaptive stop (tol {mdm.tol}), at most {mdm.steps_taken} steps taken. "
+            "passes: forward + backward passes of one masked image per localization; overhead: seconds over as many "
+            "bare passes of the model")
     print(format_table(rows, note))
+    if args.json:
+        from .report.figures import write_json
+
+        print(f"wrote {write_json(args.json, rows_record(rows, note))}")
     return 0
 
 
@@ -384,6 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "actually timed (projected to --steps; default 100)")
     p.add_argument("--ckpt", help="time this checkpoint's model instead (a trained model makes the agreement "
                    "meaningful; random weights give near-flat gradients)")
+    p.add_argument("--batch-images", type=int, metavar="N", help="images per search in the folder-run row (default: "
+                   "all --images)")
+    p.add_argument("--json", metavar="FILE", help="also write the table as JSON")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -1,4 +1,6 @@
-from protomdm.bench import format_table, run_bench
+import json
+
+from protomdm.bench import PAPER_PASSES, format_table, run_bench
 from protomdm.cli import main
 from protomdm.config import MDMConfig
 
@@ -14,21 +16,26 @@ def test_bench_compares_the_schedules_and_they_agree(tmp_path):
     # ours set to the full schedule: it must agree with the reference, the same search run on the same images
     mdm = MDMConfig(steps=60, extrapolate_after=None, tol=None)
     rows, what = run_bench(images=2, ref_steps=6, mdm=mdm, progress=False, ckpt=str(tmp_path / "m" / "best.pt"))
-    paper, batched, ours = rows
-    assert paper.steps == batched.steps == ours.steps == 60
-    assert ours.dice_p90 > 0.99 and ours.pearson_r > 0.999
-    assert all(r.seconds_per_image > 0 for r in rows)
+    paper, batched, ours, many = rows
+    assert paper.steps == batched.steps == ours.steps == many.steps == 60
+    assert paper.passes == batched.passes == ours.passes == 27 * 60
+    assert ours.dice_p90 > 0.99 and ours.pearson_r > 0.999 and many.dice_p90_min > 0.99
+    assert all(r.seconds > 0 and r.overhead > 0 and r.passes_per_second > 0 for r in rows)
     table = format_table(rows, "note")
-    assert "speed-up" in table and "Dice p90" in table and "projected from 6 steps" in table
+    assert "overhead" in table and "Dice p90" in table and "projected to 60" in table
+    assert f"{PAPER_PASSES / (27 * 60):.1f}x" in table  # passes against the paper's 54,000
 
 
-def test_bench_command_says_what_it_measured(capsys):
+def test_bench_command_says_what_it_measured(capsys, tmp_path):
     code = main(["bench", "--img-size", "32", "--images", "1", "--ref-steps", "2", "--steps", "6",
-                 "--extrapolate-after", "3", "--quiet", "--device", "cpu"])  # random weights
+                 "--extrapolate-after", "3", "--quiet", "--device", "cpu", "--json", str(tmp_path / "b.json")])
     out = capsys.readouterr().out
     assert code == 0 and "timing only" in out and "projected" in out and "on cpu" in out
-    ours = next(line.split() for line in out.splitlines() if line.startswith("ours"))
-    assert ours[4] == "3"  # steps taken
+    ours = next(line.split() for line in out.splitlines() if line.startswith("ours "))
+    assert ours[2] == str(27 * 3) and ours[4] == "3"  # passes, steps taken
+    record = json.loads((tmp_path / "b.json").read_text())
+    assert [r["schedule"] for r in record["rows"]][:3] == ["paper (sequential)", "paper schedule, batched", "ours"]
+    assert record["rows"][2]["passes"] == 81 and record["paper_passes"] == 54000
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):

@@ -194,3 +194,74 @@ def test_shipped_mdm_yaml_is_the_default_config():
     from protomdm.config import load_mdm_config
 
     assert load_mdm_config(Path(__file__).parents[1] / "configs" / "mdm.yaml") == MDMConfig()
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_packed_upsampling_is_f_interpolate(mode):
+    from protomdm.explain.mdm import MaskUpsampler
+
+    sizes = (3, 5, 8)
+    ups = MaskUpsampler(sizes, (20, 28), mode, torch.device("cpu"))
+    p = ups.init(2, 0.0)
+    g = torch.Generator().manual_seed(0)
+    for i, a in enumerate(sizes):
+        p[:, i, :a, :a] = torch.rand(2, a, a, generator=g)
+    out = ups(p)
+    kwargs = {"align_corners": False} if mode == "bilinear" else {}
+    for i, a in enumerate(sizes):
+        ref = torch.nn.functional.interpolate(ups.unpack(p, i)[:, None], size=(20, 28), mode=mode, **kwargs)[:, 0]
+        torch.testing.assert_close(out[:, i], ref, atol=1e-6, rtol=0)
+    # the cells' gradient is the adjoint: <U d V^T, G> = <d, U^T G V>
+    grad = torch.randn(2 * 3, 20, 28, generator=g)
+    cells = ups.to_cells(grad, torch.arange(6) % 3).view(2, 3, 8, 8)
+    torch.testing.assert_close((out.flatten(0, 1) * grad).sum(), (p * cells).sum(), rtol=1e-5, atol=1e-4)
+
+
+def test_paper_loss_batched_equals_one_mask_at_a_time():
+    model = tiny_model("protopnet", seed=1, img_size=(32, 32))
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    loc = MDMLocalizer(sizes=(3, 5, 8), steps=25, gamma=0.0, loss="paper", lambda1=1e-2, lambda2=1.0)
+    sel = PrototypeSelector(model, prototype=3)
+    batched = loc.fit_masks(x, sel)
+    seq = loc.localize_sequential(x, sel)
+    assert np.allclose(masks_to_heatmap(batched.masks[0], 0.0), seq.heatmap, atol=1e-4)
+    assert (batched.masks - 0.5).abs().max() > 0.02
+
+
+def test_a_loss_per_task_equals_separate_searches():
+    from protomdm.explain.mdm import MDMLoss
+
+    sel = LogitSelector(BoxOracle(BOX), 0)
+    x = oracle_image()
+    loc = MDMLocalizer(sizes=(4, 6), steps=30, gamma=0.0, tol=None, extrapolate_after=None)
+    losses = [MDMLoss("normalised", 0.01), MDMLoss("normalised", 3.0), MDMLoss("paper", lambda1=1e-3, lambda2=1.0)]
+    grid = loc.fit_masks(x, sel, [(0, 0)] * 3, losses)
+    for t, loss in enumerate(losses):
+        alone = MDMLocalizer(loc.config, loss=loss.kind, lambda_l1=loss.lambda_l1, lambda1=loss.lambda1,
+                             lambda2=loss.lambda2).fit_masks(x, sel)
+        torch.testing.assert_close(grid.masks[t], alone.masks[0], atol=1e-5, rtol=0)
+    assert (grid.masks[0] - grid.masks[1]).abs().max() > 0.05  # the area weight made a difference
+
+
+def test_time_scale_is_adam_with_scaled_rate_and_decays():
+    """One engine step of time_scale k is torch.optim.Adam with lr * k and betas ** k."""
+    sel = LogitSelector(BoxOracle(BOX), 0)
+    x = oracle_image()
+    k, steps = 4.0, 40
+    cfg = MDMConfig(sizes=(5,), steps=int(k * steps), time_scale=k, tol=None, extrapolate_after=None, gamma=0.0,
+                    lambda_l1=0.3)
+    fit = MDMLocalizer(cfg).fit_masks(x, sel)
+    assert int(fit.steps.max()) == steps
+    with torch.no_grad():
+        target, masked = sel(torch.cat([x, torch.zeros_like(x)])).split(1)
+    scale = float(((target - masked) ** 2).sum())
+    d = torch.full((1, 1, 5, 5), 0.5, requires_grad=True)
+    opt = torch.optim.Adam([d], lr=cfg.lr * k, betas=(0.9**k, 0.999**k), eps=1e-8)
+    up = lambda d: torch.nn.functional.interpolate(d, size=(64, 64), mode="bilinear", align_corners=False)  # noqa: E731
+    for _ in range(steps):
+        loss = ((sel(up(d) * x) - target) ** 2).sum() / scale + cfg.lambda_l1 * d.abs().mean()
+        (d.grad,) = torch.autograd.grad(loss, d)
+        opt.step()
+        with torch.no_grad():
+            d.clamp_(0, 1)
+    torch.testing.assert_close(fit.masks[0, 0], up(d.detach())[0, 0], atol=1e-5, rtol=0)

@@ -1,21 +1,25 @@
-"""Multiple Dynamic Mask (MDM) localisation (Peng et al.).
+"""Multiple Dynamic Mask (MDM) localization (Peng et al.).
 
 For each of N mask sizes ``a_i`` a mask vector ``d_i`` of ``a_i x a_i`` cells starts at 0.5, is upsampled to the
-input (``M_i``, kept in [0, 1]) and trained with Adam, the network frozen, to minimise
+input (``M_i`` in [0, 1]) and trained with Adam, the network frozen, to keep the explained activation ``f_t`` while
+masking as much as possible. The default loss is
 
-    ||f_t(X) - f_t(M_i * X + (1 - M_i) * B)||^2 / ||f_t(X) - f_t(B)||^2 + lambda * mean|d_i|
+    ||f_t(X) - f_t(M_i * X + (1 - M_i) * B)||^2 / ||f_t(X) - f_t(B)||^2 + lambda_l1 * mean|d_i|
 
-(``B`` the masking baseline: zeros as in the paper, a blurred or a mean image). The paper's reconstruction term is
-divided by the effect of masking everything, so that it reads "the share of the activation's change that the mask
-lets through" and one ``lambda`` serves every model and activation scale (ProtoPNet's log similarity, XProtoNet's
-occurrence-weighted similarity, a plain classifier's logit). For one image this is the paper's loss with
-``lambda`` scaled by ``||f_t(X) - f_t(B)||^2``. An activation that masking the whole image does not change does
-not depend on the image: its localisation is refused with the ``empty`` status rather than trained to nothing.
-The heatmap is ``sum_i M_i``, set to zero where that sum is below ``gamma``, and normalised to [0, 1].
+(``B`` the masking baseline: zeros as in the paper, a blurred or a mean image): the reconstruction term is divided by
+the effect of masking everything, so it reads "the share of the activation's change that the mask lets through" and
+one ``lambda_l1`` serves every model and activation scale. ``loss: paper`` is the paper's Algorithm 1 as written,
+``lambda1 * ||f_t(X) - f_t(M_i X)||^2 + lambda2 * mean|d_i|`` (see :class:`~protomdm.config.MDMConfig`). An
+activation that masking the whole image does not change does not depend on the image: its localization is refused
+with the ``empty`` status rather than trained to nothing. The heatmap is ``sum_i M_i``, set to zero where that sum is
+below ``gamma``, and normalised to [0, 1].
 
-The masks are independent, so all of them (and those of several images and targets) train together, one batch
-per step; :meth:`MDMLocalizer.localize_sequential` is the paper's one-mask-at-a-time schedule, kept as the
-reference that the batched engine must reproduce.
+The engine: the masks are independent, so all of them (and those of several images and targets) train together, one
+batch of masked images per step. The N masks of a task are packed into one ``(N, A, A)`` tensor (``A`` the largest
+size, unused cells zero) and upsampled by two matrix products, ``M_i = U_i d_i V_i^T`` (bilinear interpolation is
+separable and linear), so one step is one upsampling, one forward and backward pass of the model and one Adam update
+for every mask at once. :meth:`MDMLocalizer.localize_sequential` is the paper's one-mask-at-a-time schedule with
+``torch.optim.Adam`` and ``F.interpolate``, kept as the reference that the batched engine must reproduce.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +38,7 @@ from tqdm.auto import tqdm
 
 from ..config import MDMConfig
 from ..errors import UserError
+from ..runtime import keep_freed_memory
 from .localization import Localization, Localizer, eval_mode, heatmap_problem, model_device
 from .perturbation import Perturbation, independence_reason, masking_effect
 from .registry import register_localizer
@@ -70,6 +76,78 @@ def masks_to_heatmap(masks: np.ndarray | torch.Tensor, gamma: float) -> np.ndarr
     return (s / peak if peak > 0 else s).astype(np.float32)
 
 
+def interpolation_matrix(n_in: int, n_out: int, mode: str = "bilinear") -> torch.Tensor:
+    """``(n_out, n_in)``: the linear map of ``F.interpolate`` (``bilinear``, ``align_corners=False``, or
+    ``nearest``) along one axis; 2-D interpolation is this along each axis."""
+    eye = torch.eye(n_in, dtype=torch.float64)[:, None, :]  # n_in signals of length n_in, one per cell
+    kwargs = {"align_corners": False} if mode == "bilinear" else {}
+    out = F.interpolate(eye, size=n_out, mode="linear" if mode == "bilinear" else "nearest", **kwargs)
+    return out[:, 0, :].t().float()
+
+
+class MaskUpsampler:
+    """The N masks of a task packed in one ``(N, A, A)`` tensor (mask ``i`` in its top-left ``a_i x a_i`` cells, the
+    rest zero), upsampled to ``(N, H, W)`` by ``M_i = U_i d_i V_i^T``.
+
+    Args:
+        sizes: the mask sizes ``a_i``.
+        size: ``(H, W)`` of the input.
+        mode: ``bilinear`` or ``nearest``, as ``F.interpolate``.
+    """
+
+    def __init__(self, sizes: Sequence[int], size: tuple[int, int], mode: str, device: torch.device) -> None:
+        a, (h, w) = max(sizes), size
+        self.sizes, self.side = tuple(sizes), a
+        self.rows = torch.zeros(len(sizes), h, a, device=device)  # U_i, zero-padded to A columns
+        self.cols = torch.zeros(len(sizes), w, a, device=device)  # V_i
+        self.valid = torch.zeros(len(sizes), a, a, dtype=torch.bool, device=device)
+        for i, s in enumerate(sizes):
+            self.rows[i, :, :s] = interpolation_matrix(s, h, mode).to(device)
+            self.cols[i, :, :s] = interpolation_matrix(s, w, mode).to(device)
+            self.valid[i, :s, :s] = True
+        self.cells = torch.tensor([s * s for s in sizes], dtype=torch.float32, device=device)  # (N,)
+
+    def init(self, tasks: int, value: float) -> torch.Tensor:
+        """Packed masks ``(T, N, A, A)`` at ``value`` (zero outside each mask's cells)."""
+        return torch.where(self.valid, value, 0.0).expand(tasks, -1, -1, -1).clone()
+
+    def __call__(self, p: torch.Tensor) -> torch.Tensor:
+        """``(T, N, A, A)`` -> upsampled masks ``(T, N, H, W)``, in [0, 1] for cells in [0, 1]."""
+        return self.rows @ p @ self.cols.transpose(1, 2)
+
+    def to_cells(self, grad: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+        """The gradient ``(n, H, W)`` of upsampled masks ``which (n,)`` (their index ``i``) back on their cells:
+        ``U_i^T g V_i``, ``(n, A, A)``."""
+        return self.rows[which].transpose(1, 2) @ grad @ self.cols[which]
+
+    def unpack(self, p: torch.Tensor, i: int) -> torch.Tensor:
+        """Mask ``i``'s own cells ``(T, a_i, a_i)``."""
+        s = self.sizes[i]
+        return p[:, i, :s, :s]
+
+
+@dataclass(frozen=True)
+class MDMLoss:
+    """The loss of one task: ``normalised`` (``lambda_l1``) or the ``paper``'s (``lambda1``, ``lambda2``); see
+    :class:`~protomdm.config.MDMConfig`."""
+
+    kind: str = "normalised"
+    lambda_l1: float = 0.003
+    lambda1: float = 1e-3
+    lambda2: float = 1.0
+
+    @classmethod
+    def of(cls, cfg: MDMConfig) -> "MDMLoss":
+        return cls(cfg.loss, cfg.lambda_l1, cfg.lambda1, cfg.lambda2)
+
+    def weights(self, effect: float) -> tuple[float, float]:
+        """``(weight of ||f(X) - f(MX)||^2, weight of mean|d|)`` for a task whose full masking moves the activation by
+        ``effect = ||f(X) - f(B)||^2``."""
+        if self.kind == "paper":
+            return self.lambda1, self.lambda2
+        return 1.0 / max(effect, torch.finfo(torch.float32).tiny), self.lambda_l1
+
+
 @dataclass
 class MaskFit:
     """Raw result of the mask search for T tasks (image x target pairs).
@@ -82,6 +160,8 @@ class MaskFit:
         batch_masks: the batch size finally used (smaller than asked after an out-of-memory).
         effect: ``(T,)`` ``||f(X) - f(B)||^2``, the reconstruction term's scale.
         independent: ``(T,)`` tasks whose activation masking does not change (not trained; status ``empty``).
+        model_seconds: of ``seconds``, the time spent in the model's forward and backward passes (each mask's Adam
+            step is one pass of one masked image: ``steps.sum()`` passes in all).
     """
 
     masks: torch.Tensor
@@ -91,6 +171,21 @@ class MaskFit:
     batch_masks: int
     effect: torch.Tensor
     independent: torch.Tensor
+    model_seconds: float = 0.0
+
+
+@contextlib.contextmanager
+def frozen(model: torch.nn.Module) -> Iterator[None]:
+    """The network frozen for a search: its parameters need no gradient (so autograd neither computes nor keeps what
+    only their gradients need), restored afterwards."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
 @register_localizer("mdm", settings=MDMConfig)
@@ -98,7 +193,7 @@ class MDMLocalizer(Localizer):
     """Multiple Dynamic Mask localizer.
 
     Args:
-        config: an :class:`~protomdm.config.MDMConfig` (defaults: the paper's settings).
+        config: an :class:`~protomdm.config.MDMConfig` (defaults: the paper's masks and optimiser).
         progress: show a progress bar over the optimisation steps.
         **overrides: any :class:`MDMConfig` field, e.g. ``steps=500``.
 
@@ -116,7 +211,7 @@ class MDMLocalizer(Localizer):
         """Localize every target of ``selector`` in every image of ``images: (B, C, H, W)``, all in one search.
 
         Returns:
-            ``result[b][k]``: the localisation of target ``k`` in image ``b``. Each one's ``seconds`` is its share
+            ``result[b][k]``: the localization of target ``k`` in image ``b``. Each one's ``seconds`` is its share
             of the batched search's wall time.
         """
         fit = self.fit_masks(images, selector)
@@ -133,35 +228,37 @@ class MDMLocalizer(Localizer):
     def localize_sequential(self, image: torch.Tensor, selector: Selector) -> Localization:
         """The paper's schedule: each mask trained alone with ``torch.optim.Adam`` for the full ``steps``.
 
-        The reference for tests and ``protomdm bench``; ignores ``tol``, ``batch_masks`` and ``precision``.
+        The reference for tests and ``protomdm bench``; ignores the schedule's shortcuts (``time_scale``, ``tol``,
+        ``extrapolate_after``), ``batch_masks`` and ``precision``.
         """
         cfg = self.config
         x = (image[None] if image.dim() == 3 else image).to(model_device(selector.model))
         h, w = x.shape[-2:]
         t0 = time.perf_counter()
-        with eval_mode(selector.model):
+        with eval_mode(selector.model), frozen(selector.model):
             pert = Perturbation(cfg.baseline, cfg.blur_sigma)
             base = pert.baseline(x)
             with torch.no_grad():
                 target, masked = selector(torch.cat([x, base])).split(1)
                 effect, independent = masking_effect(target, masked)
-            scale = effect.clamp_min(torch.finfo(effect.dtype).tiny)
+            rec_w, l1_w = MDMLoss.of(cfg).weights(float(effect))
             masks = []
             bar = tqdm(total=len(cfg.sizes) * cfg.steps, disable=not self.progress, desc="MDM (sequential)",
                        unit="step", leave=False)
+            kwargs = {"align_corners": False} if cfg.upsample == "bilinear" else {}
+            up = lambda d: F.interpolate(d, size=(h, w), mode=cfg.upsample, **kwargs).clamp(0, 1)  # noqa: E731
             for a in cfg.sizes:
                 d = torch.full((1, 1, a, a), cfg.init, device=x.device, requires_grad=True)
                 opt = torch.optim.Adam([d], lr=cfg.lr, betas=ADAM_BETAS, eps=ADAM_EPS)
                 for _ in range(cfg.steps):
-                    m = self._upsample(d, (h, w))
-                    out = selector(pert.apply(x, m, base))
-                    loss = ((out - target) ** 2).sum() / scale.sum() + cfg.lambda_l1 * d.abs().mean()
+                    out = selector(pert.apply(x, up(d), base))
+                    loss = rec_w * ((out - target) ** 2).sum() + l1_w * d.abs().mean()
                     (d.grad,) = torch.autograd.grad(loss, d)
                     opt.step()
                     with torch.no_grad():
                         d.clamp_(0, 1)
                     bar.update()
-                masks.append(self._upsample(d.detach(), (h, w))[0, 0])
+                masks.append(up(d.detach())[0, 0])
             bar.close()
         steps = torch.full((1, len(cfg.sizes)), cfg.steps)
         fit = MaskFit(torch.stack(masks)[None], steps, [target[0]], time.perf_counter() - t0, 1, effect.cpu(),
@@ -171,28 +268,25 @@ class MDMLocalizer(Localizer):
         return loc
 
     # ------------------------------------------------------------------ engine
-    def _upsample(self, d: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        mode = self.config.upsample
-        kwargs = {"align_corners": False} if mode == "bilinear" else {}
-        return F.interpolate(d, size=size, mode=mode, **kwargs).clamp(0, 1)
-
     def _autocast(self, device: torch.device):
         if self.config.precision == "fp32":
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
         return torch.autocast(device_type=device.type, dtype=dtype)
 
-    def fit_masks(self, images: torch.Tensor, selector: Selector, pairs: list[tuple[int, int]] | None = None
-                  ) -> MaskFit:
+    def fit_masks(self, images: torch.Tensor, selector: Selector, pairs: list[tuple[int, int]] | None = None,
+                  losses: Sequence[MDMLoss] | None = None) -> MaskFit:
         """Train the N masks of every (image, target) task together; see the module docstring.
 
         Args:
             images: ``(B, C, H, W)`` in the model's input space.
             selector: its ``K`` targets make ``T = B * K`` tasks, ordered image-major.
             pairs: only these ``(image b, target k)`` tasks, in this order.
+            losses: one loss per task (default: the config's for all), e.g. a grid of ``lambda_l1`` in one search.
         """
         cfg = self.config
         device = model_device(selector.model)
+        keep_freed_memory()
         x = images.to(device)
         if x.dim() != 4:
             raise UserError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
@@ -200,9 +294,11 @@ class MDMLocalizer(Localizer):
         if pairs is None:
             pairs = [(b, j) for b in range(n_img) for j in range(k)]
         n_tasks, n_masks = len(pairs), len(cfg.sizes)
+        if losses is not None and len(losses) != n_tasks:
+            raise UserError(f"{len(losses)} losses for {n_tasks} tasks")
         h, w = x.shape[-2:]
         t0 = time.perf_counter()
-        with eval_mode(selector.model):
+        with eval_mode(selector.model), frozen(selector.model):
             if cfg.channels_last and device.type == "cuda":
                 selector.model.to(memory_format=torch.channels_last)
             base = Perturbation(cfg.baseline, cfg.blur_sigma).baseline(x)
@@ -211,35 +307,37 @@ class MDMLocalizer(Localizer):
                 both = selector.targets(torch.cat([x, base])).float()
                 targets = both[:n_img][task_img, task_out]  # (T, ...)
                 effect, independent = masking_effect(targets, both[n_img:][task_img, task_out])
-            scale = effect.clamp_min(torch.finfo(effect.dtype).tiny)
-            params = [torch.full((n_tasks, 1, a, a), cfg.init, device=device) for a in cfg.sizes]
-            exp_avg = [torch.zeros_like(p) for p in params]
-            exp_sq = [torch.zeros_like(p) for p in params]
+            weights = [(losses[t] if losses is not None else MDMLoss.of(cfg)).weights(float(effect[t]))
+                       for t in range(n_tasks)]
+            rec_w, l1_w = torch.tensor(weights, device=device).view(-1, 2).unbind(1)  # (T,), (T,)
+            ups = MaskUpsampler(cfg.sizes, (h, w), cfg.upsample, device)
+            p = ups.init(n_tasks, cfg.init)  # (T, N, A, A)
+            exp_avg, exp_sq = torch.zeros_like(p), torch.zeros_like(p)
+            l1_grad = (l1_w[:, None] / ups.cells[None])[..., None, None]  # (T, N, 1, 1): d(l1_w mean|d|)/dd, d > 0
             steps = torch.zeros(n_tasks, n_masks, dtype=torch.long, device=device)
             active = (~independent)[:, None].repeat(1, n_masks)  # (T, N): an independent target is not trained
             prev_top, calm = None, torch.zeros(n_tasks, dtype=torch.long, device=device)
             batch = cfg.batch_masks or n_tasks * n_masks
+            model_seconds = 0.0
             bar = tqdm(total=cfg.steps_taken, disable=not self.progress, desc="MDM", unit="step", leave=False)
             for step in range(1, cfg.steps_taken + 1):
                 act = active.flatten().nonzero().flatten()  # entries (t * N + i) still training
                 if act.numel() == 0:
                     break
-                ps = [p.requires_grad_() for p in params]
-                up = torch.stack([self._upsample(p, (h, w))[:, 0] for p in ps], 1)  # (T, N, H, W)
-                rec_grad, batch = self._masked_grads(up.detach().flatten(0, 1), act, x, base, targets, scale,
-                                                     task_img, task_out, selector, n_masks, batch, device)
-                reg_terms = torch.stack([cfg.lambda_l1 * p.abs().mean((1, 2, 3)) for p in ps], 1)  # (T, N)
-                grads = torch.autograd.grad([up, reg_terms], ps, [rec_grad.view_as(up), torch.ones_like(reg_terms)])
+                m_act = ups(p).flatten(0, 1)[act]  # (n, H, W)
+                t1 = time.perf_counter()
+                g_masks, batch = self._masked_grads(m_act, act, x, base, targets, rec_w, task_img, task_out,
+                                                    selector, n_masks, batch, device)
+                model_seconds += time.perf_counter() - t1
                 with torch.no_grad():
+                    g = torch.zeros_like(p).flatten(0, 1)
+                    g[act] = ups.to_cells(g_masks, act % n_masks)
+                    g = g.view_as(p) + l1_grad * torch.sign(p)
                     steps += active
-                    for i, (p, g) in enumerate(zip(params, grads)):
-                        rows = active[:, i]
-                        if rows.any():
-                            self._adam_update(p, g, exp_avg[i], exp_sq[i], rows, step)
-                        p.requires_grad_(False).clamp_(0, 1)
+                    self._adam_update(p, g, exp_avg, exp_sq, active, step)
                 if cfg.tol is not None and step % cfg.patience == 0 and step >= cfg.min_steps:
                     with torch.no_grad():  # where would each task's masks end if they stopped now?
-                        top = self._top_masks(self._projected_masks(params, exp_avg, exp_sq, steps, (h, w)))
+                        top = self._top_masks(ups(self._projected(p, exp_avg, exp_sq, steps)))
                         if prev_top is not None:
                             change = 1 - _dice(top, prev_top)  # (T,)
                             calm = torch.where(change <= cfg.tol, calm + 1, torch.zeros_like(calm))
@@ -249,20 +347,44 @@ class MDMLocalizer(Localizer):
                 bar.set_postfix(active=int(active.sum()))
             bar.close()
             with torch.no_grad():
-                masks = self._projected_masks(params, exp_avg, exp_sq, steps, (h, w))
+                masks = ups(self._projected(p, exp_avg, exp_sq, steps))
         return MaskFit(masks.cpu(), steps.cpu(), list(targets.cpu()), time.perf_counter() - t0, batch, effect.cpu(),
-                       independent.cpu())
+                       independent.cpu(), model_seconds)
 
-    def _projected_masks(self, params, exp_avg, exp_sq, steps, size) -> torch.Tensor:
-        """Upsampled masks ``(T, N, H, W)`` with every mask that took fewer than ``steps`` Adam steps extrapolated to
-        the end of the schedule (see :meth:`_extrapolate`); the parameters themselves are left as they are."""
-        out = []
-        for i, p in enumerate(params):
-            q = p.clone()
-            if bool((steps[:, i] < self.config.steps).any()):
-                self._extrapolate(q, exp_avg[i], exp_sq[i], steps[:, i].view(-1, 1, 1, 1), self.config.steps)
-            out.append(self._upsample(q, size)[:, 0])
-        return torch.stack(out, 1)
+    def _adam_betas(self) -> tuple[float, float]:
+        """Adam's decay rates for one step of ``time_scale`` schedule steps: the moments keep their time constants."""
+        k = self.config.time_scale
+        return ADAM_BETAS[0] ** k, ADAM_BETAS[1] ** k
+
+    def _adam_update(self, p, g, m, v, active, t) -> None:
+        """``torch.optim.Adam``'s update (no weight decay) at step ``t`` of the entries ``(T, N)`` still ``active``
+        (all of them at step ``t``: an entry that stopped never resumes), then the clamp to [0, 1]. The learning
+        rate and decay rates are those of one step of ``time_scale``."""
+        b1, b2 = self._adam_betas()
+        lr = self.config.lr * self.config.time_scale
+        keep = active[..., None, None]
+        m.copy_(torch.where(keep, b1 * m + (1 - b1) * g, m))
+        v.copy_(torch.where(keep, b2 * v + (1 - b2) * g * g, v))
+        denom = v.sqrt() / math.sqrt(1 - b2**t) + ADAM_EPS
+        p.copy_(torch.where(keep, p - lr / (1 - b1**t) * m / denom, p).clamp_(0, 1))
+
+    def _projected(self, p, m, v, steps) -> torch.Tensor:
+        """Packed masks with every entry that took fewer Adam steps than the schedule's ``horizon`` continued there:
+        each element's last Adam update ``lr * m_hat / (sqrt(v_hat) + eps)`` repeated linearly, then clamped to
+        [0, 1]. Elements still travelling at a steady rate reach where the full schedule would take them; elements
+        at rest (``m_hat`` near 0) stay put. ``p`` itself is left as it is."""
+        horizon = self.config.horizon
+        if not bool((steps < horizon).any()):
+            return p
+        return self._extrapolate(p.clone(), m, v, steps[..., None, None], horizon)
+
+    def _extrapolate(self, p, m, v, t, horizon):
+        """Continue each element's last Adam step from step ``t`` (per entry) to ``horizon`` linearly, in place."""
+        b1, b2 = self._adam_betas()
+        lr = self.config.lr * self.config.time_scale
+        tf = t.to(p.dtype).clamp_min(1)
+        rate = (m / (1 - b1**tf)) / ((v / (1 - b2**tf)).sqrt() + ADAM_EPS)
+        return p.sub_(lr * (horizon - tf).clamp_min(0) * rate).clamp_(0, 1)
 
     def _top_masks(self, masks: torch.Tensor) -> torch.Tensor:
         """Top-``stop_percentile`` masks ``(T, H*W)`` of the heatmaps of upsampled masks ``(T, N, H, W)``."""
@@ -281,38 +403,42 @@ class MDMLocalizer(Localizer):
             status = "empty"
             if heatmap.max() <= 0:
                 reason += f" (every pixel's mask sum stays below gamma {self.config.gamma:g}); try a smaller lambda_l1"
+        n = len(fit.targets)
         return Localization(
             heatmap=heatmap,
             method="mdm",
             score=float(target.float().mean()),
             settings={**dataclasses.asdict(self.config), "batch_masks_used": fit.batch_masks,
-                      "selector": selector.describe(), "schedule": "batched"},
-            seconds=fit.seconds / len(fit.targets),
+                      "selector": selector.describe(), "schedule": "batched",
+                      "passes": int(fit.steps[task].sum()), "mean_steps": float(fit.steps[task].float().mean()),
+                      "model_seconds": round(fit.model_seconds / n, 4)},
+            seconds=fit.seconds / n,
             device=str(model_device(selector.model)),
             steps=int(fit.steps[task].max()),
             status=status,
             reason=reason,
         )
 
-    def _masked_grads(self, masks, act, x, base, targets, scale, task_img, task_out, selector, n_masks, batch, device):
-        """d(sum of normalised reconstruction losses)/d(mask) for the active entries, in chunks of ``batch``.
+    def _masked_grads(self, masks, act, x, base, targets, rec_w, task_img, task_out, selector, n_masks, batch, device):
+        """d(sum of weighted reconstruction losses)/d(mask) ``(n, H, W)`` for the active entries ``act`` and their
+        upsampled masks ``masks (n, H, W)``, in chunks of ``batch`` masked images.
 
-        Halves ``batch`` and retries on out-of-memory. Returns ``(grad (T*N, H, W), batch)``.
+        Halves ``batch`` and retries on out-of-memory. Returns ``(grad, batch)``.
         """
         while True:
             try:
-                grad = torch.zeros_like(masks)
-                for chunk in act.split(batch):
+                grad = torch.empty_like(masks)
+                for chunk in torch.arange(len(act), device=device).split(batch):
                     m = masks[chunk][:, None].requires_grad_()
-                    img = task_img[chunk // n_masks]
+                    task = act[chunk] // n_masks
+                    img = task_img[task]
                     xm = Perturbation.apply(x[img], m, base[img])
                     if self.config.channels_last and device.type == "cuda":
                         xm = xm.contiguous(memory_format=torch.channels_last)
                     with self._autocast(device):
                         out = selector.targets(xm)
-                    out = out[torch.arange(len(chunk), device=device), task_out[chunk // n_masks]].float()
-                    task = chunk // n_masks
-                    rec = ((out - targets[task]) ** 2).reshape(len(chunk), -1).sum(1) / scale[task]
+                    out = out[torch.arange(len(chunk), device=device), task_out[task]].float()
+                    rec = ((out - targets[task]) ** 2).reshape(len(chunk), -1).sum(1) * rec_w[task]
                     (g,) = torch.autograd.grad(rec.sum(), m)
                     grad[chunk] = g[:, 0]
                 return grad, batch
@@ -325,26 +451,3 @@ class MDMLocalizer(Localizer):
                 batch = max(1, batch // 2)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-
-    def _extrapolate(self, p, m, v, t, horizon):
-        """Continue each element's last Adam step ``lr * m_hat / (sqrt(v_hat) + eps)`` linearly from step ``t``
-        (per task) to ``horizon``, then clamp to [0, 1]: elements still travelling at a steady rate reach where the
-        full schedule would take them; elements at rest (``m_hat`` near 0) stay put."""
-        b1, b2 = ADAM_BETAS
-        tf = t.to(p.dtype).clamp_min(1)
-        rate = (m / (1 - b1**tf)) / ((v / (1 - b2**tf)).sqrt() + ADAM_EPS)
-        p.sub_(self.config.lr * (horizon - tf).clamp_min(0) * rate).clamp_(0, 1)
-
-    def _adam_update(self, p, g, m, v, rows, t):
-        """torch.optim.Adam's update (no weight decay) of the ``rows`` still training, all at step ``t``."""
-        b1, b2 = ADAM_BETAS
-        step = self.config.lr / (1 - b1**t)
-        if bool(rows.all()):  # the common case: in place, no gathers
-            m.mul_(b1).add_(g, alpha=1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            p.addcdiv_(m, v.sqrt().div_(math.sqrt(1 - b2**t)).add_(ADAM_EPS), value=-step)
-            return
-        m[rows] = b1 * m[rows] + (1 - b1) * g[rows]
-        v[rows] = b2 * v[rows] + (1 - b2) * g[rows] ** 2
-        denom = v[rows].sqrt() / math.sqrt(1 - b2**t) + ADAM_EPS
-        p[rows] = p[rows] - step * m[rows] / denom
