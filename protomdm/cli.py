@@ -9,9 +9,11 @@ import argparse
 import dataclasses
 import re
 import sys
+import warnings
 from typing import Callable, Sequence
 
 from .errors import UserError
+from .runtime import keep_freed_memory
 
 
 EXAMPLES = """examples:
@@ -499,14 +501,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, name, None) == "":
             print(f"protomdm {args.command}: error: --{name} is empty", file=sys.stderr)
             return 2
-    try:
-        return func(args)
-    except UserError as e:
-        print(f"protomdm {args.command}: error: {with_flags(str(e), parser)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"protomdm {args.command}: interrupted", file=sys.stderr)
-        return 130
+    keep_freed_memory()
+    with warnings.catch_warnings(record=True) as caught:  # a library's complaint about an input is not a traceback
+        warnings.simplefilter("always")
+        try:
+            code = func(args)
+        except UserError as e:  # the error names the problem; the warnings that led to it are noise
+            print(f"protomdm {args.command}: error: {with_flags(str(e), parser)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"protomdm {args.command}: interrupted", file=sys.stderr)
+            return 130
+    if not getattr(args, "quiet", False):
+        for message in dict.fromkeys(str(w.message).splitlines()[0] for w in caught):
+            print(f"protomdm {args.command}: warning: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

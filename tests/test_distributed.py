@@ -81,9 +81,17 @@ def test_sharded_evaluation_equals_one_process(tmp_path):
     evaluate(ckpt, tmp_path / "one", dataset="synthetic", methods=["upsample"], limit=5, deletion_steps=4,
              progress=False)
     _spawn(dist_workers.evaluate, str(ckpt), str(tmp_path / "two"))
-    key = lambda r: tuple(r.values())  # noqa: E731
-    assert sorted(map(key, _rows(tmp_path / "two" / "results.csv"))) == sorted(map(key, _rows(tmp_path / "one" / "results.csv")))
+    two, one = (_by_key(_rows(tmp_path / d / "results.csv")) for d in ("two", "one"))
+    assert two.keys() == one.keys()
+    for k, v in one.items():  # shards batch differently: float sums agree to the CSV's 6th digit, not bitwise
+        assert float(two[k]) == pytest.approx(float(v), abs=2e-6), k
+    # the summary rounds to 3 digits, so it is the same text
     assert (tmp_path / "two" / "summary.md").read_text() == (tmp_path / "one" / "summary.md").read_text()
+
+
+def _by_key(rows):
+    """{every column but the value: the value} of a results table."""
+    return {tuple((c, x) for c, x in r.items() if c != "value"): r["value"] for r in rows}
 
 
 def test_ddp_training_equals_one_process(tmp_path):
