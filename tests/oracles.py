@@ -35,3 +35,20 @@ class BoxOracle(nn.Module):
 def oracle_image(size: int = 64, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.rand(1, 3, size, size, generator=g) * 2 - 1
+
+
+class TextureOracle(nn.Module):
+    """One logit: the mean absolute vertical difference of the pixels inside ``boxes`` (x0, y0, x1, y1; exclusive
+    ends). Its evidence is texture, so masking to zero and blurring both remove it."""
+
+    def __init__(self, boxes: list[tuple[int, int, int, int]], size: int = 96) -> None:
+        super().__init__()
+        region = torch.zeros(1, 1, size - 1, size)
+        for x0, y0, x1, y1 in boxes:
+            region[..., y0:y1 - 1, x0:x1] = 1
+        self.register_buffer("region", region)
+        self.num_classes = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = (x[:, :, 1:] - x[:, :, :-1]).abs().mean(1, keepdim=True)
+        return (d * self.region).sum((2, 3)) / self.region.sum()

@@ -114,3 +114,16 @@ def test_an_image_independent_target_is_empty():
     for loc in (RISELocalizer(masks=20).localize(oracle_image(), LogitSelector(Constant(), 0)),
                 ExtremalLocalizer(steps=2).localize(oracle_image(), LogitSelector(Constant(), 0))):
         assert loc.status == "empty" and "does not depend on the image" in loc.reason and loc.box() is None
+
+
+def test_smooth_mask_equals_the_max_over_every_grid_point():
+    """The separable max-convolution against its definition, computed point by point."""
+    sm = SmoothMask((13, 11), stride=3, sigma=2.5)
+    p = torch.rand(2, 1, *sm.grid, generator=torch.Generator().manual_seed(0))
+    gy, gx = torch.meshgrid(torch.arange(sm.grid[0]) * 3.0, torch.arange(sm.grid[1]) * 3.0, indexing="ij")
+    yy, xx = torch.meshgrid(torch.arange(13.0), torch.arange(11.0), indexing="ij")
+    d2 = (yy[..., None, None] - gy) ** 2 + (xx[..., None, None] - gx) ** 2  # (H, W, g_h, g_w)
+    cell = lambda u, g: (g / 3 - (u // 3)[..., None, None]).abs() <= sm.radius  # noqa: E731  (the kernel's reach)
+    near = cell(yy, gy) & cell(xx, gx)
+    expected = (torch.exp(-d2 / (2 * 2.5**2)) * near * p[:, 0, None, None]).flatten(3).amax(3)
+    torch.testing.assert_close(sm(p), expected, atol=1e-6, rtol=1e-5)
