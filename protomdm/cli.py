@@ -46,7 +46,15 @@ def _add_mdm_options(p: argparse.ArgumentParser) -> None:
                    "this (1 - Dice) over two checks (default 0.005; 0: no adaptive stop)")
     g.add_argument("--full-schedule", action="store_true", help="take every step of --steps, as the paper does (no "
                    "adaptive stop, no extrapolation): slow, the reference")
-    g.add_argument("--lambda", dest="lambda_l1", type=float, help="weight of the L1 mask-area term (default 0.003)")
+    g.add_argument("--lambda", dest="lambda_l1", type=float, help="weight of the L1 mask-area term (default 3)")
+    g.add_argument("--loss", choices=("normalised", "paper"), help="normalised (default: the reconstruction term "
+                   "divided by the effect of masking everything, weighted against --lambda) or paper (Algorithm 1 as "
+                   "written: --lambda1 x the squared change + --lambda2 x mean|d|)")
+    g.add_argument("--lambda1", type=float, help="--loss paper: weight of the squared change (default 1e-3; the "
+                   "paper: 1e-2 CUB, 1e-3 NIH)")
+    g.add_argument("--lambda2", type=float, help="--loss paper: weight of mean|d| (default 1)")
+    g.add_argument("--time-scale", type=float, metavar="K", help="each Adam step stands for K of the schedule's "
+                   "(lr x K, Adam's decay rates ^ K): --steps / K steps taken (default 1)")
     g.add_argument("--gamma", type=float, help="heatmap = sum of masks, zero where the sum < gamma (default 5)")
     g.add_argument("--lr", type=float, help="Adam learning rate (default 3e-3)")
     g.add_argument("--baseline", choices=("zero", "blur", "mean"), help="what masked-out pixels become (default zero)")
@@ -70,14 +78,15 @@ def _mdm_config(args: argparse.Namespace):
     from .config import MDMConfig, load_mdm_config
 
     cfg = load_mdm_config(args.mdm_config) if args.mdm_config else MDMConfig()
-    overrides = {k: getattr(args, k) for k in ("steps", "lambda_l1", "gamma", "lr", "baseline", "batch_masks",
-                                                "precision") if getattr(args, k) is not None}
+    overrides = {k: getattr(args, k) for k in ("steps", "loss", "lambda_l1", "lambda1", "lambda2", "time_scale", "gamma",
+                                                "lr", "baseline", "batch_masks", "precision")
+                 if getattr(args, k) is not None}
     if args.tol is not None:
         overrides["tol"] = args.tol if args.tol > 0 else None
     if args.extrapolate_after is not None:
         overrides["extrapolate_after"] = args.extrapolate_after if args.extrapolate_after > 0 else None
     if args.full_schedule:
-        overrides.update(tol=None, extrapolate_after=None)
+        overrides.update(tol=None, extrapolate_after=None, time_scale=1.0)
     return dataclasses.replace(cfg, **overrides)
 
 

@@ -69,7 +69,8 @@ def upsample_scores(model, x, selector, targets, percentiles, deletion_steps) ->
         loc = UpsampleLocalizer().localize(x[t.image], sel)
         found = heatmap_metrics(loc.heatmap, t.truth, percentiles)
         if deletion_steps:
-            full = float(sel(x[t.image:t.image + 1]).float().mean())
+            with torch.no_grad():
+                full = float(sel(x[t.image:t.image + 1]).float().mean())
             dele, ins = deletion_insertion(sel, x[t.image], loc.heatmap, deletion_steps)
             found += [("deletion_auc", np.nan, float(curve_auc(dele / full))),
                       ("insertion_auc", np.nan, float(curve_auc(ins / full)))]
@@ -99,6 +100,7 @@ def main() -> None:
     ap.add_argument("--deletion-steps", type=int, default=16)
     ap.add_argument("--mdm", default="", help="MDM overrides as key=value,... (e.g. time_scale=10,tol=0)")
     ap.add_argument("--out", default="runs/mdm_study")
+    ap.add_argument("--fresh", action="store_true", help="recompute models whose OUT/study_MODEL.csv exists")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -112,14 +114,21 @@ def main() -> None:
                    gammas=tuple(float(v) for v in args.gammas.split(",")))
     frames = []
     for kind in args.models.split(","):
+        done = out / f"study_{kind}.csv"  # one file per model, so an interrupted study resumes where it stopped
+        if done.exists() and not args.fresh:
+            frames.append(pd.read_csv(done))
+            print(f"{kind}: reusing {done}")
+            continue
         model, x, sel, targets = model_and_targets(kind, out, args.images, args.seed)
         t0 = time.perf_counter()
         scores = grid_scores(x, sel, targets, grid, base, deletion_steps=args.deletion_steps, progress=True)
         print(f"{kind}: {len(targets)} targets x {len(grid.losses())} losses in {time.perf_counter() - t0:.0f} s",
               flush=True)
-        frames.append(scores.assign(model=kind))
+        parts = [scores]
         if kind != "cnn":
-            frames.append(upsample_scores(model, x, sel, targets, (80, 90, 95), args.deletion_steps).assign(model=kind))
+            parts.append(upsample_scores(model, x, sel, targets, (80, 90, 95), args.deletion_steps))
+        frames.append(pd.concat(parts, ignore_index=True).assign(model=kind))
+        frames[-1].to_csv(done, index=False)
     scores = pd.concat(frames, ignore_index=True)
     scores.to_csv(out / "study.csv", index=False)
     means = pd.concat([setting_means(f).assign(model=f.model.iloc[0]) for _, f in scores.groupby("model", sort=False)])

@@ -42,6 +42,9 @@ CANDIDATES = {  # name: MDMConfig overrides
     "400 -> 2000 extrapolated": {"extrapolate_after": 400, "tol": None},  # the previous default
     "1000 -> 2000 extrapolated": {"extrapolate_after": 1000, "tol": None},
     "400 steps, cut short": {"steps": 400, **FULL},
+    "time_scale 5 (400 steps)": {"time_scale": 5.0, **FULL},
+    "time_scale 6.67 (300 steps)": {"time_scale": 6.67, **FULL},
+    "time_scale 10 (200 steps)": {"time_scale": 10.0, **FULL},
 }
 
 

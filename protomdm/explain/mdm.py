@@ -76,6 +76,17 @@ def masks_to_heatmap(masks: np.ndarray | torch.Tensor, gamma: float) -> np.ndarr
     return (s / peak if peak > 0 else s).astype(np.float32)
 
 
+def standardised_heatmap(heatmap: np.ndarray) -> np.ndarray:
+    """The paper's normalised map ``M^h = (M^F - mean(M^F)) / std(M^F)`` of a heatmap ``(H, W)`` (zero if flat).
+
+    Standardising ignores the heatmap's scale, so it is the same from the sum of the masks or from the [0, 1] map
+    that :func:`masks_to_heatmap` returns; the ranking of pixels, hence every top-percentile mask, is unchanged.
+    """
+    h = np.asarray(heatmap, np.float64)
+    sd = h.std()
+    return ((h - h.mean()) / sd if sd > 0 else np.zeros_like(h)).astype(np.float32)
+
+
 def interpolation_matrix(n_in: int, n_out: int, mode: str = "bilinear") -> torch.Tensor:
     """``(n_out, n_in)``: the linear map of ``F.interpolate`` (``bilinear``, ``align_corners=False``, or
     ``nearest``) along one axis; 2-D interpolation is this along each axis."""

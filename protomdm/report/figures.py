@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
+from ..explain.mdm import standardised_heatmap
 from ..files import atomic_write  # noqa: F401 - re-exported for the writers below and their callers
 
 
@@ -129,6 +130,20 @@ def save_overlay(path: str | Path, pixels: np.ndarray, heatmap: np.ndarray,
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="relevance")
     fig.tight_layout()
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def paper_overlay(pixels: np.ndarray, heatmap: np.ndarray, alpha: float = 1.0, beta: float = 0.25) -> np.ndarray:
+    """The MDM paper's figure: ``alpha X + beta M^h`` with ``M^h`` the standardised heatmap
+    (:func:`protomdm.explain.mdm.standardised_heatmap`), clipped to [0, 1] for display.
+
+    Args:
+        pixels: ``(H, W)`` or ``(H, W, 3)`` in [0, 1]; heatmap: ``(H, W)``. alpha, beta: the paper's weights (it
+            does not print them; the defaults are ours: the image as it is, one standard deviation = 0.25).
+    Returns:
+        ``(H, W)`` or ``(H, W, 3)`` in [0, 1].
+    """
+    m = standardised_heatmap(heatmap)
+    return np.clip(alpha * pixels + beta * (m[..., None] if pixels.ndim == 3 else m), 0, 1)
 
 
 def save_panels(path: str | Path, rows: list[list[tuple[str, np.ndarray, str | None]]], title: str = "") -> Path:
