@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from protomdm import LogitSelector, MDMConfig, UpsampleLocalizer, load_model
+from protomdm import LogitSelector, MDMConfig, UpsampleLocalizer
 from protomdm.config import load_train_config
 from protomdm.data.images import model_input
 from protomdm.data.synthetic import SyntheticLesions
@@ -33,9 +33,8 @@ from protomdm.demo import demo_config
 from protomdm.evaluation.metrics import curve_auc
 from protomdm.evaluation.faithfulness import deletion_insertion
 from protomdm.evaluation.tuning import MDMGrid, Target, default_targets, grid_scores, heatmap_metrics, setting_means
-from protomdm.training import train
 
-from schedule_study import train_cnn
+from schedule_study import trained_model
 
 ROOT = Path(__file__).resolve().parents[1]
 HELD_OUT_SEED = 1000  # training uses seeds 0 (train) and 1 (test); the tests use small seeds
@@ -44,12 +43,7 @@ HELD_OUT_SEED = 1000  # training uses seeds 0 (train) and 1 (test); the tests us
 def model_and_targets(kind: str, out: Path, n: int, seed: int):
     """The trained model, its config, held-out images ``(B, C, H, W)``, a selector and the targets."""
     cfg = load_train_config(ROOT / "configs/synthetic_xprotonet.yaml") if kind == "xprotonet" else demo_config()
-    if kind == "cnn":
-        model = train_cnn(out / "cnn.pt")
-    else:
-        if not (out / kind / "best.pt").exists():
-            train(dataclasses.replace(cfg, device="cpu"), out / kind, progress=False)
-        model = load_model(out / kind / "best.pt")
+    model = trained_model(kind, cfg, out)
     data = SyntheticLesions(cfg.model.class_names, n=n, size=cfg.model.img_size[0], channels=cfg.model.in_channels,
                             multilabel=kind == "xprotonet", seed=seed)
     samples = [data.sample(i) for i in range(n)]

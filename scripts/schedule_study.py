@@ -82,6 +82,15 @@ def train_cnn(path: Path) -> TinyCNN:
     return model.eval()
 
 
+def trained_model(kind: str, cfg, out: Path) -> nn.Module:
+    """The study's ``kind`` of model (protopnet | xprotonet | cnn) trained under ``out``, or reused from there."""
+    if kind == "cnn":
+        return train_cnn(out / "cnn.pt")
+    if not (out / kind / "best.pt").exists():
+        train(dataclasses.replace(cfg, device="cpu"), out / kind, progress=False)
+    return load_model(out / kind / "best.pt")
+
+
 def tasks(kind: str, model, cfg, size: int, n: int):
     """Images ``(B, C, H, W)``, a selector and the (image, target) pairs to explain."""
     multilabel = kind == "xprotonet"
@@ -122,12 +131,7 @@ def main() -> None:
           f"{'Dice p90 mean':>13} {'min':>6} {'Pearson r':>9}", flush=True)
     for kind in args.models.split(","):
         cfg = configs[kind]
-        if kind == "cnn":
-            model = train_cnn(out / "cnn.pt")
-        else:
-            if not (out / kind / "best.pt").exists():
-                train(dataclasses.replace(cfg, device="cpu"), out / kind, progress=False)
-            model = load_model(out / kind / "best.pt")
+        model = trained_model(kind, cfg, out)
         for size in (int(s) for s in args.sizes.split(",")):
             x, sel, pairs = tasks(kind, model, cfg, size, args.images)
             pairs = pairs[:args.max_activations]
