@@ -511,8 +511,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"protomdm {args.command}: error: --{name} is empty", file=sys.stderr)
             return 2
     keep_freed_memory()
-    with warnings.catch_warnings(record=True) as caught:  # a library's complaint about an input is not a traceback
-        warnings.simplefilter("always")
+    # a library's complaint about an input is not a traceback; the filters stay the default ones, so what Python
+    # would not have shown (deprecations inside libraries) is not shown either
+    with warnings.catch_warnings(record=True) as caught:
         try:
             code = func(args)
         except UserError as e:  # the error names the problem; the warnings that led to it are noise
