@@ -19,10 +19,12 @@ from .errors import UserError
 from .explain import Localization, PrototypeSelector, create_localizer
 from .explain.localization import model_device
 from .explain.registry import localizer_entry
+from .explain.case import class_probabilities
 from .explain.selectors import choose_prototype
 from .geometry import check_percentile
 from .integrations.protopnet import as_prototype_model
 from .models import PrototypeModel, load_model
+from .report.dicom import Finding
 from .report.figures import check_writable, resize_map, save_mask_png, save_overlay, write_json
 from .report.names import is_dicom, output_names, output_stem
 
@@ -129,13 +131,16 @@ class LocalizeJob:
         regions = [{**r.as_dict(), "box": list(box_to_original(r.box, loc.heatmap.shape, size)),
                     "box_input": list(r.box)} for r in loc.regions(self.percentile)]
         c = model.prototype_class(j)
+        with torch.no_grad():
+            x = to_model_input(image, model.config).to(model_device(model))
+            probability = float(class_probabilities(model, model(x).float())[0, c])
         dicom = is_dicom(image)
         record = {
             "image": stem if dicom else str(image.source),
             "image_size": list(size), "input_size": list(loc.heatmap.shape),
             "model": {"architecture": model.config.architecture, "backbone": model.config.backbone,
                       "checkpoint": self.checkpoint},
-            "prototype": j, "class_index": c, "class_name": model.class_names[c],
+            "prototype": j, "class_index": c, "class_name": model.class_names[c], "class_probability": probability,
             "score": loc.score, "percentile": self.percentile,
             "box": list(box) if box else None, "box_input": list(box_in) if box_in else None,
             "regions": regions,
@@ -147,19 +152,30 @@ class LocalizeJob:
         n = len(regions)
         title = (f"{label}, top {100 - self.percentile:g}%: {n} region{'s' if n != 1 else ''}" if loc.ok
                  else f"{label}: empty ({loc.reason})")
+        # DICOM first: every object is built before any is written, so a refusal leaves no file behind
+        if dicom and loc.ok:  # an empty result has no segment to send to a viewer
+            scale = size[0] * size[1] / (loc.heatmap.shape[0] * loc.heatmap.shape[1])
+            finding = Finding(label, model.class_names[c], probability, self.method, loc.settings or {},
+                              [{"box": r["box"], "area": r["area"] * scale, "peak": r["peak"]} for r in regions],
+                              image.pixel_spacing)
+            write_dicom(image, mask, heat, files, finding, self.keep_phi)
         save_overlay(files["overlay"], image.pixels, heat, box, title, [r["box"] for r in regions])
         save_mask_png(files["mask"], mask)
-        if dicom and loc.ok:  # an empty result has no segment to send to a viewer
-            from .report.dicom import write_dicom_outputs
-
-            try:
-                write_dicom_outputs(image.source, mask, np.clip(heat, 0, 1), files["seg"], files["heatmap_pm"],
-                                    label, keep_phi=self.keep_phi)
-            except Exception as e:  # noqa: BLE001 - highdicom's checks of the source's attributes, in its terms
-                raise UserError(f"{image.source}: cannot write its DICOM SEG and Parametric Map ({type(e).__name__}: "
-                                f"{' '.join(str(e).split())[:200]})") from None
         write_json(files["localization"], record)
         return LocalizeResult(loc, record, files)
+
+
+def write_dicom(image: LoadedImage, mask: np.ndarray, heatmap: np.ndarray, files: dict[str, Path], finding: Finding,
+                keep_phi: bool) -> None:
+    """Write the DICOM outputs of ``finding`` for the DICOM ``image`` (``files["seg"]``, ``["heatmap"]``,
+    ``["sr"]``); highdicom's refusals of the source's attributes become one :class:`UserError` line."""
+    from .report.dicom import write_dicom_outputs
+
+    try:
+        write_dicom_outputs(image.source, mask, np.clip(heatmap, 0, 1), files, finding, keep_phi=keep_phi)
+    except Exception as e:  # noqa: BLE001 - highdicom's checks of the source's attributes, in its terms
+        raise UserError(f"{image.source}: cannot write its DICOM outputs ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:200]})") from None
 
 
 def localize_file(ckpt: str | Path, image_path: str | Path, out_dir: str | Path, *, architecture: str | None = None,
@@ -169,7 +185,8 @@ def localize_file(ckpt: str | Path, image_path: str | Path, out_dir: str | Path,
                   trust_pickle: bool = False, code_dir: str | Path | None = None) -> LocalizeResult:
     """Localize one prototype in one image file and write ``{stem}_overlay.png``, ``{stem}_mask.png`` and
     ``{stem}_localization.json`` (box in the original image's pixels) to ``out_dir``; for a DICOM input also
-    ``{stem}_seg.dcm`` and ``{stem}_heatmap_pm.dcm``, and ``stem`` is a hash of its SOP Instance UID."""
+    ``{stem}_seg.dcm`` (the mask), ``{stem}_heatmap.dcm`` (a fractional SEG) and ``{stem}_sr.dcm`` (the
+    structured report), and ``stem`` is a hash of its SOP Instance UID."""
     job = LocalizeJob.load(ckpt, architecture=architecture, device=device, method=method, percentile=percentile,
                            prototype=prototype, class_name=class_name, mdm=mdm, keep_phi=keep_phi,
                            progress=progress, trust_pickle=trust_pickle, code_dir=code_dir)

@@ -1,3 +1,6 @@
-"""The package version (one place: the package, DICOM outputs and checkpoints read it)."""
+"""The package name and version as outputs record them (one place: the package, DICOM outputs and checkpoints read
+it)."""
 
 __version__ = "0.1.0"
+
+SOFTWARE = "protomdm"

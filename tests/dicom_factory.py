@@ -19,7 +19,7 @@ def make_dicom(path: str | Path, pixels: np.ndarray, *, photometric: str = "MONO
                signed: bool = False, sop_class: str = DX_STORAGE, transfer_syntax: str = ExplicitVRLittleEndian,
                pixel_data: bytes | None = None, **attrs) -> Path:
     """Write ``pixels`` (``(H, W)`` integers, or ``(H, W, 3)`` uint8 for RGB) as a DICOM file; ``attrs`` are set
-    on the dataset as given (e.g. ``RescaleSlope=2``, ``WindowCenter=...``)."""
+    on the dataset as given (e.g. ``RescaleSlope=2``, ``WindowCenter=...``; ``None`` removes one)."""
     pixels = np.asarray(pixels)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
@@ -46,8 +46,12 @@ def make_dicom(path: str | Path, pixels: np.ndarray, *, photometric: str = "MONO
     ds.HighBit = ds.BitsStored - 1
     ds.PixelRepresentation = 1 if signed else 0
     ds.ImagerPixelSpacing = [0.143, 0.139]
-    for k, v in attrs.items():
-        setattr(ds, k, v)
+    for k, v in attrs.items():  # None removes an attribute the factory sets
+        if v is None:
+            if k in ds:
+                delattr(ds, k)
+        else:
+            setattr(ds, k, v)
     if pixel_data is not None:
         ds.PixelData = pixel_data
     elif pixels.size:

@@ -75,7 +75,7 @@ def test_folder_run_writes_a_row_per_image_and_goes_on_after_failures(capsys, tm
     dcm_dir = out / rows["chest.dcm"]["output"]
     assert dcm_dir.name.startswith("dcm-")
     names = sorted(p.name.split("_", 1)[1] for p in dcm_dir.iterdir())
-    assert names == ["heatmap_pm.dcm", "localization.json", "mask.png", "overlay.png", "seg.dcm"]
+    assert names == ["heatmap.dcm", "localization.json", "mask.png", "overlay.png", "seg.dcm", "sr.dcm"]
     assert json.loads(next(dcm_dir.glob("*.json")).read_text())["image_size"] == [80, 64]
     assert not list((out / rows["study/photo.png"]["output"]).glob("*.dcm"))  # DICOM outputs only for DICOM
     assert _digest(folder) == before  # inputs untouched

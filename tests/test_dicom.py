@@ -1,5 +1,5 @@
-"""DICOM in (pixel pipeline against hand-computed values, bad files) and DICOM out (SEG and Parametric Map read back
-with highdicom and pydicom), patient-data safety."""
+"""DICOM in (pixel pipeline against hand-computed values, bad files) and DICOM out (SEG, fractional SEG and SR read
+back with highdicom and pydicom), patient-data safety."""
 
 from __future__ import annotations
 
@@ -117,40 +117,128 @@ def test_missing_decoder_names_the_extra(tmp_path):
         read_dicom(p)
 
 
-def test_seg_and_parametric_map_reference_the_source(tmp_path):
-    import pydicom
+def _finding(**kw):
+    from protomdm.report.dicom import Finding
 
+    base = dict(label="mdm prototype 1 (Effusion)", class_name="Effusion", probability=0.81, method="mdm",
+                settings={"steps": 300, "lambda_l1": 3.0}, pixel_spacing=(0.2, 0.25),
+                regions=[{"box": [10, 5, 30, 20], "area": 300.0, "peak": 0.93}])
+    base.update(kw)
+    return Finding(**base)
+
+
+def _outputs(tmp_path, src, mask, heat, finding, keep_phi=False, tag=""):
     from protomdm.report.dicom import write_dicom_outputs
+
+    paths = {k: tmp_path / f"{tag}{k}.dcm" for k in ("seg", "heatmap", "sr")}
+    return write_dicom_outputs(src, mask, heat, paths, finding, keep_phi=keep_phi)
+
+
+def test_seg_and_fractional_heatmap_reference_the_source(tmp_path):
+    import pydicom
 
     rng = np.random.default_rng(0)
     src = make_dicom(tmp_path / "src.dcm", (rng.random((40, 56)) * 4095).astype(np.uint16), bits_stored=12)
     mask = np.zeros((40, 56), bool)
     mask[5:20, 10:30] = True
     heat = rng.random((40, 56)).astype(np.float32)
-    seg_p, pm_p = write_dicom_outputs(src, mask, heat, tmp_path / "seg.dcm", tmp_path / "pm.dcm", "mdm prototype 1")
+    files = _outputs(tmp_path, src, mask, heat, _finding())
     ds = pydicom.dcmread(src)
 
-    seg = hd.seg.segread(seg_p)
+    seg = hd.seg.segread(files["seg"])
     got = seg.get_pixels_by_source_instance([ds.SOPInstanceUID], segment_numbers=[1])[0, :, :, 0]
     np.testing.assert_array_equal(got.astype(bool), mask)
-    pm = pydicom.dcmread(pm_p)
-    assert hd.imread(pm_p).SOPClassUID == pm.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30"  # Parametric Map Storage
-    rwvm = pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
-    np.testing.assert_allclose(pm.pixel_array * float(rwvm.RealWorldValueSlope), heat, atol=1e-4)
-    for obj in (seg, pm):
+    frac = hd.seg.segread(files["heatmap"])
+    assert frac.SegmentationType == "FRACTIONAL" and frac.SegmentationFractionalType == "PROBABILITY"
+    got = frac.get_pixels_by_source_instance([ds.SOPInstanceUID], segment_numbers=[1])[0, :, :, 0]
+    np.testing.assert_allclose(got, heat, atol=0.5 / 255 + 1e-6)  # 8 bits, 255 = 1
+    for obj in (seg, frac):
         assert obj.StudyInstanceUID == ds.StudyInstanceUID
         ref = obj.ReferencedSeriesSequence[0]
         assert ref.SeriesInstanceUID == ds.SeriesInstanceUID
         assert ref.ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == ds.SOPInstanceUID
         assert obj.SOPInstanceUID != ds.SOPInstanceUID and obj.Rows == ds.Rows and obj.Columns == ds.Columns
         assert str(obj.PatientName) == "" and obj.PatientID == ""
-    for f in (seg_p, pm_p):
+        assert list(obj.PatientOrientation) == ["L", "F"]  # Type 2C for a projection image: carried over
+        algo = obj.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+        assert algo.AlgorithmName == "protomdm" and "method=mdm" in algo.AlgorithmParameters
+        assert "lambda_l1=3.0" in algo.AlgorithmParameters
+    for f in files.values():
         blob = f.read_bytes()
         assert PATIENT_NAME.split("^")[0].encode() not in blob and PATIENT_ID.encode() not in blob
 
-    seg_p, _ = write_dicom_outputs(src, mask, heat, tmp_path / "seg2.dcm", tmp_path / "pm2.dcm", "mdm", keep_phi=True)
-    seg = pydicom.dcmread(seg_p)
-    assert str(seg.PatientName) == PATIENT_NAME and seg.PatientID == PATIENT_ID
+    files = _outputs(tmp_path, src, mask, heat, _finding(), keep_phi=True, tag="phi")
+    for f in files.values():
+        obj = pydicom.dcmread(f)
+        assert str(obj.PatientName) == PATIENT_NAME and obj.PatientID == PATIENT_ID, f.name
+
+
+def test_structured_report_reads_back_with_highdicom(tmp_path):
+    """TID 1500: the coded finding, its probability, the area in mm2 from the spacing, each region as a SCOORD
+    box on the source with its peak, the prototypes of a case report, references to the source and the SEG."""
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    rng = np.random.default_rng(1)
+    src = make_dicom(tmp_path / "src.dcm", (rng.random((40, 56)) * 4095).astype(np.uint16), bits_stored=12)
+    mask = np.zeros((40, 56), bool)
+    mask[5:20, 10:30] = True
+    protos = [{"prototype": 4, "class_name": "Atelectasis", "similarity": 2.5, "weight": 1.25,
+               "contribution": 3.125, "box": [1, 2, 9, 12]},
+              {"prototype": 7, "class_name": "Hernia", "similarity": 0.5, "weight": 0.5, "contribution": 0.25,
+               "box": None}]
+    files = _outputs(tmp_path, src, mask, mask * 0.9, _finding(prototypes=protos))
+    sr = hd.sr.srread(files["sr"])
+    ds, seg = pydicom.dcmread(src), pydicom.dcmread(files["seg"])
+    assert sr.StudyInstanceUID == ds.StudyInstanceUID and str(sr.PatientName) == ""
+    evidence = {ref.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
+                for series in s.ReferencedSeriesSequence for ref in series.ReferencedSOPSequence}
+    assert {ds.SOPInstanceUID, seg.SOPInstanceUID} <= evidence
+    groups = sr.content.get_planar_roi_measurement_groups()
+    assert [g.tracking_identifier for g in groups] == ["mdm prototype 1 (Effusion)", "region 1", "prototype 4"]
+    whole, region, proto = groups
+    assert whole.finding_type == hd.sr.CodedConcept("60046008", "SCT", "Pleural effusion")  # NIH's "Effusion"
+    assert whole.reference_type == codes.DCM.ReferencedSegmentationFrame
+    assert whole.referenced_segmentation_frame.referenced_sop_instance_uid == seg.SOPInstanceUID
+    values = {m.name.meaning: (m.value, m.unit.value) for m in whole.get_measurements()}
+    assert values["Probability"] == (pytest.approx(0.81), "1")
+    assert values["Area"] == (pytest.approx(300 * 0.2 * 0.25), "mm2")
+    assert region.reference_type == codes.DCM.ImageRegion
+    np.testing.assert_allclose(region.roi.value, [[10, 5], [30, 5], [30, 20], [10, 20], [10, 5]])
+    assert region.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == ds.SOPInstanceUID
+    assert {m.name.meaning: m.value for m in region.get_measurements()}["Heatmap peak"] == pytest.approx(0.93)
+    assert proto.finding_type.value == "46621007"  # Atelectasis, SNOMED CT
+    assert {m.name.meaning: m.value for m in proto.get_measurements()} == {
+        "Prototype similarity": 2.5, "Prototype weight": 1.25, "Prototype contribution": 3.125}
+    (boxless,) = sr.content.get_image_measurement_groups()  # a prototype without a box: no region
+    assert boxless.tracking_identifier == "prototype 7"
+    assert boxless.finding_type.scheme_designator == "99PROTOMDM"  # Hernia: no code known here, a local one
+
+
+def test_finding_codes():
+    from protomdm.report.sr import finding_code
+
+    assert finding_code("Cardiomegaly").value == "287272002"  # pydicom's dictionary by name
+    assert finding_code("Pleural effusion").value == finding_code("Effusion").value == "60046008"
+    assert finding_code("Pleural_Thickening").scheme_designator == "99PROTOMDM"
+    assert finding_code("Pleural_Thickening").meaning == "Pleural_Thickening"
+    assert finding_code("disk").scheme_designator == "99PROTOMDM"
+
+
+def test_invalid_spacing_and_orientation_are_left_out(tmp_path):
+    import pydicom
+
+    rng = np.random.default_rng(2)
+    src = make_dicom(tmp_path / "src.dcm", (rng.random((20, 24)) * 4095).astype(np.uint16), bits_stored=12,
+                     PixelSpacing=[0, 0], ImagerPixelSpacing=[0.1, 0.1], PatientOrientation=["Q", "F"])
+    from protomdm.data.dicom import pixel_spacing
+
+    assert pixel_spacing(pydicom.dcmread(src)) == (0.1, 0.1)  # a 0\0 Pixel Spacing hides no valid spacing
+    files = _outputs(tmp_path, src, np.ones((20, 24), bool), np.ones((20, 24), np.float32) * 0.5, _finding())
+    for f in ("seg", "heatmap"):
+        obj = pydicom.dcmread(files[f])
+        assert "PixelSpacing" not in obj and "PatientOrientation" in obj and not obj.PatientOrientation
+        assert "PixelMeasuresSequence" not in obj.SharedFunctionalGroupsSequence[0]
 
 
 def _pydicom_file(name):

@@ -67,17 +67,20 @@ def test_no_marker_survives_in_any_output_and_the_objects_still_validate(tmp_pat
         assert not [n for n in NEEDLES if n in blob], p.name
 
     seg_p = next(p for p in files if p.name.endswith("_seg.dcm"))
-    pm_p = next(p for p in files if p.name.endswith("_heatmap_pm.dcm"))
-    seg, pm = hd.seg.segread(seg_p), hd.imread(pm_p)
-    for obj in (seg, pm):
+    heat_p = next(p for p in files if p.name.endswith("_heatmap.dcm"))
+    sr_p = next(p for p in files if p.name.endswith("_sr.dcm"))
+    seg, heat, sr = hd.seg.segread(seg_p), hd.seg.segread(heat_p), hd.sr.srread(sr_p)
+    for obj in (seg, heat):
         assert obj.StudyInstanceUID == ds.StudyInstanceUID
         ref = obj.ReferencedSeriesSequence[0]
         assert ref.SeriesInstanceUID == ds.SeriesInstanceUID
         assert ref.ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == ds.SOPInstanceUID
+    for obj in (seg, heat, sr):
         for kw in EMPTY_KEYWORDS:  # required by the IODs: present, empty
             assert kw in obj and not obj[kw].value, kw
 
     keep = tmp_path / "keep"
     assert main(["localize", "--ckpt", str(ckpt), "--image", str(src), "--method", "upsample", "--out", str(keep),
                  "--quiet", "--keep-phi"]) == 0
-    assert b"PHIMARK" in next(keep.glob("*_seg.dcm")).read_bytes()  # asked for: kept
+    for kind in ("seg", "heatmap", "sr"):
+        assert b"PHIMARK" in next(keep.glob(f"*_{kind}.dcm")).read_bytes(), kind  # asked for: kept

@@ -145,21 +145,30 @@ def read_dicom(path: str | Path, max_pixels: int = MAX_PIXELS) -> LoadedImage:
         pixels = arr.astype(np.float64) / float(2 ** int(ds.get("BitsStored", 8)) - 1)
     else:
         raise ImageError(f"{p}: unsupported Photometric Interpretation {pi}")
-    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
     meta = {"format": "dicom", "sop_instance_uid": str(ds.get("SOPInstanceUID", "")),
             "series_instance_uid": str(ds.get("SeriesInstanceUID", "")),
             "study_instance_uid": str(ds.get("StudyInstanceUID", "")),
             "sop_class": getattr(ds.get("SOPClassUID"), "name", ""), "modality": str(ds.get("Modality", "")),
             "photometric_interpretation": pi, "bits_stored": int(ds.get("BitsStored", 0) or 0),
             "transfer_syntax": getattr(ds.file_meta.get("TransferSyntaxUID"), "name", "")}
-    return LoadedImage(np.clip(pixels, 0, 1).astype(np.float32), p, _spacing(spacing), meta)
+    return LoadedImage(np.clip(pixels, 0, 1).astype(np.float32), p, pixel_spacing(ds), meta)
 
 
-def _spacing(value) -> tuple[float, float] | None:
+def valid_spacing(value) -> tuple[float, float] | None:
     """(row, column) spacing in mm from a Pixel Spacing value, or None when it is absent or not two positive
-    numbers (one value, text, NaN: a malformed header does not stop the image being read)."""
+    numbers (one value, text, NaN, ``0\\0``: a malformed header does not stop the image being read)."""
     try:
         row, col = (float(v) for v in value)
     except (TypeError, ValueError):
         return None
     return (row, col) if all(np.isfinite(v) and v > 0 for v in (row, col)) else None
+
+
+def pixel_spacing(ds) -> tuple[float, float] | None:
+    """The first valid of Pixel Spacing and Imager Pixel Spacing (a ``0\\0`` Pixel Spacing does not hide a valid
+    Imager Pixel Spacing), or None."""
+    for kw in ("PixelSpacing", "ImagerPixelSpacing"):
+        spacing = valid_spacing(ds.get(kw))
+        if spacing:
+            return spacing
+    return None

@@ -97,6 +97,13 @@ def prototype_contributions(model: torch.nn.Module, x: torch.Tensor
     return weight, sims.float().cpu(), bias, logits.float().cpu()
 
 
+def class_probabilities(model: torch.nn.Module, logits: torch.Tensor) -> torch.Tensor:
+    """``(..., C)`` logits -> probabilities: sigmoid for multi-label models (XProtoNet, a multi-label ProtoPNet),
+    softmax over the classes otherwise."""
+    multilabel = model.config.architecture == "xprotonet" or model.config.multilabel
+    return torch.sigmoid(logits) if multilabel else torch.softmax(logits, -1)
+
+
 def explain_case(model: torch.nn.Module, x: torch.Tensor, top_k: int = 5, method: str = "mdm",
                  class_name: str | None = None, provenance: list[dict[str, Any]] | None = None,
                  progress: bool = False, config: Any = None, **settings) -> CaseReport:
@@ -116,8 +123,7 @@ def explain_case(model: torch.nn.Module, x: torch.Tensor, top_k: int = 5, method
         raise UserError(f"top_k must be at least 1, got {top_k}")
     weight, sims, bias, logits = prototype_contributions(model, x)
     contrib = weight * sims[None]
-    multilabel = model.config.architecture == "xprotonet" or model.config.multilabel
-    probs = torch.sigmoid(logits) if multilabel else torch.softmax(logits, 0)
+    probs = class_probabilities(model, logits)
     names = list(model.class_names)
     if class_name is None:
         c = int(probs.argmax())

@@ -1,24 +1,43 @@
-"""DICOM outputs for a DICOM input (highdicom): a binary Segmentation of the thresholded mask and a Parametric Map
-of the heatmap, both referencing the source image so that viewers (OHIF, 3D Slicer, PACS) overlay them on it.
+"""DICOM outputs for a DICOM input (highdicom): a binary Segmentation of the thresholded mask, a FRACTIONAL
+Segmentation of the heatmap, and a structured report of the finding (:mod:`protomdm.report.sr`), all referencing the
+source image so that viewers (OHIF, 3D Slicer, PACS) overlay them on it and databases read what was found.
 
-Patient data: the outputs are built from a *whitelist* of the source's attributes, not from the source with some
-attributes removed. What is kept is what a viewer needs to place them on the image: the Study, Series, SOP Instance
-and Frame of Reference UIDs and the SOP class (the references), and the image's geometry and pixel description. The
-patient and study attributes that the SEG and Parametric Map IODs require (Type 2: Patient Name and ID, Birth Date,
-Sex, Study Date and Time, Study ID, Accession Number, Referring Physician) are present and empty. Everything else,
+**Why the heatmap is a FRACTIONAL Segmentation (PROBABILITY), not a Parametric Map.** The Parametric Map IOD makes
+the Frame of Reference module and the Plane Position and Plane Orientation (Patient) functional groups mandatory:
+a projection radiograph (CR, DX) or a secondary capture has no patient coordinate system, so a Parametric Map of one
+must either invent a geometry (and viewers then place it wrongly) or break the IOD (dciodvfy counted 9-11 errors in
+each). The Segmentation IOD requires them only when the source has a frame of reference, and its FRACTIONAL type
+stores a map of values in [0, 1] (8 bits here, 255 = 1). The same object serves CT/MR slices, where highdicom copies
+the source's geometry.
+
+**Geometry.** A source's Pixel Spacing or Imager Pixel Spacing that is not two positive numbers (e.g. ``0\\0``) is
+left out, not copied. For images without a patient coordinate system the SEGs carry no Pixel Measures (its Slice
+Thickness would have to be invented); Patient Orientation (Type 2C for them) is copied when valid and present empty
+otherwise. The spacing a measurement used is written in the SR with it.
+
+**Patient data**: the outputs are built from a *whitelist* of the source's attributes, not from the source with
+some attributes removed. What is kept is what a viewer needs to place them on the image: the Study, Series, SOP
+Instance and Frame of Reference UIDs and the SOP class (the references), and the image's geometry and pixel
+description. The patient and study attributes that the IODs require (Type 2: Patient Name and ID, Birth Date, Sex,
+Study Date and Time, Study ID, Accession Number, Referring Physician) are present and empty. Everything else,
 including every attribute of PS3.15 Annex E's Basic Application Level Confidentiality Profile, private tags, and
-whatever a future edition or a vendor adds, never reaches the outputs: a whitelist cannot miss what it never lists,
-where a list of attributes to remove must be kept complete by hand. ``keep_phi=True`` builds them from the whole
-source instead.
+whatever a future edition or a vendor adds, never reaches the outputs: a whitelist cannot miss what it never lists.
+``keep_phi=True`` builds them from the whole source instead.
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .figures import atomic_write
+from ..data.dicom import valid_spacing
+from ..files import atomic_write
+from ..version import SOFTWARE, __version__
+from .sr import algorithm_parameters, structured_report
 
 #: Copied from the source: the references and the geometry a viewer needs (no value here identifies a patient).
 KEPT_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID",
@@ -29,31 +48,35 @@ KEPT_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesIns
 #: Present and empty: Type 2 attributes of the Patient and General Study modules the outputs' IODs require.
 EMPTY_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                   "ReferringPhysicianName", "StudyID", "AccessionNumber")
-SOFTWARE = "protomdm"
+#: Series numbers of the three outputs (a viewer lists them after the source's series).
+SERIES = {"seg": 901, "heatmap": 902, "sr": 903}
+_ORIENTATION = re.compile(r"^[APLRHF]{1,3}$")
 
 
-def _parametric_map_class():
-    """highdicom's ParametricMap, with a fix for images that have no patient coordinate system (DX, CR, SC).
+@dataclass
+class Finding:
+    """What one localisation found, for the DICOM outputs.
 
-    highdicom 0.28 indexes such a map's frames by Frame Label but writes no index values for them, then rejects its
-    own object ("Unexpected mismatch between dimension index values ..."). Projection radiographs always take that
-    path, so we fill in the single frame's index (1) and label before highdicom checks them. Maps of images with a
-    coordinate system are left exactly as highdicom makes them.
+    Attributes:
+        label: what the mask shows, e.g. ``"mdm prototype 3 (Effusion)"`` (segment labels, content description).
+        class_name: the explained class (coded in the SR, see :func:`protomdm.report.sr.finding_code`).
+        probability: the model's probability of that class, or None.
+        method: the localizer's registered name; ``settings`` its settings (the algorithm's parameters).
+        regions: each connected region of the mask: ``box`` ``(x0, y0, x1, y1)`` in source pixels (exclusive
+            ends), ``area`` in source pixels, ``peak`` the heatmap's maximum in it.
+        pixel_spacing: ``(row, column)`` mm of the source, or None (areas are then in pixels).
+        prototypes: for a case report, the top prototypes: ``prototype``, ``class_name``, ``similarity``,
+            ``weight``, ``contribution`` and ``box`` (source pixels, or None).
     """
-    import highdicom as hd
 
-    class ParametricMap(hd.pm.ParametricMap):
-        def _build_luts(self) -> None:
-            pointers = [d.DimensionIndexPointer for d in self.get("DimensionIndexSequence", [])]
-            if pointers == [0x00209453]:  # FrameLabel only: the no-coordinate-system case
-                for item in self.get("PerFrameFunctionalGroupsSequence", []):
-                    content = item.FrameContentSequence[0]
-                    if not content.get("DimensionIndexValues"):
-                        content.DimensionIndexValues = [1]
-                        content.FrameLabel = "heatmap"
-            super()._build_luts()
-
-    return ParametricMap
+    label: str
+    class_name: str
+    probability: float | None
+    method: str
+    settings: dict[str, Any]
+    regions: list[dict[str, Any]]
+    pixel_spacing: tuple[float, float] | None = None
+    prototypes: list[dict[str, Any]] = field(default_factory=list)
 
 
 def deidentified(ds):
@@ -75,47 +98,84 @@ def deidentified(ds):
     return out
 
 
-def write_dicom_outputs(source: str | Path, mask: np.ndarray, heatmap: np.ndarray, seg_path: str | Path,
-                        pm_path: str | Path, label: str, keep_phi: bool = False) -> tuple[Path, Path]:
-    """Write a DICOM SEG of ``mask`` and a Parametric Map of ``heatmap`` for the DICOM image ``source``.
+def has_patient_geometry(ds) -> bool:
+    """Whether ``ds`` places its pixels in the patient coordinate system (CT, MR: a frame of reference and an
+    orientation), unlike a projection radiograph or a secondary capture."""
+    return "FrameOfReferenceUID" in ds and "ImageOrientationPatient" in ds and "ImagePositionPatient" in ds
+
+
+def patient_orientation(ds) -> list[str] | str:
+    """The source's Patient Orientation when it is two valid direction codes (``A P L R H F``, up to three each),
+    else empty (the attribute is Type 2 for projection images: present, empty when unknown)."""
+    value = ds.get("PatientOrientation")
+    codes = [str(v) for v in value] if value is not None and not isinstance(value, str) else []
+    return codes if len(codes) == 2 and all(_ORIENTATION.match(c) for c in codes) else ""
+
+
+def geometry_fixed(ds):
+    """``ds`` (a copy of the source) with the geometry the outputs may copy: invalid spacings removed, and for
+    images without patient geometry no Pixel Spacing (see the module docstring)."""
+    for kw in ("PixelSpacing", "ImagerPixelSpacing"):
+        if kw in ds and (valid_spacing(ds[kw].value) is None or not has_patient_geometry(ds)):
+            del ds[kw]
+    return ds
+
+
+def _common(series: str) -> dict[str, Any]:
+    import highdicom as hd
+
+    return dict(series_instance_uid=hd.UID(), series_number=SERIES[series], sop_instance_uid=hd.UID(),
+                instance_number=1, manufacturer=SOFTWARE)
+
+
+def _segmentation(src, pixels: np.ndarray, finding: Finding, kind: str, description: str):
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=SOFTWARE, version=__version__, family=codes.cid7162.ArtificialIntelligence,
+        parameters=algorithm_parameters(finding.method, finding.settings))
+    segment = hd.seg.SegmentDescription(
+        segment_number=1, segment_label=f"{description}: {finding.label}"[:64],
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Lesion, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm)
+    extra = ({"fractional_type": hd.seg.SegmentationFractionalTypeValues.PROBABILITY}
+             if kind == "heatmap" else {})
+    seg = hd.seg.Segmentation(
+        source_images=[src], pixel_array=pixels[None], segment_descriptions=[segment],
+        segmentation_type=(hd.seg.SegmentationTypeValues.FRACTIONAL if kind == "heatmap"
+                           else hd.seg.SegmentationTypeValues.BINARY),
+        manufacturer_model_name=SOFTWARE, software_versions=__version__, device_serial_number="0",
+        omit_empty_frames=False, content_description=description[:64], content_label=kind.upper(),
+        **_common(kind), **extra)
+    if not has_patient_geometry(src):
+        seg.PatientOrientation = patient_orientation(src)
+    return seg
+
+
+def write_dicom_outputs(source: str | Path, mask: np.ndarray, heatmap: np.ndarray, paths: dict[str, Path],
+                        finding: Finding, keep_phi: bool = False) -> dict[str, Path]:
+    """Write the binary SEG of ``mask`` (``paths["seg"]``), the fractional SEG of ``heatmap``
+    (``paths["heatmap"]``) and the SR of ``finding`` (``paths["sr"]``) for the DICOM image ``source``.
 
     Args:
         mask: ``(H, W)`` bool at the source's Rows x Columns.
-        heatmap: ``(H, W)`` float in [0, 1] at the same size; stored as 16-bit with a real-world value mapping
-            back to [0, 1] (integer maps display in more viewers than float ones).
-        label: what the mask shows, e.g. ``"MDM prototype 3 (Effusion)"``; goes into the segment label.
+        heatmap: ``(H, W)`` float in [0, 1] at the same size.
         keep_phi: copy the patient/study attributes from the source (default: empty).
-    """
-    import highdicom as hd
-    import pydicom
-    from pydicom.sr.codedict import codes
 
-    from ..version import __version__
+    Returns:
+        the written paths by kind.
+    """
+    import pydicom
 
     src = pydicom.dcmread(source)
-    if not keep_phi:
-        src = deidentified(src)
+    src = geometry_fixed(src if keep_phi else deidentified(src))
     if mask.shape != (src.Rows, src.Columns) or heatmap.shape != mask.shape:
         raise ValueError(f"mask {mask.shape} and heatmap {heatmap.shape} must match the image ({src.Rows}, "
                          f"{src.Columns})")
-    common = dict(manufacturer=SOFTWARE, manufacturer_model_name=SOFTWARE, software_versions=__version__,
-                  device_serial_number="0", instance_number=1)
-    algorithm = hd.AlgorithmIdentificationSequence(name=f"{SOFTWARE} {label.split()[0]}", version=__version__,
-                                                   family=codes.cid7162.ArtificialIntelligence)
-    segment = hd.seg.SegmentDescription(
-        segment_number=1, segment_label=label[:64], segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-        segmented_property_type=codes.SCT.Lesion, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm)
-    seg = hd.seg.Segmentation(
-        source_images=[src], pixel_array=mask.astype(bool)[None], segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[segment], series_instance_uid=hd.UID(), series_number=901, sop_instance_uid=hd.UID(),
-        omit_empty_frames=False, content_description=label[:64], **common)
-    scale = 65535
-    mapping = hd.pm.RealWorldValueMapping(lut_label="heatmap", lut_explanation=label[:64], unit=codes.UCUM.NoUnits,
-                                          value_range=(0, scale), slope=1.0 / scale, intercept=0.0)
-    pm = _parametric_map_class()(
-        source_images=[src], pixel_array=np.rint(np.clip(heatmap, 0, 1) * scale).astype(np.uint16),
-        series_instance_uid=hd.UID(), series_number=902, sop_instance_uid=hd.UID(),
-        contains_recognizable_visual_features=False, real_world_value_mappings=[mapping],
-        voi_lut_transformations=[hd.VOILUTTransformation(window_center=scale / 2, window_width=scale)], content_description=label[:64], **common)
-    return (atomic_write(seg_path, lambda tmp: seg.save_as(tmp)), atomic_write(pm_path, lambda tmp: pm.save_as(tmp)))
+    seg = _segmentation(src, mask.astype(bool), finding, "seg", "mask")
+    heat = _segmentation(src, np.clip(heatmap, 0, 1).astype(np.float32), finding, "heatmap", "heatmap")
+    sr = structured_report(src, seg, heat, finding, **_common("sr"))
+    return {kind: atomic_write(paths[kind], lambda tmp, obj=obj: obj.save_as(tmp))
+            for kind, obj in (("seg", seg), ("heatmap", heat), ("sr", sr))}

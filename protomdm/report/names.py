@@ -21,10 +21,11 @@ def output_stem(image: LoadedImage) -> str:
 
 
 def output_names(stem: str, dicom: bool) -> dict[str, str]:
-    """The files written for one image: overlay, mask and JSON, plus a DICOM SEG and Parametric Map for DICOM."""
+    """The files written for one image: overlay, mask and JSON, plus for DICOM the mask's SEG, the heatmap's
+    fractional SEG and the structured report."""
     kinds = [("overlay", "png"), ("mask", "png"), ("localization", "json")]
     if dicom:
-        kinds += [("seg", "dcm"), ("heatmap_pm", "dcm")]
+        kinds += [("seg", "dcm"), ("heatmap", "dcm"), ("sr", "dcm")]
     return {k: f"{stem}_{k}.{ext}" for k, ext in kinds}
 
 
