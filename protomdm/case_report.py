@@ -55,7 +55,7 @@ def case_reports(ckpt: str | Path, out_dir: str | Path, *, image: str | Path | N
         img = read_image(path)
         stem = output_stem(img)
         folder = "" if rel is None else (f"{stem}-{path_hash(rel)}" if is_dicom(img) else folder_name(rel))
-        dest = check_writable(base / folder, report_names(stem).values(), overwrite)
+        dest = check_writable(base / folder, report_names(stem, is_dicom(img)).values(), overwrite)
         x = to_model_input(img, model.config).to(model_device(model))
         report = explain_case(model, x, top_k, method, class_name, records, progress=progress and rel is None,
                               config=mdm)

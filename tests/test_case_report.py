@@ -4,6 +4,7 @@ logit, self-contained HTML without patient data) and what a browser renders of t
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import shutil
 import subprocess
@@ -25,6 +26,7 @@ from protomdm.training import train
 
 from conftest import tiny_model
 from dicom_factory import PATIENT_ID, PATIENT_NAME, make_dicom
+from dicom_validation import DCIODVFY, dciodvfy_errors
 from test_training import small_config
 
 VOID = {"meta", "img", "br", "hr", "input", "link", "col", "area", "base", "source", "wbr", "track", "embed", "param"}
@@ -162,11 +164,30 @@ def test_case_reports_of_a_dicom_folder_carry_no_patient_data(tmp_path, capsys):
     assert code == 1 and "failed: Doe/broken.png" in capsys.readouterr().out  # the bad image fails alone
     assert "Doe/broken.png" in (tmp_path / "r" / "failures.txt").read_text()
     check_self_contained_html(tmp_path / "r" / "index.html")
-    reports = list((tmp_path / "r").rglob("*_report.*"))
-    assert len(reports) == 3 and all(p.name.startswith("dcm-") for p in reports)
+    reports = list((tmp_path / "r").rglob("*_report*.*"))
+    assert len(reports) == 4 and all(p.name.startswith("dcm-") for p in reports)
     for p in reports:
         data = p.read_bytes()
         assert PATIENT_NAME.encode() not in data and PATIENT_ID.encode() not in data and b"Doe^Jane" not in data
+    # the SR: the decision and each top prototype with its numbers and its box in the scan
+    hd = pytest.importorskip("highdicom")
+    (sr_path,) = (tmp_path / "r").rglob("*_report_sr.dcm")
+    report = json.loads(next((tmp_path / "r").rglob("*_report.json")).read_text())
+    sr = hd.sr.srread(sr_path)
+    (decision,) = sr.content.get_image_measurement_groups()
+    explained = next(c for c in report["classes"] if c["name"] == report["explained_class"])
+    assert decision.finding_type.meaning == report["explained_class"]
+    assert decision.get_measurements()[0].value == pytest.approx(explained["probability"], rel=1e-5)
+    rois = sr.content.get_planar_roi_measurement_groups()
+    assert [g.tracking_identifier for g in rois] == [f"prototype {r['prototype']}" for r in report["rows"]]
+    for g, row in zip(rois, report["rows"]):
+        got = {m.name.meaning: m.value for m in g.get_measurements()}
+        assert got["Prototype contribution"] == pytest.approx(row["contribution"], rel=1e-5, abs=1e-6)
+        assert got["Prototype weight"] == pytest.approx(row["weight"], rel=1e-5, abs=1e-6)
+        x0, y0 = g.roi.value[0]
+        assert 0 <= x0 < 50 and 0 <= y0 < 60  # in the scan's pixels (50 x 60), not the model input's
+    if DCIODVFY:
+        assert dciodvfy_errors(sr_path) == []
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="headless Chromium (Debian's chromium package) is not "

@@ -1,6 +1,7 @@
 """The case report of one scan: the predicted classes, and for the prototypes that drove the decision the scan
 with the prototype's region in it beside the training image region it stands for ("this looks like that"), with
-the similarity, the weight and the contribution; HTML (self-contained), PNG and JSON."""
+the similarity, the weight and the contribution; HTML (self-contained), PNG and JSON, and for a DICOM scan a DICOM
+structured report."""
 
 from __future__ import annotations
 
@@ -12,16 +13,19 @@ from ..data.images import box_to_original
 from ..data.loaded import LoadedImage
 from ..explain.case import CaseReport, CaseRow
 from ..files import atomic_write
+from .dicom import Finding, write_case_sr
 from .figures import resize_map, write_json
 from .gallery import source_pixels
 from .html import esc, hstack, img_tag, overlay_rgb, page, png_bytes, vstack
+from .names import is_dicom
 
 SIDE = 220  # pixels of each image panel
 
 
-def report_names(stem: str) -> dict[str, str]:
-    """The files of one case report."""
-    return {"html": f"{stem}_report.html", "png": f"{stem}_report.png", "json": f"{stem}_report.json"}
+def report_names(stem: str, dicom: bool = False) -> dict[str, str]:
+    """The files of one case report (for a DICOM scan also its structured report)."""
+    names = {"html": f"{stem}_report.html", "png": f"{stem}_report.png", "json": f"{stem}_report.json"}
+    return {**names, "sr": f"{stem}_report_sr.dcm"} if dicom else names
 
 
 def _scan_panel(image: LoadedImage, row: CaseRow, percentile: float) -> np.ndarray:
@@ -80,13 +84,32 @@ def case_html(report: CaseReport, image: LoadedImage, title: str, percentile: fl
     return page(title, "\n".join(body)), summary
 
 
+def case_finding(report: CaseReport, image: LoadedImage, percentile: float = 90.0) -> Finding:
+    """The case report as an SR's finding: the explained class and its probability, and the top prototypes with
+    their boxes in the scan's pixels."""
+    prob = next(c["probability"] for c in report.classes if c["name"] == report.explained_class)
+    protos = []
+    for r in report.rows:
+        box = r.localization.box(percentile)
+        protos.append({"prototype": r.prototype, "class_name": r.class_name, "similarity": r.similarity,
+                       "weight": r.weight, "contribution": r.contribution,
+                       "box": list(box_to_original(box, r.localization.heatmap.shape, image.size)) if box else None})
+    first = report.rows[0].localization if report.rows else None
+    return Finding(f"case report: {report.explained_class}", report.explained_class, prob,
+                   first.method if first else "none", (first.settings or {}) if first else {}, [],
+                   image.pixel_spacing, protos)
+
+
 def write_case_report(report: CaseReport, image: LoadedImage, out: Path, stem: str, title: str,
                       percentile: float = 90.0) -> dict[str, Path]:
     """Write :func:`report_names` into the existing folder ``out``; the JSON has no patient attributes (only the
-    report's numbers, boxes in model-input pixels and the prototypes' recorded sources)."""
-    names = report_names(stem)
+    report's numbers, boxes in model-input pixels and the prototypes' recorded sources), nor has the SR (a DICOM
+    scan's: the decision and each top prototype's box, similarity, weight and contribution)."""
+    names = report_names(stem, is_dicom(image))
     html, summary = case_html(report, image, title, percentile)
     files = {k: out / n for k, n in names.items()}
+    if "sr" in files:  # first: a refusal of the source leaves no file behind
+        write_case_sr(image.source, case_finding(report, image, percentile), files["sr"])
     atomic_write(files["html"], lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
     atomic_write(files["png"], lambda tmp: Path(tmp).write_bytes(png_bytes(summary)))
     write_json(files["json"], {"image": stem, **report.as_dict()})

@@ -154,6 +154,19 @@ def _segmentation(src, pixels: np.ndarray, finding: Finding, kind: str, descript
     return seg
 
 
+def _source_copy(source: str | Path, keep_phi: bool):
+    import pydicom
+
+    src = pydicom.dcmread(source)
+    return geometry_fixed(src if keep_phi else deidentified(src))
+
+
+def write_case_sr(source: str | Path, finding: Finding, path: Path, keep_phi: bool = False) -> Path:
+    """Write the SR of a case report (``finding.prototypes`` filled in, no mask) for the DICOM image ``source``."""
+    sr = structured_report(_source_copy(source, keep_phi), None, None, finding, **_common("sr"))
+    return atomic_write(path, lambda tmp: sr.save_as(tmp))
+
+
 def write_dicom_outputs(source: str | Path, mask: np.ndarray, heatmap: np.ndarray, paths: dict[str, Path],
                         finding: Finding, keep_phi: bool = False) -> dict[str, Path]:
     """Write the binary SEG of ``mask`` (``paths["seg"]``), the fractional SEG of ``heatmap``
@@ -167,10 +180,7 @@ def write_dicom_outputs(source: str | Path, mask: np.ndarray, heatmap: np.ndarra
     Returns:
         the written paths by kind.
     """
-    import pydicom
-
-    src = pydicom.dcmread(source)
-    src = geometry_fixed(src if keep_phi else deidentified(src))
+    src = _source_copy(source, keep_phi)
     if mask.shape != (src.Rows, src.Columns) or heatmap.shape != mask.shape:
         raise ValueError(f"mask {mask.shape} and heatmap {heatmap.shape} must match the image ({src.Rows}, "
                          f"{src.Columns})")

@@ -97,7 +97,8 @@ def _segment_reference_only(items) -> None:
 
 def structured_report(src, seg, heatmap, finding, **common: Any):
     """The Comprehensive SR of ``finding`` (a :class:`protomdm.report.dicom.Finding`) on the source copy ``src``,
-    referencing the binary ``seg`` and fractional ``heatmap`` SEGs; ``common``: UIDs, numbers and manufacturer."""
+    referencing the binary ``seg`` and fractional ``heatmap`` SEGs (None for a case report, which has no mask of
+    its own); ``common``: UIDs, numbers and manufacturer."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -105,17 +106,22 @@ def structured_report(src, seg, heatmap, finding, **common: Any):
     algorithm = hd.sr.AlgorithmIdentification(name=SOFTWARE, version=__version__,
                                               parameters=[f"{k}={v}" for k, v in params.items()])
     code = finding_code(finding.class_name)
-    mask_pixels = float(sum(r["area"] for r in finding.regions))
-    whole = [_area(mask_pixels, finding.pixel_spacing)]
+    whole = []
+    if seg is not None:
+        whole.append(_area(float(sum(r["area"] for r in finding.regions)), finding.pixel_spacing))
     if finding.probability is not None:
         whole.append(_measurement(codes.DCM.Probability, finding.probability, codes.UCUM.NoUnits))
-    groups = [hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=finding.label[:64]),
-        referenced_segment=hd.sr.ReferencedSegmentationFrame(  # (highdicom's from_segmentation reads per-frame items)
-            sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, frame_number=1, segment_number=1,
-            source_image=hd.sr.SourceImageForSegmentation(src.SOPClassUID, src.SOPInstanceUID)),
-        finding_type=code, algorithm_id=algorithm, measurements=whole)]
-    _segment_reference_only(groups[0])
+    ident = hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=finding.label[:64])
+    if seg is not None:
+        groups = [hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=ident, finding_type=code, algorithm_id=algorithm, measurements=whole,
+            referenced_segment=hd.sr.ReferencedSegmentationFrame(  # (from_segmentation reads per-frame items)
+                sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, frame_number=1,
+                segment_number=1, source_image=hd.sr.SourceImageForSegmentation(src.SOPClassUID, src.SOPInstanceUID)))]
+        _segment_reference_only(groups[0])
+    else:  # a case report: the decision, without a mask of its own
+        groups = [hd.sr.MeasurementsAndQualitativeEvaluations(tracking_identifier=ident, finding_type=code,
+                                                              algorithm_id=algorithm, measurements=whole or None)]
     peak = _local("PEAK", "Heatmap peak")
     for i, r in enumerate(finding.regions, 1):
         groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
@@ -141,4 +147,5 @@ def structured_report(src, seg, heatmap, finding, **common: Any):
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
         procedure_reported=codes.SCT.ImagingProcedure, imaging_measurements=groups,
         title=codes.DCM.ImagingMeasurementReport)
-    return hd.sr.ComprehensiveSR(evidence=[src, seg, heatmap], content=report[0], is_complete=True, **common)
+    evidence = [d for d in (src, seg, heatmap) if d is not None]
+    return hd.sr.ComprehensiveSR(evidence=evidence, content=report[0], is_complete=True, **common)
