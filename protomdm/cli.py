@@ -22,6 +22,7 @@ EXAMPLES = """examples:
   protomdm localize --model protopnet --ckpt model.pt --image bird.jpg --prototype 3 --out results/
   protomdm localize --model xprotonet --ckpt cxr.pt --image scan.dcm --class Effusion --out results/
   protomdm localize --model xprotonet --ckpt cxr.pt --input dicom_folder/ --out results/ [--resume]
+  protomdm serve --ckpt cxr.pt --queue q/ --port 11112 --send pacs.local:104:PACS   # a DICOM node
   protomdm evaluate --dataset nih --root NIH/ --ckpt cxr.pt --methods upsample,mdm,gradcam --out eval/
   protomdm check-data --dataset cub --root CUB_200_2011/
   protomdm explain --arch resnet50 --pretrained --image bird.jpg --methods mdm,gradcam,scorecam --out results/
@@ -88,6 +89,28 @@ def _mdm_config(args: argparse.Namespace):
     if args.full_schedule:
         overrides.update(tol=None, extrapolate_after=None, time_scale=1.0)
     return dataclasses.replace(cfg, **overrides)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+    from pathlib import Path
+
+    from .localize import LocalizeJob
+    from .serve import Destination, NodeSettings, serve
+
+    given = dict(architecture=args.model, method=args.method, prototype=args.prototype, class_name=args.class_name,
+                 percentile=args.percentile, mdm=_mdm_config(args), device=args.device, keep_phi=args.keep_phi)
+    settings = NodeSettings(
+        queue_dir=Path(args.queue), port=args.port, host=args.host, ae_title=args.ae_title,
+        allowed_aets=tuple(a for a in (args.allow_aet or "").split(",") if a),
+        destination=Destination.parse(args.send) if args.send else None,
+        out_dir=Path(args.out) if args.out else None, max_associations=args.max_associations,
+        max_queue=args.max_queue, keep_phi=args.keep_phi)
+    settings.check()  # before the checkpoint is read
+    job = LocalizeJob.load(args.ckpt, **{k: v for k, v in given.items() if v is not None})
+    if not args.quiet:
+        logging.basicConfig(level=logging.INFO, format="protomdm serve: %(message)s")
+    return serve(job, settings)
 
 
 def _cmd_prototypes(args: argparse.Namespace) -> int:
@@ -312,8 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("localize", help="localize a prototype in an image with MDM or the upsampling search",
                        description="Localize one prototype in one image (--image) or in every image of a folder "
                        "(--input). Writes an overlay PNG, the binary mask PNG and a JSON with the box in the original "
-                       "image's pixels; for DICOM inputs also a DICOM Segmentation and a Parametric Map that viewers "
-                       "overlay on the source image. Output names of DICOM inputs are hashes of the SOP Instance UID, "
+                       "image's pixels; for DICOM inputs also DICOM Segmentations of the mask and the heatmap and a "
+                       "structured report, which viewers overlay on the source image. Output names of DICOM inputs are hashes of the SOP Instance UID, "
                        "never patient data.")
     p.add_argument("--model", choices=("protopnet", "xprotonet"), help="refuse a checkpoint of another architecture")
     p.add_argument("--ckpt", required=True, help="protomdm checkpoint (see init-model / train)")
@@ -344,6 +367,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_options(p, resume="--input runs: skip images already done in --out's results.csv, retry the failed "
                      "ones")
     p.set_defaults(func=_cmd_localize)
+
+    p = sub.add_parser("serve", help="a DICOM node: receive images by C-STORE, localize each, send SEG + SR on",
+                       description="Listen as a DICOM Storage SCP. Each received single-frame image is queued on disk "
+                       "before it is acknowledged, localized with --ckpt, and its mask SEG, heatmap SEG and structured "
+                       "report are sent to --send (C-STORE) and/or written under --out. A restart resumes the queue; "
+                       "a bad instance fails alone (QUEUE/failed/); SIGTERM stops cleanly. Logs and queue carry no "
+                       "patient data unless --keep-phi.")
+    p.add_argument("--model", choices=("protopnet", "xprotonet"), help="refuse a checkpoint of another architecture")
+    p.add_argument("--ckpt", required=True, help="protomdm checkpoint")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--prototype", type=int, help="prototype index (default: the most activated prototype of "
+                     "--class, or of the predicted class)")
+    who.add_argument("--class", dest="class_name", help="class name: explain its most activated prototype")
+    p.add_argument("--method", metavar="METHOD", help="a registered localizer (default mdm): " + ", ".join(methods))
+    p.add_argument("--percentile", type=float, help="keep the top (100-p)%% of the heatmap (default 90)")
+    p.add_argument("--queue", required=True, metavar="DIR", help="the node's queue folder (received instances, "
+                   "failures, node.log); kept across restarts")
+    p.add_argument("--port", type=int, default=11112, help="port to listen on (default 11112)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
+    p.add_argument("--ae-title", default="PROTOMDM", help="this node's AE title (default PROTOMDM)")
+    p.add_argument("--allow-aet", metavar="AET[,AET...]", help="calling AE titles accepted (default: any)")
+    p.add_argument("--send", metavar="HOST:PORT:AET", help="send the outputs there by C-STORE")
+    p.add_argument("--out", help="also (or instead) write each instance's outputs to OUT/<id>/")
+    p.add_argument("--max-associations", type=int, default=4, help="concurrent associations (default 4)")
+    p.add_argument("--max-queue", type=int, default=1000, help="instances waiting before C-STOREs are answered "
+                   "'out of resources' (default 1000)")
+    p.add_argument("--keep-phi", action="store_true", help="keep patient and study attributes in the queue and the "
+                   "outputs; by default they are never written")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--quiet", action="store_true", help="no log lines on the terminal (QUEUE/node.log keeps them)")
+    _add_mdm_options(p)
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("prototypes", help="the prototype gallery: each prototype's source image and region, with "
                        "the network's own region and MDM's, in one HTML page",
