@@ -77,6 +77,10 @@ class NodeSettings:
     keep_phi: bool = False
 
     def check(self) -> None:
+        import importlib.util
+
+        if importlib.util.find_spec("pynetdicom") is None:
+            raise UserError("the DICOM node needs pynetdicom: pip install 'protomdm[serve]'")
         if self.destination is None and self.out_dir is None:
             raise UserError("give a destination (`send` HOST:PORT:AE_TITLE) or an `out` folder, or both")
         if not 0 <= self.port < 65536:
