@@ -220,7 +220,7 @@ class Node:
 
     def _outputs(self, image, out: Path, ident: str) -> dict[str, Path]:
         res = self.job.run(image, out, ident)
-        if res.localization.ok is False:
+        if not res.localization.ok:
             self.log(f"{ident} empty: {res.localization.reason}")
         return {k: p for k, p in res.files.items() if p.suffix == ".dcm"}
 
