@@ -63,6 +63,30 @@ def _add_mdm_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="autocast precision of the forward passes")
 
 
+def _add_explained_options(p: argparse.ArgumentParser, methods: list[str]) -> None:
+    """--model, --ckpt, --prototype | --class, --method and --percentile: what a LocalizeJob explains and how."""
+    from .localize import LocalizeJob
+
+    p.add_argument("--model", choices=("protopnet", "xprotonet"), help="refuse a checkpoint of another architecture")
+    p.add_argument("--ckpt", required=True, help="protomdm checkpoint (see init-model / train)")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--prototype", type=int, help="prototype index (default: the most activated prototype of "
+                     "--class, or of the predicted class)")
+    who.add_argument("--class", dest="class_name", help="class name: explain its most activated prototype")
+    p.add_argument("--method", metavar="METHOD", help="a registered localizer: " + ", ".join(methods)
+                   + f" (default {LocalizeJob.method}; upsample is the network's own search)")
+    p.add_argument("--percentile", type=float, help="keep the top (100-p)%% of the heatmap (default "
+                   f"{LocalizeJob.percentile:g})")
+
+
+def _job_settings(args: argparse.Namespace, **more) -> dict:
+    """The LocalizeJob settings given on the command line (what was not given keeps the job's default)."""
+    given = dict(architecture=args.model, method=args.method, prototype=args.prototype, class_name=args.class_name,
+                 percentile=args.percentile, mdm=_mdm_config(args), device=args.device, keep_phi=args.keep_phi,
+                 **more)
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def _add_job_options(p: argparse.ArgumentParser, resume: str | None = None) -> None:
     """--device, --out, --overwrite, [--resume] and --quiet, and the MDM settings: what every job command takes."""
     p.add_argument("--device", default="auto", help="auto (a CUDA GPU if there is one, else the CPU), cpu, cuda "
@@ -98,8 +122,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .localize import LocalizeJob
     from .serve import Destination, NodeSettings, serve
 
-    given = dict(architecture=args.model, method=args.method, prototype=args.prototype, class_name=args.class_name,
-                 percentile=args.percentile, mdm=_mdm_config(args), device=args.device, keep_phi=args.keep_phi)
     settings = NodeSettings(
         queue_dir=Path(args.queue), port=args.port, host=args.host, ae_title=args.ae_title,
         allowed_aets=tuple(a for a in (args.allow_aet or "").split(",") if a),
@@ -107,7 +129,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         out_dir=Path(args.out) if args.out else None, max_associations=args.max_associations,
         max_queue=args.max_queue, keep_phi=args.keep_phi)
     settings.check()  # before the checkpoint is read
-    job = LocalizeJob.load(args.ckpt, **{k: v for k, v in given.items() if v is not None})
+    job = LocalizeJob.load(args.ckpt, **_job_settings(args))
     if not args.quiet:
         logging.basicConfig(level=logging.INFO, format="protomdm serve: %(message)s")
     return serve(job, settings)
@@ -149,10 +171,7 @@ def _cmd_localize(args: argparse.Namespace) -> int:
 
     if args.report:
         return _cmd_report(args)
-    given = dict(architecture=args.model, method=args.method, prototype=args.prototype, class_name=args.class_name,
-                 percentile=args.percentile, mdm=_mdm_config(args), device=args.device, keep_phi=args.keep_phi,
-                 trust_pickle=args.trust_pickle, code_dir=args.code_dir)
-    settings = {k: v for k, v in given.items() if v is not None}
+    settings = _job_settings(args, trust_pickle=args.trust_pickle, code_dir=args.code_dir)
     if args.image is not None:
         if args.resume:
             raise UserError("--resume applies to --input folder runs only")
@@ -322,7 +341,6 @@ def build_parser() -> argparse.ArgumentParser:
     from .data import list_datasets
     from .evaluation.runner import POLICIES, EvalSettings
     from .explain.registry import list_localizers
-    from .localize import LocalizeJob
 
     methods = list_localizers()
 
@@ -336,22 +354,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Localize one prototype in one image (--image) or in every image of a folder "
                        "(--input). Writes an overlay PNG, the binary mask PNG and a JSON with the box in the original "
                        "image's pixels; for DICOM inputs also DICOM Segmentations of the mask and the heatmap and a "
-                       "structured report, which viewers overlay on the source image. Output names of DICOM inputs are hashes of the SOP Instance UID, "
-                       "never patient data.")
-    p.add_argument("--model", choices=("protopnet", "xprotonet"), help="refuse a checkpoint of another architecture")
-    p.add_argument("--ckpt", required=True, help="protomdm checkpoint (see init-model / train)")
+                       "structured report, which viewers overlay on the source image. Output names of DICOM inputs "
+                       "are hashes of the SOP Instance UID, never patient data.")
+    _add_explained_options(p, methods)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--image", help="one PNG, JPEG, TIFF, NPY or DICOM image")
     src.add_argument("--input", metavar="DIR", help="a folder: every image below it (recursively; DICOM, PNG, JPEG "
                      "mixed), one output subfolder each, plus results.csv and failures.txt")
-    who = p.add_mutually_exclusive_group()
-    who.add_argument("--prototype", type=int, help="prototype index (default: the most activated prototype of "
-                     "--class, or of the predicted class)")
-    who.add_argument("--class", dest="class_name", help="class name: explain its most activated prototype")
-    p.add_argument("--method", metavar="METHOD", help="a registered localizer: " + ", ".join(methods)
-                   + f" (default {LocalizeJob.method}; upsample is the network's own search)")
-    p.add_argument("--percentile", type=float, help="keep the top (100-p)%% of the heatmap (default "
-                   f"{LocalizeJob.percentile:g})")
     p.add_argument("--trust-pickle", action="store_true", help="--ckpt is a whole model pickled by another codebase "
                    "(e.g. the original ProtoPNet's torch.save(model)); loading it runs code from the file")
     p.add_argument("--code-dir", metavar="DIR", help="with --trust-pickle: the repository defining the pickled "
@@ -374,14 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "report are sent to --send (C-STORE) and/or written under --out. A restart resumes the queue; "
                        "a bad instance fails alone (QUEUE/failed/); SIGTERM stops cleanly. Logs and queue carry no "
                        "patient data unless --keep-phi.")
-    p.add_argument("--model", choices=("protopnet", "xprotonet"), help="refuse a checkpoint of another architecture")
-    p.add_argument("--ckpt", required=True, help="protomdm checkpoint")
-    who = p.add_mutually_exclusive_group()
-    who.add_argument("--prototype", type=int, help="prototype index (default: the most activated prototype of "
-                     "--class, or of the predicted class)")
-    who.add_argument("--class", dest="class_name", help="class name: explain its most activated prototype")
-    p.add_argument("--method", metavar="METHOD", help="a registered localizer (default mdm): " + ", ".join(methods))
-    p.add_argument("--percentile", type=float, help="keep the top (100-p)%% of the heatmap (default 90)")
+    _add_explained_options(p, methods)
     p.add_argument("--queue", required=True, metavar="DIR", help="the node's queue folder (received instances, "
                    "failures, node.log); kept across restarts")
     p.add_argument("--port", type=int, default=11112, help="port to listen on (default 11112)")
