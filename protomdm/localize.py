@@ -105,23 +105,28 @@ class LocalizeJob:
                 "class": self.class_name, "percentile": self.percentile, "keep_phi": self.keep_phi,
                 "mdm": dataclasses.asdict(self.mdm or MDMConfig()) if self.method == "mdm" else None}
 
-    def localize_images(self, images: list[LoadedImage]) -> list[tuple[int, Localization]]:
-        """Choose each image's prototype and localize them all in one search: ``(prototype, localization)`` per
-        image."""
+    def localize_images(self, images: list[LoadedImage]) -> list[tuple[int, Localization, float]]:
+        """Choose each image's prototype and localize them all in one search: ``(prototype, localization,
+        probability of the prototype's class)`` per image."""
         model = self.model
         x = torch.cat([to_model_input(im, model.config) for im in images]).to(model_device(model))
         protos = [choose_prototype(model, x[i:i + 1], self.prototype, self.class_name) for i in range(len(images))]
+        with torch.no_grad():
+            probs = class_probabilities(model, model(x).float())
         sel = PrototypeSelector(model, sorted(set(protos)))
         pairs = [(i, sel.indices.index(j)) for i, j in enumerate(protos)]
-        return list(zip(protos, create_localizer(self.method, self.mdm, progress=self.progress).localize_pairs(x, sel, pairs)))
+        locs = create_localizer(self.method, self.mdm, progress=self.progress).localize_pairs(x, sel, pairs)
+        return [(j, loc, float(probs[i, model.prototype_class(j)])) for i, (j, loc) in enumerate(zip(protos, locs))]
 
     def run(self, image: LoadedImage, out: Path, stem: str) -> LocalizeResult:
         """Localize in ``image`` and write :func:`output_names` into the existing folder ``out``."""
-        ((j, loc),) = self.localize_images([image])
-        return self.write(image, j, loc, out, stem)
+        ((j, loc, probability),) = self.localize_images([image])
+        return self.write(image, j, loc, probability, out, stem)
 
-    def write(self, image: LoadedImage, j: int, loc: Localization, out: Path, stem: str) -> LocalizeResult:
-        """Write prototype ``j``'s localization ``loc`` in ``image``: :func:`output_names` in the folder ``out``."""
+    def write(self, image: LoadedImage, j: int, loc: Localization, probability: float, out: Path,
+              stem: str) -> LocalizeResult:
+        """Write prototype ``j``'s localization ``loc`` in ``image`` (``probability``: the model's for the
+        prototype's class): :func:`output_names` in the folder ``out``."""
         model = self.model
         size = image.size
         heat = resize_map(loc.heatmap, size)
@@ -131,9 +136,6 @@ class LocalizeJob:
         regions = [{**r.as_dict(), "box": list(box_to_original(r.box, loc.heatmap.shape, size)),
                     "box_input": list(r.box)} for r in loc.regions(self.percentile)]
         c = model.prototype_class(j)
-        with torch.no_grad():
-            x = to_model_input(image, model.config).to(model_device(model))
-            probability = float(class_probabilities(model, model(x).float())[0, c])
         dicom = is_dicom(image)
         record = {
             "image": stem if dicom else str(image.source),

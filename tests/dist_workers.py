@@ -25,11 +25,11 @@ def localize(rank, world, port, ckpt, folder, out, resume=False, die_rank=-1, di
     if rank == die_rank:
         real, seen = LocalizeJob.write, []
 
-        def dying(self, image, j, loc, dest, stem):
+        def dying(self, image, j, loc, probability, dest, stem):
             if len(seen) == die_after:
                 os._exit(3)  # killed mid-run, without any cleanup
             seen.append(stem)
-            return real(self, image, j, loc, dest, stem)
+            return real(self, image, j, loc, probability, dest, stem)
 
         LocalizeJob.write = dying
     localize_folder(job, folder, out, resume=resume, progress=False, dist=dist)

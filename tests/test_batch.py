@@ -104,12 +104,12 @@ def test_resume_after_interruption_does_every_image_once(tmp_path, folder, grey_
     out = tmp_path / "out"
     real_write, calls = LocalizeJob.write, []
 
-    def flaky_write(self, image, j, loc, dest, stem):
+    def flaky_write(self, image, j, loc, probability, dest, stem):
         calls.append(stem)
         if len(calls) == 3:
             (dest / "half_written.png").write_bytes(b"partial")
             raise KeyboardInterrupt  # killed mid-image
-        return real_write(self, image, j, loc, dest, stem)
+        return real_write(self, image, j, loc, probability, dest, stem)
 
     monkeypatch.setattr(LocalizeJob, "write", flaky_write)
     with pytest.raises(KeyboardInterrupt):
