@@ -13,7 +13,6 @@ import hashlib
 import os
 import shutil
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,17 +21,16 @@ from .distributed import DistEnv, rank_parts
 from .errors import UserError
 from .explain.localization import model_device
 from .explain.mdm import images_per_search
-from .files import atomic_write, check_run_settings
+from .files import append_csv, atomic_write, read_csv, write_csv
 from .localize import LocalizeJob
-from .report.figures import append_csv, read_csv, write_csv
 from .report.names import is_dicom, output_stem, safe_name
+from .runfolder import STAGING, item_failure, run_folder
 
 COLUMNS = ("input", "output", "model", "method", "prototype", "class_name", "score", "box_x0", "box_y0", "box_x1",
            "box_y1", "seconds", "status", "error")
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic", ""}
 RESULTS = "results.csv"
 FAILURES = "failures.txt"
-ERRORS_LOG = "errors.log"  # the traceback of every failure that was not a plain user mistake
 FINISHED = ("ok", "empty")  # statuses of images that are done (``--resume`` skips them)
 
 
@@ -69,16 +67,6 @@ def folder_name(rel: str) -> str:
 def _printable(rel: str) -> str:
     """``rel`` with any bytes that are not UTF-8 (a file name from another system) written as ``\\xNN``."""
     return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def _one_line(e: BaseException) -> str:
-    """An exception as one line, cut at a word boundary."""
-    text = " ".join(str(e).split()) or type(e).__name__
-    if isinstance(e, OSError) and e.strerror:
-        text = e.strerror + (f": {e.filename}" if e.filename else "")
-    if not isinstance(e, (UserError, OSError)):
-        text = f"{type(e).__name__}: {text}"
-    return text if len(text) <= 300 else text[:300].rsplit(" ", 1)[0] + " ..."
 
 
 @dataclass
@@ -139,9 +127,6 @@ def localize_folder(job: LocalizeJob, input_dir: str | Path, out_dir: str | Path
     ``results.rankR.csv``, and rank 0 merges them into ``results.csv`` once all ranks are done. A run that died
     leaves the parts behind; ``resume`` (with any number of ranks) reads them and redoes only what is missing.
     """
-    from tqdm.auto import tqdm
-
-    per_search = images_per_search(batch_images, model_device(job.model))
     root = Path(input_dir)
     files = find_inputs(root) if inputs is None else list(inputs)
     if not files:
@@ -149,25 +134,17 @@ def localize_folder(job: LocalizeJob, input_dir: str | Path, out_dir: str | Path
     out = Path(out_dir)
     if out.resolve() == root.resolve() or root.resolve() in out.resolve().parents:
         raise UserError(f"`out` {out} lies inside `input` {root}; choose an output folder outside the inputs")
-    results = out / RESULTS
-    if (results.exists() or rank_parts(results)) and not (resume or overwrite):
-        raise UserError(f"{results} exists from an earlier run; pass `resume` to finish it or `overwrite` to redo it")
-    if dist.is_main:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            probe = out / f".write-test-{os.getpid()}"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as e:
-            raise UserError(f"output folder {out} is not writable ({e.strerror})") from None
-        for stale in out.glob(".tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        check_run_settings(out, job.settings(), resume)
-        if not resume:
-            for p in [results, *rank_parts(results)]:
-                p.unlink(missing_ok=True)
-    dist.barrier()  # the others start once the folder is set up
+    with run_folder(out, [RESULTS], job.settings(), resume=resume, overwrite=overwrite, dist=dist):
+        return _localize_all(job, root, out, files, progress, dist, images_per_search(batch_images,
+                                                                                       model_device(job.model)))
 
+
+def _localize_all(job: LocalizeJob, root: Path, out: Path, files: list[Path], progress: bool, dist: DistEnv,
+                  per_search: int) -> FolderResult:
+    """The work of :func:`localize_folder` in its open run folder."""
+    from tqdm.auto import tqdm
+
+    results = out / RESULTS
     rels = {p: _printable(p.relative_to(root).as_posix()) for p in files}
     on_disk = _all_rows(out)
     finished = {r["input"] for r in on_disk if r["status"] in FINISHED and (out / r["output"]).is_dir()}
@@ -187,12 +164,8 @@ def localize_folder(job: LocalizeJob, input_dir: str | Path, out_dir: str | Path
                disable=not progress, position=dist.rank if dist.active else None)
 
     def fail(row: dict, rel: str, e: BaseException) -> None:
-        why = _one_line(e)
-        row.update(status="failed", error=why if rel in why else f"{rel}: {why}")
+        row.update(status="failed", error=item_failure(out, rel, e))
         res.failures.append((rel, row["error"]))
-        if not isinstance(e, (UserError, OSError)):  # a bug or an unforeseen input: keep the traceback
-            with open(out / ERRORS_LOG, "a", encoding="utf-8", errors="backslashreplace") as log:
-                log.write(f"--- {rel}\n{''.join(traceback.format_exception(e))}")
 
     def finish(row: dict, t0: float) -> None:
         row["seconds"] = f"{time.perf_counter() - t0:.2f}"
@@ -225,14 +198,14 @@ def localize_folder(job: LocalizeJob, input_dir: str | Path, out_dir: str | Path
         for (rel, row, image), result in zip(ready, found):
             t0 = time.perf_counter() - share
             name = folder_name(rel)
-            tmp = out / f".tmp-{name}"
+            tmp = out / f"{STAGING}{name}"
             try:
                 if isinstance(result, Exception):
                     raise result
                 stem = output_stem(image)
                 if is_dicom(image):  # named by its SOP Instance UID, never by the path (which may name the patient)
                     name = f"{stem}-{path_hash(rel)}"
-                    tmp = out / f".tmp-{name}"
+                    tmp = out / f"{STAGING}{name}"
                 shutil.rmtree(tmp, ignore_errors=True)
                 tmp.mkdir()
                 r = job.write(image, *result, tmp, stem).record

@@ -17,13 +17,13 @@ from .errors import UserError
 from .explain.case import explain_case
 from .explain.localization import model_device
 from .explain.registry import localizer_entry
-from .files import atomic_write
+from .files import atomic_write, check_writable
 from .models import load_model_and_extra
 from .report.case import report_names, write_case_report
-from .report.figures import check_writable
 from .report.gallery import push_records
 from .report.html import esc, page
 from .report.names import is_dicom, output_stem
+from .runfolder import item_failure, run_lock
 
 INDEX = "index.html"
 FAILURES = "failures.txt"
@@ -74,16 +74,17 @@ def case_reports(ckpt: str | Path, out_dir: str | Path, *, image: str | Path | N
     if not inputs:
         raise UserError(f"no images under `input` {root}")
     base = check_writable(out_dir, [INDEX, FAILURES], overwrite)
-    for path in tqdm(inputs, desc="case reports", unit="image", disable=not progress):
-        rel = path.relative_to(root).as_posix()
-        try:
-            one(path, base, rel)
-        except UserError as e:
-            run.failures.append((rel, str(e)))
-    if run.failures:
-        atomic_write(base / FAILURES, lambda tmp: Path(tmp).write_text(
-            "".join(f"{rel}\t{why}\n" for rel, why in run.failures), encoding="utf-8"))
-    write_index(run, base / INDEX)
+    with run_lock(base):
+        for path in tqdm(inputs, desc="case reports", unit="image", disable=not progress):
+            rel = path.relative_to(root).as_posix()
+            try:
+                one(path, base, rel)
+            except Exception as e:  # noqa: BLE001 - one image's failure, whatever it is, is that image's alone
+                run.failures.append((rel, item_failure(base, rel, e)))
+        if run.failures:
+            atomic_write(base / FAILURES, lambda tmp: Path(tmp).write_text(
+                "".join(f"{rel}\t{why}\n" for rel, why in run.failures), encoding="utf-8"))
+        write_index(run, base / INDEX)
     return run
 
 

@@ -79,7 +79,8 @@ def explain_classifier(model: nn.Module, image_path: str | Path, out_dir: str | 
     """Explain one class logit of ``model`` in one image with each method; writes ``{stem}_explain.png`` (the
     image and one heatmap per method) and ``{stem}_explain.json``. Returns the JSON record."""
     from .report.names import output_stem
-    from .report.figures import check_writable, resize_map, save_panels, write_json
+    from .files import check_writable, write_json
+    from .report.figures import resize_map, save_panels
 
     known = list_localizers(for_logits=True)
     bad = [m for m in methods if m not in known]

@@ -160,7 +160,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
             print(f"note: {note}")
         print(f"{r['input']}: {r['top']} {r['probability']:.1%}; report {r['files']['html']}")
     for rel, why in run.failures:
-        print(f"failed: {rel}: {why}")
+        print(f"failed: {rel}: {why.removeprefix(rel + ': ')}")
     if args.input is not None:
         print(f"{len(run.reports)} report(s), {len(run.failures)} failed; index {run.out_dir / 'index.html'}")
     return 1 if run.failures else 0
@@ -329,7 +329,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             "bare passes of the model")
     print(format_table(rows, note))
     if args.json:
-        from .report.figures import write_json
+        from .files import write_json
 
         print(f"wrote {write_json(args.json, rows_record(rows, note))}")
     return 0

@@ -20,7 +20,8 @@ from .models import build_model
 from .device import resolve_device
 from .explain.selectors import choose_prototype
 from .errors import UserError
-from .report.figures import check_writable, save_panels, write_csv
+from .report.figures import save_panels
+from .files import check_writable, write_csv
 from .training import train
 from .data.images import model_input
 from .data.loaded import LoadedImage

@@ -25,7 +25,8 @@ from .geometry import check_percentile
 from .integrations.protopnet import as_prototype_model
 from .models import PrototypeModel, load_model
 from .report.dicom import Finding
-from .report.figures import check_writable, resize_map, save_mask_png, save_overlay, write_json
+from .report.figures import resize_map, save_mask_png, save_overlay
+from .files import check_writable, write_json
 from .report.names import is_dicom, output_names, output_stem
 
 

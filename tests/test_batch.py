@@ -151,10 +151,10 @@ def test_folder_errors_are_one_line(capsys, tmp_path, folder, grey_ckpt):
     locked.mkdir()
     cases = [(["--input", tmp_path / "nope"], "is not a folder"),
              (["--input", folder, "--out", folder / "results"], "inside --input"),
-             (["--input", folder, "--out", grey_ckpt / "sub"], "not writable")]  # a file where a folder must go
+             (["--input", folder, "--out", grey_ckpt / "sub"], "cannot create output folder")]  # a file where a folder must go
     if os.geteuid() != 0:  # root ignores permissions
         os.chmod(locked, 0o500)
-        cases.append((["--input", folder, "--out", locked / "x"], "not writable"))
+        cases.append((["--input", folder, "--out", locked / "x"], "cannot create output folder"))
     for args, msg in cases:
         if "--out" not in args:
             args = [*args, "--out", tmp_path / "o"]
@@ -231,3 +231,50 @@ def test_no_input_stops_a_folder_run_and_names_never_collide(capsys, tmp_path, g
     code2, text2 = _cli(capsys, "localize", "--ckpt", grey_ckpt, "--input", d, "--out", out, "--method", "upsample",
                         "--quiet", "--resume")
     assert "Traceback" not in text2 and len(_rows(out)) == len(rows)
+
+
+HOLDING_RUN = """
+import sys, time
+from pathlib import Path
+from protomdm.batch import localize_folder
+from protomdm.localize import LocalizeJob
+
+ckpt, src, out, marker = sys.argv[1:5]
+real = LocalizeJob.write
+
+def waiting(self, *args):
+    Path(marker + ".started").touch()
+    while not Path(marker + ".go").exists():  # hold the folder until the test has tried a second run
+        time.sleep(0.05)
+    return real(self, *args)
+
+LocalizeJob.write = waiting
+res = localize_folder(LocalizeJob.load(ckpt, method="upsample"), src, out, progress=False)
+print(res.done, res.failed)
+"""
+
+
+def test_a_second_run_into_the_same_out_is_refused_while_the_first_runs(tmp_path, folder, grey_ckpt, capsys):
+    import subprocess
+    import sys
+    import time
+
+    out, marker = tmp_path / "out", tmp_path / "marker"
+    first = subprocess.Popen([sys.executable, "-c", HOLDING_RUN, grey_ckpt, folder, out, marker],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.with_suffix(".started").exists():
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
+            time.sleep(0.05)
+        for extra in ([], ["--resume"], ["--overwrite"]):
+            code, text = _cli(capsys, "localize", "--ckpt", grey_ckpt, "--input", folder, "--out", out,
+                              "--method", "upsample", *extra, *FAST)
+            assert code == 2 and "another protomdm run is writing to" in text and text.count("\n") == 1, text
+    finally:
+        marker.with_suffix(".go").touch()
+        stdout, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0 and stdout.split() == ["4", "1"], stderr  # the first run is untouched
+    rows = _rows(out)
+    assert sorted(r["status"] for r in rows) == ["failed", "ok", "ok", "ok", "ok"]
+    assert {p.name for p in out.iterdir() if p.is_dir()} == {r["output"] for r in rows if r["status"] == "ok"}

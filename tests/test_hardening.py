@@ -3,6 +3,7 @@ the user gave is changed. (The folder-run cases, where the run goes on, are in t
 
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,6 +57,8 @@ CASES = {
     "init-model under a file": lambda d, c: ["init-model", "--model", "protopnet", "--classes", "a,b", "--backbone",
                                              "tiny", "--out", d / "a.png" / "m.pt"],
     "train --out a file": lambda d, c: ["train", "--config", _write(d / "t.yaml", "seed: 1\n"), "--out", d / "a.png"],
+    "train --out below a file": lambda d, c: ["train", "--config", _write(d / "t.yaml", "seed: 1\n"), "--out",
+                                              d / "a.png" / "run", "--quiet"],
     "train --stop-after -1": lambda d, c: ["train", "--config", _write(d / "t.yaml", "seed: 1\n"), "--out", d / "r",
                                            "--stop-after", "-1"],
     "deletion steps 0": lambda d, c: ["evaluate", "--dataset", "synthetic", "--ckpt", c, "--out", d / "e",
@@ -196,3 +199,78 @@ def test_nih_ground_truth_no_model_class_matches_is_counted_and_named(tmp_path, 
 
     with open(tmp_path / "e" / "results.csv", newline="") as f:
         assert {r["finding"] for r in csv.DictReader(f)} == {"Infiltrate"}  # the box list's spelling matched
+
+
+HOSTILE_CELLS = ["=HYPERLINK(\"http://x\",\"y\")", "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)", "\tx", "\rx",
+                 "'=already quoted", "'", "-0.5", "+3", "1e-3", "-inf", "plain", ""]
+
+
+def test_csv_cells_a_spreadsheet_would_run_are_neutralised_and_read_back(tmp_path):
+    import csv
+
+    from protomdm.files import read_csv, write_csv
+
+    path = write_csv(tmp_path / "t.csv", ["=col", "value"], [{"=col": v, "value": v} for v in HOSTILE_CELLS])
+    with open(path, newline="") as f:
+        raw = list(csv.reader(f))
+    formulas = [c for row in raw for c in row if c[:1] in ("=", "+", "-", "@", "\t", "\r")]
+    assert formulas == ["-0.5", "-0.5", "+3", "+3", "-inf", "-inf"]  # numbers only
+    assert raw[0] == ["'=col", "value"]
+    assert read_csv(path) == [{"=col": v, "value": v} for v in HOSTILE_CELLS]
+
+
+def test_a_folder_run_neutralises_hostile_file_names_and_resumes_them(tmp_path, capsys):
+    import csv
+
+    ckpt = save_checkpoint(tiny_model(img_size=(32, 32)), tmp_path / "m.pt")
+    src = tmp_path / "in"
+    src.mkdir()
+    names = ["=1+1.png", "@SUM(A1).png", "-2+3.png"]
+    for n in names:
+        Image.fromarray((np.random.default_rng(0).random((40, 40)) * 255).astype(np.uint8)).save(src / n)
+    args = ["localize", "--ckpt", ckpt, "--input", src, "--out", tmp_path / "o", "--method", "upsample", "--quiet"]
+    assert main([str(a) for a in args]) == 0
+    with open(tmp_path / "o" / "results.csv", newline="") as f:
+        cells = [c for row in csv.reader(f) for c in row]
+    assert not [c for c in cells if c[:1] in ("=", "+", "-", "@")], cells
+    capsys.readouterr()
+    assert main([str(a) for a in args + ["--resume"]]) == 0  # read back as the same names: nothing to redo
+    assert "0 localized, 0 failed, 3 already done" in capsys.readouterr().out
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from filelock import FileLock
+with FileLock(Path(sys.argv[1]) / ".protomdm.lock"):
+    print("held", flush=True)
+    sys.stdin.read()  # until the test closes it
+"""
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "report"])
+def test_every_run_folder_is_refused_while_another_process_holds_it(command, files, capsys):
+    import subprocess
+    import sys
+
+    d, ckpt = files
+    out = d / "busy"
+    out.mkdir()
+    src = d / "src"
+    src.mkdir()
+    shutil.copy(d / "a.png", src / "a.png")
+    config = Path(__file__).resolve().parents[1] / "configs" / "synthetic_protopnet.yaml"
+    args = {"train": ["train", "--config", config, "--out", out],
+            "evaluate": ["evaluate", "--dataset", "synthetic", "--ckpt", ckpt, "--out", out, "--limit", "1",
+                         "--methods", "upsample"],
+            "report": ["localize", "--report", "--ckpt", ckpt, "--input", src, "--out", out, "--method", "upsample"]}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, out], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        code = main([str(a) for a in args[command] + ["--quiet"]])
+    finally:
+        holder.communicate("")
+    err = capsys.readouterr().err
+    assert code == 2 and "another protomdm run is writing to" in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in out.iterdir()) == [".protomdm.lock"]  # nothing written beside the lock

@@ -8,7 +8,7 @@ import pytest
 
 from protomdm.evaluation.results import format_percentile, read_results, results_frame
 from protomdm.evaluation.tables import markdown_tables, summarise
-from protomdm.report.figures import write_csv
+from protomdm.files import write_csv
 from protomdm.evaluation.results import COLUMNS
 
 

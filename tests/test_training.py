@@ -1,4 +1,5 @@
 import dataclasses
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +129,72 @@ def test_a_finished_run_is_not_overwritten(tmp_path):
     train(cfg, tmp_path, progress=False)
     with pytest.raises(UserError, match="already holds a training run"):
         train(cfg, tmp_path, progress=False)
+
+
+KILL_AFTER = """
+import os, signal, sys
+import yaml
+import protomdm.training.trainer as trainer
+from protomdm.config import load_train_config
+
+name, nth, out, config = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+seen = {}
+
+def killing(write, path_arg):
+    def wrapped(*args, **kwargs):
+        result = write(*args, **kwargs)
+        target = os.path.basename(str(args[path_arg]))
+        seen[target] = seen.get(target, 0) + 1
+        if target == name and seen[target] == nth:
+            os.kill(os.getpid(), signal.SIGKILL)  # a real kill, right after that file is complete
+        return result
+    return wrapped
+
+trainer.save_checkpoint = killing(trainer.save_checkpoint, 1)
+trainer.write_csv = killing(trainer.write_csv, 0)
+trainer.train(load_train_config(config), out, progress=False)
+"""
+
+
+def _log_without_times(path):
+    import csv
+
+    with open(path, newline="") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("name,nth", [("best.pt", 1), ("log.csv", 3), ("last.pt", 3), ("push_epoch3.pt", 1)])
+def test_a_kill_between_the_outputs_resumes_to_the_uninterrupted_run(tmp_path, name, nth):
+    import subprocess
+    import sys
+
+    cfg = small_config(warm_epochs=1, joint_epochs=2)  # one push, at the last epoch: the only best.pt
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(to_dict(cfg)))
+    train(cfg, tmp_path / "straight", progress=False)
+    run = tmp_path / "killed"
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER, name, str(nth), str(run), str(config)],
+                            capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to repair that cannot be repaired
+        train(cfg, run, resume=run / "last.pt", progress=False)
+    for file in ("last.pt", "best.pt"):
+        a = torch.load(tmp_path / "straight" / file, weights_only=True)
+        b = torch.load(run / file, weights_only=True)
+        assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"]), file
+    # the seconds column differs between any two runs; every other cell is the same
+    assert len(_log_without_times(run / "log.csv")) == 3
+    assert _log_without_times(run / "log.csv") == _log_without_times(tmp_path / "straight" / "log.csv")
+
+
+def test_a_best_model_older_than_the_state_is_said_on_resume(tmp_path):
+    cfg = small_config(warm_epochs=1, joint_epochs=2)
+    train(cfg, tmp_path, progress=False, stop_after=3)
+    (tmp_path / "best.pt").unlink()  # as an earlier protomdm left it after a kill between last.pt and best.pt
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    ckpt["extra"]["train_state"]["epoch"] = 2  # one more epoch to run, so that train goes through resume
+    ckpt["extra"]["train_state"]["log"] = ckpt["extra"]["train_state"]["log"][:2]
+    torch.save(ckpt, tmp_path / "last.pt")
+    with pytest.warns(UserWarning, match=r"best.pt does not hold the run's best model \(epoch 3"):
+        train(cfg, tmp_path, resume=tmp_path / "last.pt", progress=False)

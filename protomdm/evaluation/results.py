@@ -15,6 +15,8 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from ..files import read_csv
+
 COLUMNS = ("image", "finding", "prototype", "method", "percentile", "metric", "value")
 CURVE_COLUMNS = ("image", "finding", "prototype", "method", "curve", "values")
 TIMING_COLUMNS = ("image", "finding", "prototype", "method", "seconds")
@@ -37,16 +39,16 @@ def read_results(path: str | Path) -> pd.DataFrame:
     """The typed frame of a ``results.csv`` (or of an evaluation folder holding one)."""
     path = Path(path)
     path = path / "results.csv" if path.is_dir() else path
-    return results_frame(pd.read_csv(path, dtype=str, keep_default_na=False).to_dict("records"))
+    return results_frame(read_csv(path))
 
 
 def read_curves(path: str | Path) -> pd.DataFrame:
     """The frame of a ``curves.csv`` (or of an evaluation folder holding one): ``values`` as float arrays."""
     path = Path(path)
     path = path / "curves.csv" if path.is_dir() else path
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame = pd.DataFrame(read_csv(path), columns=list(CURVE_COLUMNS), dtype=str)
     if frame.empty:
-        return pd.DataFrame(columns=list(CURVE_COLUMNS))
+        return frame
     return frame.assign(prototype=frame["prototype"].astype("int64"),
                         values=[np.array(v.split(), float) for v in frame["values"]])
 
@@ -58,7 +60,7 @@ def read_timings(path: str | Path) -> pd.DataFrame:
     path = path / "timings.csv" if path.is_dir() else path
     if not path.exists():
         return pd.DataFrame({c: pd.Series(dtype=float if c == "seconds" else str) for c in TIMING_COLUMNS})
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame = pd.DataFrame(read_csv(path), columns=list(TIMING_COLUMNS), dtype=str)
     return frame.assign(seconds=pd.to_numeric(frame["seconds"]).astype(float))
 
 

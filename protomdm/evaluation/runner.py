@@ -38,10 +38,10 @@ from ..explain.localization import model_device
 from ..explain.mdm import images_per_search
 from ..explain.perturbation import Perturbation
 from ..explain.registry import create_localizer, list_localizers
-from ..files import atomic_write, check_run_settings
+from ..files import append_csv, atomic_write, read_csv, write_csv
 from ..geometry import regions
 from ..models import PrototypeModel, load_model
-from ..report.figures import append_csv, read_csv, write_csv
+from ..runfolder import run_folder
 from . import metrics as M
 from .faithfulness import deletion_insertion, heatmap_masked_scores
 from .plots import plot_curves, plot_metrics
@@ -52,6 +52,7 @@ from .tables import SUMMARY_COLUMNS, markdown_tables, summarise
 POLICIES = ("first", "best-dice", "all-of-class")
 MASK_METRICS = tuple(M.MASK_METRICS)
 REGION_IOUS = (0.1, 0.3)
+TABLES = ("results.csv", "curves.csv", "timings.csv")  # results first: a unit with its results rows is done
 
 
 @dataclass
@@ -227,37 +228,31 @@ def evaluate(ckpt: str | Path, out_dir: str | Path, settings: EvalSettings | Non
     Returns:
         an :class:`EvalResult` whose ``results`` and ``summary`` are DataFrames.
     """
-    from tqdm.auto import tqdm
-
     unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(EvalSettings)})
     if unknown:
         raise TypeError(f"evaluate() got unknown setting(s) {', '.join(unknown)}")
     cfg = dataclasses.replace(settings, **fields) if settings else EvalSettings(**fields)
-    dataset, methods, percentiles, policy = cfg.dataset, cfg.methods, cfg.percentiles, cfg.prototype_policy
     model = load_model(ckpt, dist.device(resolve_device(device))).eval()
     options = EvalOptions(cfg.limit, cfg.seed, cfg.truth, cfg.part_half_width,
                           multilabel=model.config.architecture == "xprotonet" or model.config.multilabel)
     source = dataset_source(cfg.data)
     samples = source.evaluation(model.config, options, (dist.rank, dist.world_size))
     out = Path(out_dir)
-    merged = out / "results.csv"
-    if (merged.exists() or rank_parts(merged)) and not (resume or overwrite):
-        raise UserError(f"{merged} exists from an earlier run; pass `resume` to finish it or `overwrite` to redo it")
-    if resume and not (merged.exists() or rank_parts(merged)):
-        raise UserError(f"`resume`: {merged} does not exist; run without `resume` first")
-    if dist.is_main:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"cannot create output folder {out}: {e.strerror}") from None
-        check_run_settings(out, cfg.record(ckpt), resume)
-        if not resume:
-            extra = [out / "curves.csv", out / "timings.csv"]
-            for p in [*rank_parts(merged), *(q for e in extra for q in rank_parts(e)), *extra, merged]:
-                p.unlink(missing_ok=True)
-    dist.barrier()
+    if resume and not ((out / TABLES[0]).exists() or rank_parts(out / TABLES[0])):
+        raise UserError(f"`resume`: {out / TABLES[0]} does not exist; run without `resume` first")
+    with run_folder(out, TABLES, cfg.record(ckpt), resume=resume, overwrite=overwrite, dist=dist):
+        return _evaluate_in(out, cfg, model, samples, source.per_finding, dist, progress)
+
+
+def _evaluate_in(out: Path, cfg: EvalSettings, model: PrototypeModel, samples: Iterable, per_finding: bool,
+                 dist: DistEnv, progress: bool) -> EvalResult:
+    """The work of :func:`evaluate` in its open run folder."""
+    from tqdm.auto import tqdm
+
+    dataset, methods, percentiles, policy = cfg.dataset, cfg.methods, cfg.percentiles, cfg.prototype_policy
+    merged = out / TABLES[0]
     done = {(r["image"], r["finding"], r["method"]) for p in [merged, *rank_parts(merged)] for r in read_csv(p)}
-    results, curves_csv, timings = dist.part(merged), dist.part(out / "curves.csv"), dist.part(out / "timings.csv")
+    results, curves_csv, timings = (dist.part(out / name) for name in TABLES)
     for path, cols in ((results, COLUMNS), (curves_csv, CURVE_COLUMNS), (timings, TIMING_COLUMNS)):
         if not path.exists():
             write_csv(path, cols, [])
@@ -321,7 +316,7 @@ def evaluate(ckpt: str | Path, out_dir: str | Path, settings: EvalSettings | Non
     if res.skipped:
         atomic_write(out / "skipped.txt", lambda tmp: Path(tmp).write_text(
             "".join(f"{s.id}\t{s.reason}\n" for s in res.skipped)))
-    res.results, res.summary = write_summary(out, dataset, len(res.skipped), source.per_finding)
+    res.results, res.summary = write_summary(out, dataset, len(res.skipped), per_finding)
     return res
 
 

@@ -12,9 +12,9 @@ import numpy as np
 from ..data.images import box_to_original
 from ..data.loaded import LoadedImage
 from ..explain.case import CaseReport, CaseRow
-from ..files import atomic_write
+from ..files import atomic_write, write_json
 from .dicom import Finding, write_case_sr
-from .figures import resize_map, write_json
+from .figures import resize_map
 from .gallery import source_pixels
 from .html import esc, hstack, img_tag, overlay_rgb, page, png_bytes, vstack
 from .names import is_dicom

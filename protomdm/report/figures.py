@@ -1,74 +1,17 @@
-"""Pictures and files people look at: heatmap overlays, mask PNGs, JSON; written atomically, never clobbering."""
+"""Pictures people look at: heatmap overlays, mask PNGs and panels; written atomically, never clobbering."""
 
 from __future__ import annotations
 
-import csv
-import json
-import os
 import textwrap
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError
 from ..explain.mdm import standardised_heatmap
-from ..files import atomic_write  # noqa: F401 - re-exported for the writers below and their callers
-
-
-def check_writable(out_dir: str | Path, names: Iterable[str], overwrite: bool) -> Path:
-    """Create ``out_dir`` if needed; refuse (UserError) if any of ``names`` exists there and not ``overwrite``."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"`out` {out} exists and is not a folder")
-    clash = [n for n in names if (out / n).exists()]
-    if clash and not overwrite:
-        raise UserError(f"{out} already holds {', '.join(clash)}; pass `overwrite` to replace, or choose another `out`")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create output folder {out}: {e.strerror}") from None
-    if not os.access(out, os.W_OK):
-        raise UserError(f"output folder {out} is not writable")
-    return out
-
-
-def write_json(path: str | Path, data: dict[str, Any]) -> Path:
-    text = json.dumps(data, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
-
-
-def write_csv(path: str | Path, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> Path:
-    """A CSV table with a header, written atomically; ``rows`` are dicts keyed by ``columns``."""
-    def write(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, list(columns))
-            w.writeheader()
-            w.writerows(rows)
-
-    return atomic_write(path, write)
-
-
-def append_csv(path: str | Path, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> None:
-    """Append ``rows`` to a CSV table and flush them to disk, so a killed process loses no finished row."""
-    with open(path, "a", newline="") as f:
-        csv.DictWriter(f, list(columns)).writerows(rows)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def read_csv(path: str | Path) -> list[dict[str, str]]:
-    """The rows of a CSV table with a header; none if the file does not exist."""
-    if not Path(path).exists():
-        return []
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f))
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise UserError(f"{path} is not a CSV table protomdm wrote ({type(e).__name__}); move it away or pass "
-                        "--overwrite to start again") from None
+from ..files import atomic_write
 
 
 def resize_map(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:

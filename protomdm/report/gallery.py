@@ -22,8 +22,7 @@ from ..explain.case import last_layer_weights
 from ..explain.localization import Localization, model_device
 from ..explain.mdm import images_per_search
 from ..models import PrototypeModel, load_model_and_extra
-from ..files import atomic_write
-from .figures import check_writable, write_csv
+from ..files import atomic_write, check_writable, write_csv
 from .html import esc, hstack, img_tag, overlay_rgb, page, png_bytes
 
 INDEX_COLUMNS = ("prototype", "class_name", "weight", "similarity", "dataset", "source", "network_box", "method_box",

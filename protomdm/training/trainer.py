@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from contextlib import nullcontext
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +23,12 @@ from ..distributed import DistEnv, init_distributed
 from ..errors import UserError
 from ..evaluation.metrics import auroc
 from ..models import ProtoPNet, PrototypeModel, build_model, read_checkpoint, save_checkpoint
-from ..report.figures import write_csv
+from ..runfolder import run_lock
+from ..files import check_writable, write_csv
 from .losses import protopnet_loss, random_affine, xprotonet_loss
 from .push import add_provenance, push_prototypes
 
-LOG_NAME = "log.csv"
+LOG_NAME, LAST_NAME, BEST_NAME = "log.csv", "last.pt", "best.pt"
 
 
 def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, bool]:
@@ -111,10 +113,12 @@ class Trainer:
         self.last_opt = torch.optim.Adam(self.groups["last"], lr=o.last_layer_lr)
         self.pos_weight = self._pos_weight() if self.multilabel and cfg.loss.pos_weight else None
         self.epoch, self.best, self.log, self.push_records = 0, -float("inf"), [], []
+        self.best_epoch: int | None = None  # the epoch whose model best.pt holds
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "best": self.best, "log": self.log, "push": self.push_records,
+        return {"epoch": self.epoch, "best": self.best, "best_epoch": self.best_epoch, "log": self.log,
+                "push": self.push_records,
                 "warm_opt": self.warm_opt.state_dict(), "joint_opt": self.joint_opt.state_dict(),
                 "joint_sched": self.joint_sched.state_dict(), "last_opt": self.last_opt.state_dict(),
                 "config": to_dict(self.cfg)}
@@ -132,6 +136,33 @@ class Trainer:
         self.joint_sched.load_state_dict(st["joint_sched"])
         self.last_opt.load_state_dict(st["last_opt"])
         self.epoch, self.best, self.log, self.push_records = st["epoch"], st["best"], st["log"], st["push"]
+        self.best_epoch = st.get("best_epoch")
+        if self.dist.is_main:
+            self._repair_outputs()
+
+    def _repair_outputs(self) -> None:
+        """Make ``log.csv`` and ``best.pt`` agree with the resumed state, or say in one line where they cannot.
+
+        A kill after ``best.pt`` or ``log.csv`` but before ``last.pt`` leaves them one epoch ahead: the log is
+        rewritten from the state, and redoing the epoch writes the same ``best.pt`` again. A ``best.pt`` older than
+        the state's best (from an earlier protomdm, which wrote ``last.pt`` first, or copied in by hand) cannot be
+        rebuilt from ``last.pt``: that is said, not hidden.
+        """
+        self._write_log()
+        if self.best_epoch is None:
+            return
+        path = self.out / BEST_NAME
+        held = None
+        if path.is_file():
+            try:
+                held = read_checkpoint(path).get("extra", {}).get("epoch")
+            except UserError:
+                held = None
+        if held is None or held < self.best_epoch:
+            warnings.warn(f"{path} does not hold the run's best model (epoch {self.best_epoch}, "
+                          f"{self.best:.4f}), but {'epoch ' + str(held) if held is not None else 'no readable model'}: "
+                          "an interrupted run wrote it out of order, and it cannot be rebuilt from last.pt; train "
+                          "again for the best model", stacklevel=2)
 
     def _pos_weight(self) -> torch.Tensor:
         """Each finding's negatives / positives in the training set (read from the labels, without the images
@@ -270,13 +301,17 @@ class Trainer:
             # no training image, so "this looks like that" (and the recorded sources) would not hold
             improved = pushed and value > self.best
             self.best = max(self.best, value) if pushed else self.best
+            if improved:
+                self.best_epoch = self.epoch
             if self.dist.is_main:  # one writer; the others wait so that a resume sees complete files
-                extra = {"train_state": self.state(), "push": self.push_records, metric_name: value}
-                save_checkpoint(self.model, self.out / "last.pt", extra)
+                # last.pt is the commit point: it is written after best.pt and log.csv, so a kill before it is
+                # resumed from the previous last.pt, which redoes this epoch and writes the same best.pt and log
                 if improved:
-                    save_checkpoint(self.model, self.out / "best.pt", {"push": self.push_records,
+                    save_checkpoint(self.model, self.out / BEST_NAME, {"push": self.push_records,
                                                                        metric_name: value, "epoch": self.epoch})
                 self._write_log()
+                extra = {"train_state": self.state(), "push": self.push_records, metric_name: value}
+                save_checkpoint(self.model, self.out / LAST_NAME, extra)
             self.dist.barrier()
             if self.progress:
                 tqdm.write(f"epoch {self.epoch}/{total} {stage}: loss {row['train_loss']:.4f}, "
@@ -307,12 +342,13 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: str | Path | None = Non
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} exists and is not a folder; choose another output folder")
     dev = resolve_device(device or cfg.device)
-    if resume is None and (out / "last.pt").exists():
-        raise UserError(f"{out} already holds a training run; pass `resume` {out / 'last.pt'} or another `out`")
+    if resume is None and (out / LAST_NAME).exists():
+        raise UserError(f"{out} already holds a training run; pass `resume` {out / LAST_NAME} or another `out`")
     dist = init_distributed(dev)
     trainer = Trainer(cfg, out, dev, progress, dist)
     if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    if resume is not None:
-        trainer.load_state(resume)
-    return trainer.run(stop_after)
+        check_writable(out)
+    with run_lock(out) if dist.is_main else nullcontext():
+        if resume is not None:
+            trainer.load_state(resume)
+        return trainer.run(stop_after)
