@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .data.dicom import DICOM_SUFFIXES
 from .data.images import IMAGE_SUFFIXES, read_image
 from .distributed import DistEnv, rank_parts
 from .errors import UserError
@@ -28,7 +29,6 @@ from .runfolder import STAGING, item_failure, run_folder
 
 COLUMNS = ("input", "output", "model", "method", "prototype", "class_name", "score", "box_x0", "box_y0", "box_x1",
            "box_y1", "seconds", "status", "error")
-DICOM_SUFFIXES = {".dcm", ".dicom", ".dic", ""}
 RESULTS = "results.csv"
 FAILURES = "failures.txt"
 FINISHED = ("ok", "empty")  # statuses of images that are done (``--resume`` skips them)
@@ -47,7 +47,7 @@ def find_inputs(root: str | Path) -> list[Path]:
         for name in sorted(filenames):
             p = Path(dirpath) / name
             if not name.startswith(".") and name.upper() != "DICOMDIR" and (
-                    p.suffix.lower() in IMAGE_SUFFIXES | DICOM_SUFFIXES):
+                    p.suffix.lower() in {*IMAGE_SUFFIXES, *DICOM_SUFFIXES, ""}):
                 found.append(p)
     return found
 

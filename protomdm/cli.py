@@ -576,6 +576,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except UserError as e:  # the error names the problem; the warnings that led to it are noise
             print(f"protomdm {args.command}: error: {with_flags(str(e), parser)}", file=sys.stderr)
             return 2
+        except OSError as e:  # the machine, not the user: a full disk, a vanished mount, a permission
+            where = f"{e.filename}: " if e.filename else ""
+            print(f"protomdm {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+            return 1
         except KeyboardInterrupt:
             print(f"protomdm {args.command}: interrupted", file=sys.stderr)
             return 130

@@ -425,6 +425,9 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     seed: int = 0
     device: str = "auto"  # auto: a CUDA GPU if there is one, else the CPU
+    # keep a small copy of each prototype's source image in the checkpoints (the gallery and case reports show it):
+    # a copy of a training image, so burned-in annotations travel with the checkpoint; false: no copies
+    thumbnails: bool = True
 
 
 def load_train_config(path: str | Path) -> TrainConfig:

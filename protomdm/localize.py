@@ -4,6 +4,10 @@ j)``), and the job behind ``protomdm localize`` (:class:`LocalizeJob`: load once
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
+import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +31,8 @@ from .models import PrototypeModel, load_model
 from .report.dicom import Finding
 from .report.figures import resize_map, save_mask_png, save_overlay
 from .files import check_writable, write_json
-from .report.names import is_dicom, output_names, output_stem
+from .report.names import has_dicom_outputs, is_dicom, output_names, output_stem
+from .runfolder import STAGING
 
 
 def localize_prototype(model: nn.Module, image: torch.Tensor, prototype: int, method: str = "mdm",
@@ -150,13 +155,18 @@ class LocalizeJob:
             "pixel_spacing": list(image.pixel_spacing) if image.pixel_spacing else None,
             **loc.summary(),
         }
-        files = {k: out / n for k, n in output_names(stem, dicom and loc.ok).items()}
+        # an empty result has no segment to send to a viewer; a source without a UID cannot be referenced
+        dicom_out = loc.ok and has_dicom_outputs(image)
+        if dicom and loc.ok and not dicom_out:
+            warnings.warn(f"{stem}: the DICOM has no SOP Instance UID, so no SEG or SR can refer to it; wrote the "
+                          "PNG and JSON outputs only", stacklevel=2)
+        files = {k: out / n for k, n in output_names(stem, dicom_out).items()}
         label = f"{self.method} prototype {j} ({model.class_names[c]})"
         n = len(regions)
         title = (f"{label}, top {100 - self.percentile:g}%: {n} region{'s' if n != 1 else ''}" if loc.ok
                  else f"{label}: empty ({loc.reason})")
         # DICOM first: every object is built before any is written, so a refusal leaves no file behind
-        if dicom and loc.ok:  # an empty result has no segment to send to a viewer
+        if dicom_out:
             scale = size[0] * size[1] / (loc.heatmap.shape[0] * loc.heatmap.shape[1])
             finding = Finding(label, model.class_names[c], probability, self.method, loc.settings or {},
                               [{"box": r["box"], "area": r["area"] * scale, "peak": r["peak"]} for r in regions],
@@ -196,4 +206,12 @@ def localize_file(ckpt: str | Path, image_path: str | Path, out_dir: str | Path,
     image = read_image(image_path)
     stem = output_stem(image)
     out = check_writable(out_dir, output_names(stem, is_dicom(image)).values(), overwrite)
-    return job.run(image, out, stem)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING, dir=out))  # all or nothing: a failure leaves no file behind
+    try:
+        res = job.run(image, staging, stem)
+        for kind, written in res.files.items():
+            os.replace(written, out / written.name)
+            res.files[kind] = out / written.name
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return res

@@ -84,3 +84,82 @@ def test_no_marker_survives_in_any_output_and_the_objects_still_validate(tmp_pat
                  "--quiet", "--keep-phi"]) == 0
     for kind in ("seg", "heatmap", "sr"):
         assert b"PHIMARK" in next(keep.glob(f"*_{kind}.dcm")).read_bytes(), kind  # asked for: kept
+
+
+@pytest.mark.parametrize("files,path_format", [
+    (["MRN000111", "MRN000222", "MRN000333", "MRN000444"], "{}"),  # DICOMs without a suffix
+    (["MRN000111.img", "MRN000222.IMA", "MRN000333.img", "MRN000444.IMA"], "{}"),  # other suffixes
+    (["scans/MRN000111.dcm", "scans/MRN000222.dcm", "scans/MRN000333.dcm", "scans/MRN000444.dcm"], "scans/{}.dcm"),
+])
+def test_a_table_of_dicoms_keyed_by_mrn_leaves_no_mrn_in_checkpoints_or_galleries(tmp_path, files, path_format):
+    import dataclasses
+
+    from test_training import small_config
+
+    from protomdm.config import DataConfig
+    from protomdm.training import train
+
+    rng = np.random.default_rng(0)
+    keys = [f.split("/")[-1].split(".")[0] if "{}" != path_format else f for f in files]
+    (tmp_path / "scans").mkdir()
+    for k, f in enumerate(files):
+        make_dicom(tmp_path / f, (rng.random((32, 32)) * 255).astype(np.uint8), bits_stored=8)
+    (tmp_path / "t.csv").write_text("path,labels,split\n" + "".join(
+        f"{key},{('disk', 'square')[k % 2]},{'train' if k < 2 else 'test'}\n" for k, key in enumerate(keys)))
+    cfg = small_config(warm_epochs=1, joint_epochs=0, last_layer_epochs=0)
+    cfg.model = dataclasses.replace(cfg.model, class_names=("disk", "square"), in_channels=1, mean=(0.5,),
+                                    std=(0.25,))
+    cfg.data = DataConfig(dataset="table", root=str(tmp_path), table="t.csv", path_format=path_format,
+                          cache_dir="none", batch_size=2)
+    train(cfg, tmp_path / "run", progress=False)
+    assert main(["prototypes", "--ckpt", str(tmp_path / "run" / "best.pt"), "--out", str(tmp_path / "g"),
+                 "--method", "upsample", "--quiet"]) == 0
+    written = [p for d in ("run", "g") for p in (tmp_path / d).rglob("*") if p.is_file()]
+    assert [p for p in written if any(f"MRN000{n}".encode() in p.read_bytes() for n in (111, 222, 333, 444))] == []
+    sources = {r["source"] for r in torch_load(tmp_path / "run" / "best.pt")["extra"]["push"]}
+    assert sources <= {"line 2 (DICOM)", "line 3 (DICOM)"}, sources
+
+
+def torch_load(path):
+    import torch
+
+    return torch.load(path, weights_only=True)
+
+
+def test_a_dicom_without_uid_is_named_by_its_pixels_never_its_file_name(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    src = tmp_path / "in" / "Doe_John_MRN000111"
+    src.mkdir(parents=True)
+    make_dicom(src / "Doe_John.dcm", (rng.random((40, 40)) * 255).astype(np.uint8), bits_stored=8,
+               SOPInstanceUID=None)
+    ckpt = save_checkpoint(tiny_model("xprotonet", in_channels=1, mean=(0.5,), std=(0.25,)), tmp_path / "m.pt")
+    for args in (["--input", tmp_path / "in"], ["--input", tmp_path / "in", "--report"]):
+        out = tmp_path / f"out{len(args)}"
+        code = main([str(a) for a in ["localize", "--ckpt", ckpt, *args, "--method", "upsample", "--out", out,
+                                      "--quiet"]])
+        assert code == 0, capsys.readouterr()  # localized and reported, with PNG and JSON outputs only
+        names = [p.relative_to(out).as_posix() for p in out.rglob("*")]
+        assert names and not [n for n in names if "Doe" in n or "MRN" in n], names
+        for p in out.rglob("*"):
+            if p.is_file() and p.suffix in (".html", ".json", ".csv") and p.name != "results.csv":  # the map
+                assert "Doe" not in p.read_text(errors="replace"), p
+
+
+def test_a_failed_single_image_localize_leaves_nothing(tmp_path, capsys, monkeypatch):
+    from protomdm.localize import LocalizeJob
+
+    rng = np.random.default_rng(0)
+    src = make_dicom(tmp_path / "scan.dcm", (rng.random((40, 40)) * 255).astype(np.uint8), bits_stored=8)
+    ckpt = save_checkpoint(tiny_model("xprotonet", in_channels=1, mean=(0.5,), std=(0.25,)), tmp_path / "m.pt")
+    real = LocalizeJob.write
+
+    def failing_late(self, image, j, loc, probability, out, stem):
+        real(self, image, j, loc, probability, out, stem)  # every file written ...
+        raise OSError(28, "No space left on device")  # ... then the disk is full
+
+    monkeypatch.setattr(LocalizeJob, "write", failing_late)
+    out = tmp_path / "out"
+    code = main(["localize", "--ckpt", str(ckpt), "--image", str(src), "--method", "upsample", "--out", str(out),
+                 "--quiet"])
+    assert code != 0 and list(out.iterdir()) == []
+    assert "No space left on device" in capsys.readouterr().err

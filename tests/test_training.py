@@ -198,3 +198,13 @@ def test_a_best_model_older_than_the_state_is_said_on_resume(tmp_path):
     torch.save(ckpt, tmp_path / "last.pt")
     with pytest.warns(UserWarning, match=r"best.pt does not hold the run's best model \(epoch 3"):
         train(cfg, tmp_path, resume=tmp_path / "last.pt", progress=False)
+
+
+def test_training_without_thumbnails_keeps_no_copy_of_a_training_image(tmp_path):
+    cfg = small_config(warm_epochs=1, joint_epochs=0, last_layer_epochs=0)
+    cfg.thumbnails = False
+    train(cfg, tmp_path, progress=False)
+    records = torch.load(tmp_path / "best.pt", weights_only=True)["extra"]["push"]
+    assert records and all("thumbnail" not in r and r["source"] for r in records)
+    assert main(["prototypes", "--ckpt", str(tmp_path / "best.pt"), "--out", str(tmp_path / "g"), "--method",
+                 "upsample", "--quiet"]) == 0

@@ -26,6 +26,21 @@ from .loaded import MAX_PIXELS, LoadedImage
 DECODER_HINT = "install the DICOM decoders with: pip install 'protomdm[dicom]'"
 
 
+DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
+
+
+def is_dicom_file(path: str | Path) -> bool:
+    """Whether ``path`` holds DICOM: its content says so (the ``DICM`` marker after the 128-byte preamble), or, for
+    files written without a preamble, its suffix. A file name need not end in ``.dcm`` to be a patient's scan."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        head = b""
+    return head[128:132] == b"DICM" or p.suffix.lower() in DICOM_SUFFIXES
+
+
 def _min_max(x: np.ndarray) -> np.ndarray:
     lo, hi = float(x.min()), float(x.max())
     return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x, dtype=np.float64)

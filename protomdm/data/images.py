@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..config import ModelConfig
 from ..errors import ImageError
-from .dicom import read_dicom
+from .dicom import is_dicom_file, read_dicom
 from .loaded import MAX_PIXELS, LoadedImage
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".npy", ".bmp", ".tif", ".tiff"}
@@ -64,7 +64,7 @@ def read_image(path: str | Path) -> LoadedImage:
         raise ImageError(f"not a file: {p}")
     if p.stat().st_size == 0:
         raise ImageError(f"{p}: the file is empty")
-    if p.suffix.lower() == ".dcm" or _looks_like_dicom(p):
+    if is_dicom_file(p):
         return read_dicom(p)
     if p.suffix.lower() == ".npy":
         try:
@@ -110,15 +110,6 @@ def _check_npy_header(p: Path) -> None:
         raise ImageError(f"{p}: the array holds Python objects, not pixels")
     if int(np.prod(shape, dtype=np.float64)) > MAX_PIXELS * 3:
         raise ImageError(f"{p}: the array is too large ({shape}); downsample it first")
-
-
-def _looks_like_dicom(p: Path) -> bool:
-    try:
-        with open(p, "rb") as f:
-            head = f.read(132)
-        return len(head) == 132 and head[128:132] == b"DICM"
-    except OSError:
-        return False
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from ..errors import UserError
 from ..geometry import Box, box_mask
 from .cache import ImageCache, default_cache_dir, load_pixels, to_channels
 from .groundtruth import EvalSample, Finding, Shard, Skipped, resize_mask
+from .dicom import is_dicom_file
 from .images import IMAGE_SUFFIXES, pixels_to_tensor, read_image
 from .manifests import Check
 from .sources import DatasetSource, EvalOptions, register_dataset
@@ -44,9 +45,22 @@ class Row:
     key: str
     path: Path
     labels: set[int]
-    line: int
+    line: int  # in the table; for an image folder, the place in its sorted listing
     split: str | None = None
     patient: str | None = None
+    listed: str = "line"  # "item" for an image folder
+
+    @property
+    def name(self) -> str:
+        """How outputs name the image: its key, or, for a DICOM (by content, whatever its suffix), its place in the
+        table (``line 12 (DICOM)``), because a DICOM's key is often the patient's MRN or accession number."""
+        return f"{self.listed} {self.line} (DICOM)" if is_dicom_file(self.path) else self.key
+
+    def reason(self, why: str) -> str:
+        """``why`` (a message about this image) without the path or key, where :attr:`name` hides them."""
+        if self.name == self.key:
+            return why
+        return why.replace(str(self.path), "the image").replace(self.key, "the image")
 
 
 @dataclass
@@ -207,9 +221,9 @@ def _read_folder(root: Path, data: DataConfig, class_names: tuple[str, ...]) -> 
             if c is None:
                 continue
             for f in sorted(d.rglob("*")):
-                if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES | {".dcm"}:
-                    rel = f.relative_to(root).as_posix()
-                    rows.append(Row(rel, f, {c}, 0, split))
+                if f.is_file() and not f.name.startswith(".") and (f.suffix.lower() in IMAGE_SUFFIXES
+                                                                   or is_dicom_file(f)):
+                    rows.append(Row(f.relative_to(root).as_posix(), f, {c}, len(rows) + 1, split, listed="item"))
     if not rows:
         raise UserError(f"no data.table given and no class folders ({', '.join(class_names)}) with images under "
                         f"{root}")
@@ -314,12 +328,12 @@ class TableDataset(Dataset):
         if cache_dir is not None:
             cache = ImageCache(cache_dir, [r.path for r in rows], self.size, self.channels)
             bad = cache.prepare(progress)
-            self.skipped = [(rows[i].key, why) for i, why in sorted(bad.items())]
+            self.skipped = [(rows[i].name, rows[i].reason(why)) for i, why in sorted(bad.items())]
             self.index = [i for i in range(len(rows)) if i not in bad]
             self.cache: ImageCache | None = cache
         else:
             missing = {i for i, r in enumerate(rows) if not r.path.is_file()}
-            self.skipped = [(rows[i].key, f"{rows[i].path}: no such file") for i in sorted(missing)]
+            self.skipped = [(rows[i].name, "no such file") for i in sorted(missing)]
             self.index = [i for i in range(len(rows)) if i not in missing]
             self.cache = None
         self.rows = rows
@@ -335,8 +349,8 @@ class TableDataset(Dataset):
         return hot
 
     def source(self, k: int) -> str:
-        """The table's path value of item ``k``, for a prototype's provenance."""
-        return self.rows[self.index[k]].key
+        """Item ``k``'s name for a prototype's provenance (:attr:`Row.name`: never a DICOM's path)."""
+        return self.rows[self.index[k]].name
 
     def __getitem__(self, k: int):
         i = self.index[k]
@@ -398,7 +412,7 @@ class TableSource(DatasetSource):
             try:
                 yield self._sample(row, table, model)
             except UserError as e:
-                yield Skipped(row.key, str(e))
+                yield Skipped(row.name, row.reason(str(e)))
 
     def _sample(self, row: Row, table: Table, model: ModelConfig) -> EvalSample:
         px = read_image(row.path).pixels
@@ -424,7 +438,7 @@ class TableSource(DatasetSource):
             f = findings.setdefault(c, Finding(model.class_names[c], c, np.zeros(size, bool)))
             f.truth = f.truth | resize_mask(mask, size)
         pixels = to_channels(pixels_to_tensor(px, size), model.in_channels)
-        return EvalSample(row.key, pixels, list(findings.values()))
+        return EvalSample(row.name, pixels, list(findings.values()))
 
     def check(self) -> list[Check]:
         d = self.data

@@ -17,7 +17,7 @@ from .dicom import Finding, write_case_sr
 from .figures import resize_map
 from .gallery import source_pixels
 from .html import esc, hstack, img_tag, overlay_rgb, page, png_bytes, vstack
-from .names import is_dicom
+from .names import has_dicom_outputs
 
 SIDE = 220  # pixels of each image panel
 
@@ -105,7 +105,7 @@ def write_case_report(report: CaseReport, image: LoadedImage, out: Path, stem: s
     """Write :func:`report_names` into the existing folder ``out``; the JSON has no patient attributes (only the
     report's numbers, boxes in model-input pixels and the prototypes' recorded sources), nor has the SR (a DICOM
     scan's: the decision and each top prototype's box, similarity, weight and contribution)."""
-    names = report_names(stem, is_dicom(image))
+    names = report_names(stem, has_dicom_outputs(image))
     html, summary = case_html(report, image, title, percentile)
     files = {k: out / n for k, n in names.items()}
     if "sr" in files:  # first: a refusal of the source leaves no file behind

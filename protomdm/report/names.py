@@ -13,10 +13,13 @@ def safe_name(text: str) -> str:
 
 
 def output_stem(image: LoadedImage) -> str:
-    """A file-name stem for an image's outputs that carries no patient data (a hash for DICOM)."""
+    """A file-name stem for an image's outputs that carries no patient data: for a DICOM, a hash of its SOP
+    Instance UID, or of its pixels when it has none (never its file name, which may name the patient)."""
     uid = image.metadata.get("sop_instance_uid")
     if uid:
         return "dcm-" + hashlib.sha256(str(uid).encode()).hexdigest()[:16]
+    if is_dicom(image):
+        return "dcm-" + hashlib.sha256(image.pixels.tobytes()).hexdigest()[:16]
     return safe_name(image.source.stem) or "image"
 
 
@@ -31,3 +34,8 @@ def output_names(stem: str, dicom: bool) -> dict[str, str]:
 
 def is_dicom(image: LoadedImage) -> bool:
     return image.metadata.get("format") == "dicom"
+
+
+def has_dicom_outputs(image: LoadedImage) -> bool:
+    """Whether DICOM objects (SEG, SR) can refer to ``image``: a DICOM with a SOP Instance UID."""
+    return is_dicom(image) and bool(image.metadata.get("sop_instance_uid"))

@@ -26,17 +26,19 @@ def thumbnail(pixels: torch.Tensor, side: int = THUMBNAIL_SIDE) -> torch.Tensor:
     return (pixels.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
 
 
-def add_provenance(records: list[dict[str, Any]], dataset: Any, dataset_name: str) -> list[dict[str, Any]]:
+def add_provenance(records: list[dict[str, Any]], dataset: Any, dataset_name: str,
+                   thumbnails: bool = True) -> list[dict[str, Any]]:
     """Record where each pushed prototype came from: ``dataset`` (its name), ``source`` (``dataset.source(i)``: a
-    file name or path, never a DICOM's, which may name the patient) and a ``thumbnail`` of the source image."""
+    name that carries no patient data, see :meth:`protomdm.data.table.TableDataset.source`) and, with
+    ``thumbnails``, a ``thumbnail`` of the source image (a copy of a training image)."""
     for rec in records:
         i = rec.get("image")
         if i is None:
             continue
         src = dataset.source(i) if hasattr(dataset, "source") else f"#{i}"
-        if str(src).lower().endswith((".dcm", ".dicom")):
-            src = f"#{i} (DICOM)"
-        rec.update(dataset=dataset_name, source=str(src), thumbnail=thumbnail(dataset[i][0]))
+        rec.update(dataset=dataset_name, source=str(src))
+        if thumbnails:
+            rec["thumbnail"] = thumbnail(dataset[i][0])
     return records
 
 

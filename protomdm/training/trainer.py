@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..config import TrainConfig, to_dict
+from ..config import TrainConfig, from_dict, to_dict
 from ..data.images import model_input
 from ..data.sources import dataset_source
 from ..distributed import DistEnv, init_distributed
@@ -128,7 +128,11 @@ class Trainer:
         st = ckpt.get("extra", {}).get("train_state")
         if not st:
             raise UserError(f"{path}: holds no training state to resume from (resume from a run's last.pt)")
-        if st["config"] != to_dict(self.cfg):
+        try:  # settings added since that run was started take their defaults
+            before = to_dict(from_dict(TrainConfig, st["config"], where=str(path)))
+        except UserError:
+            before = None
+        if before != to_dict(self.cfg):
             raise UserError(f"{path}: was trained with another config; resume with the same `config`")
         self.model.load_state_dict(ckpt["state_dict"])
         self.warm_opt.load_state_dict(st["warm_opt"])
@@ -263,7 +267,7 @@ class Trainer:
                    for (_, idx), (p, y, _) in zip(plan, self._loader(self.train_set, plan)))
         get = lambda i: model_input(self.train_set[i][0][None].to(self.device), self.cfg.model)  # noqa: E731
         records = push_prototypes(self.model, batches, get, multilabel=self.multilabel, dist=self.dist)
-        self.push_records = add_provenance(records, self.train_set, self.cfg.data.dataset)
+        self.push_records = add_provenance(records, self.train_set, self.cfg.data.dataset, self.cfg.thumbnails)
 
     def run(self, stop_after: int | None = None) -> TrainResult:
         cfg, o = self.cfg, self.cfg.optim
