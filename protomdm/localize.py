@@ -29,7 +29,7 @@ from .geometry import check_percentile
 from .integrations.protopnet import as_prototype_model
 from .models import PrototypeModel, load_model
 from .report.dicom import Finding
-from .report.figures import resize_map, save_mask_png, save_overlay
+from .report.figures import resize_map, resize_mask, save_mask_png, save_overlay
 from .files import check_writable, write_json
 from .report.names import has_dicom_outputs, is_dicom, output_names, output_stem
 from .runfolder import STAGING
@@ -135,8 +135,7 @@ class LocalizeJob:
         prototype's class): :func:`output_names` in the folder ``out``."""
         model = self.model
         size = image.size
-        heat = resize_map(loc.heatmap, size)
-        mask = resize_map(loc.binary(self.percentile).astype(np.float32), size) >= 0.5
+        mask = resize_mask(loc.binary(self.percentile), size)
         box_in = loc.box(self.percentile)
         box = box_to_original(box_in, loc.heatmap.shape, size) if box_in else None
         regions = [{**r.as_dict(), "box": list(box_to_original(r.box, loc.heatmap.shape, size)),
@@ -171,8 +170,8 @@ class LocalizeJob:
             finding = Finding(label, model.class_names[c], probability, self.method, loc.settings or {},
                               [{"box": r["box"], "area": r["area"] * scale, "peak": r["peak"]} for r in regions],
                               image.pixel_spacing)
-            write_dicom(image, mask, heat, files, finding, self.keep_phi)
-        save_overlay(files["overlay"], image.pixels, heat, box, title, [r["box"] for r in regions])
+            write_dicom(image, mask, resize_map(loc.heatmap, size), files, finding, self.keep_phi)
+        save_overlay(files["overlay"], image.pixels, loc.heatmap, box, title, [r["box"] for r in regions])
         save_mask_png(files["mask"], mask)
         write_json(files["localization"], record)
         return LocalizeResult(loc, record, files)
@@ -185,7 +184,7 @@ def write_dicom(image: LoadedImage, mask: np.ndarray, heatmap: np.ndarray, files
     from .report.dicom import write_dicom_outputs
 
     try:
-        write_dicom_outputs(image.source, mask, np.clip(heatmap, 0, 1), files, finding, keep_phi=keep_phi)
+        write_dicom_outputs(image.source, mask, heatmap, files, finding, keep_phi=keep_phi)
     except Exception as e:  # noqa: BLE001 - highdicom's checks of the source's attributes, in its terms
         raise UserError(f"{image.source}: cannot write its DICOM outputs ({type(e).__name__}: "
                         f"{' '.join(str(e).split())[:200]})") from None

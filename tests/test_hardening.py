@@ -274,3 +274,63 @@ def test_every_run_folder_is_refused_while_another_process_holds_it(command, fil
     err = capsys.readouterr().err
     assert code == 2 and "another protomdm run is writing to" in err and err.count("\n") == 1, err
     assert sorted(p.name for p in out.iterdir()) == [".protomdm.lock"]  # nothing written beside the lock
+
+
+@pytest.mark.parametrize("shape", [(1, 500), (3, 4000), (4000, 8), (1, 1)])
+@pytest.mark.parametrize("kind", ["png", "dcm"])
+def test_thin_and_extreme_aspect_images_are_localized_and_reported(shape, kind, files, capsys):
+    from dicom_factory import make_dicom
+
+    d, ckpt = files
+    pixels = (np.random.default_rng(0).random(shape) * 255).astype(np.uint8)
+    src = d / f"odd.{kind}"
+    if kind == "png":
+        Image.fromarray(pixels).save(src)
+    else:
+        make_dicom(src, pixels, bits_stored=8)
+    for extra in ([], ["--report"]):
+        out = d / f"out{len(extra)}"
+        code = main([str(a) for a in ["localize", "--ckpt", ckpt, "--image", src, "--out", out, "--method",
+                                      "upsample", "--quiet", *extra]])
+        assert code == 0, capsys.readouterr().err
+        written = {p.name.split("_", 1)[-1]: p for p in out.iterdir()}
+        assert all(p.stat().st_size > 0 for p in written.values())
+        if not extra:
+            with Image.open(written["mask.png"]) as m:
+                assert m.size == (shape[1], shape[0])  # the mask is at the original size, however thin
+
+
+def test_pixel_data_far_beyond_the_header_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    from dicom_factory import make_dicom
+
+    from protomdm.data import dicom as D
+    from protomdm.errors import ImageError
+
+    src = make_dicom(tmp_path / "lying.dcm", np.zeros((64, 64), np.uint16), bits_stored=12,
+                     pixel_data=b"\0" * (64 << 20))  # 64 MB behind a 64 x 64 header
+    decoded = []
+    monkeypatch.setattr(D, "_decode", lambda *a: decoded.append(a))
+    with pytest.raises(ImageError, match=r"pixel data of 67108864 bytes is far more than its header's 64x64 image "
+                                         r"needs \(8192 bytes\)"):
+        D.read_dicom(src)
+    assert decoded == []
+    ok = make_dicom(tmp_path / "padded.dcm", np.zeros((64, 64), np.uint16), bits_stored=12,
+                    pixel_data=b"\0" * (64 * 64 * 2 + 2))  # a writer's padding is not refused
+    monkeypatch.undo()
+    assert D.read_dicom(ok).pixels.shape == (64, 64)
+
+
+def test_large_images_are_coloured_after_subsampling(monkeypatch):
+    """The case report's panel of an 8192 x 8192 scan colours a subsampled copy: no full-size float array."""
+    import tracemalloc
+
+    from protomdm.report.html import overlay_rgb
+
+    pixels = np.zeros((8192, 8192), np.float32)  # 268 MB
+    tracemalloc.start()
+    try:
+        panel = overlay_rgb(pixels, np.ones((64, 64), np.float32), [(0, 0, 8192, 1)], side=320)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert panel.shape == (320, 320, 3) and peak < 64e6, peak  # it was 3.9 GB (float64 RGBA of the full image)

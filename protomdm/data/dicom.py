@@ -41,17 +41,17 @@ def is_dicom_file(path: str | Path) -> bool:
     return head[128:132] == b"DICM" or p.suffix.lower() in DICOM_SUFFIXES
 
 
-def _min_max(x: np.ndarray) -> np.ndarray:
-    lo, hi = float(x.min()), float(x.max())
-    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x, dtype=np.float64)
+BLOCK_VALUES = 1 << 22  # values per block of rows that the LUTs see at once: 32 MB of float64, whatever the image
 
 
 def display_values(ds, stored: np.ndarray) -> np.ndarray:
-    """Stored grey values ``(H, W)`` -> display values ``(H, W)`` in [0, 1], MONOCHROME1 inverted (steps 1-3).
+    """Stored grey values ``(H, W)`` -> display values ``(H, W)`` float32 in [0, 1], MONOCHROME1 inverted (steps 1-3).
 
     pydicom's ``apply_modality_lut`` and ``apply_voi_lut`` do the work. Their output lies in the LUT's range
     (``0 .. 2**bits - 1`` of its descriptor) or, for a window, in the modality values' range, which we read off by
     windowing -inf and +inf (the window's two ends), so that the result does not depend on how pydicom sizes it.
+    They compute in float64, so the image goes through them in blocks of rows (:data:`BLOCK_VALUES`): an 8192^2
+    scan costs its float32 result and a few blocks, not several float64 copies.
 
     Raises:
         ValueError: rescale, window or pixel values that are not finite numbers, or a VOI LUT that contradicts
@@ -59,31 +59,69 @@ def display_values(ds, stored: np.ndarray) -> np.ndarray:
     """
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    x = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
-    if not np.isfinite(x).all():
-        raise ValueError("its modality values are not all finite numbers (check Rescale Slope/Intercept and the "
-                         "pixel data)")
     seq = ds.get("VOILUTSequence")
-    if seq:
-        bits = int(seq[0].LUTDescriptor[2])
-        # a LUT's inputs are integers: rescaled values are rounded to them (pydicom warns on float input)
-        y = np.asarray(apply_voi_lut(np.rint(x).astype(np.int64), ds, prefer_lut=True), dtype=np.float64)
-        y /= float(2**bits - 1)
-    elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+    window = None
+    if not seq and ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
         try:
             with np.errstate(over="ignore"):
-                lo, hi = apply_voi_lut(np.array([-np.inf, np.inf]), ds, prefer_lut=False)
-                y = (np.asarray(apply_voi_lut(x, ds, prefer_lut=False), dtype=np.float64) - lo) / (hi - lo)
+                window = apply_voi_lut(np.array([-np.inf, np.inf]), ds, prefer_lut=False)
+            apply_voi_lut(np.zeros(1), ds, prefer_lut=False)
         except (ValueError, TypeError, IndexError) as e:  # a window the standard does not allow
             warnings.warn(f"{str(e).splitlines()[0][:120]}; using the image's min-max instead", stacklevel=2)
-            y = _min_max(x)
-    else:
-        y = _min_max(x)
-    if not np.isfinite(y).all():
-        raise ValueError("windowing gave values that are not finite numbers (check Window Center/Width)")
+            window = None
+    out = np.empty(stored.shape, np.float32)
+    rows = max(1, BLOCK_VALUES // max(1, stored.shape[1]))
+    for r in range(0, stored.shape[0], rows):
+        x = np.asarray(apply_modality_lut(stored[r:r + rows], ds), dtype=np.float64)
+        if not np.isfinite(x).all():
+            raise ValueError("its modality values are not all finite numbers (check Rescale Slope/Intercept and "
+                             "the pixel data)")
+        if seq:
+            bits = int(seq[0].LUTDescriptor[2])
+            # a LUT's inputs are integers: rescaled values are rounded to them (pydicom warns on float input)
+            y = np.asarray(apply_voi_lut(np.rint(x).astype(np.int64), ds, prefer_lut=True), dtype=np.float64)
+            y /= float(2**bits - 1)
+        elif window is not None:
+            lo, hi = window
+            with np.errstate(over="ignore"):
+                y = (np.asarray(apply_voi_lut(x, ds, prefer_lut=False), dtype=np.float64) - lo) / (hi - lo)
+        else:
+            y = x  # scaled below, by the whole image's min and max
+        if not np.isfinite(y).all():
+            raise ValueError("windowing gave values that are not finite numbers (check Window Center/Width)")
+        out[r:r + rows] = y
+    if not seq and window is None:
+        lo, hi = float(out.min()), float(out.max())
+        if hi > lo:
+            out -= lo
+            out /= hi - lo
+        else:
+            out[:] = 0
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        y = 1.0 - y
-    return y
+        np.subtract(1.0, out, out=out)
+    return out
+
+
+def _check_pixel_data_length(ds, p: Path, values: int) -> None:
+    """Refuse pixel data far larger than the header's Rows x Columns x Samples x Frames, before it is decoded.
+
+    Native pixel data may be somewhat longer than the values need (padding, stray bytes); compressed pixel data
+    (whose length only the file's size bounds) may not be more than twice the uncompressed size, which no codec
+    needs. So a crafted header cannot make protomdm read gigabytes for a 64 x 64 image.
+    """
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    expected = -(-values * bits // 8)
+    elem = ds.get_item("PixelData", keep_deferred=True)  # its length, without reading a deferred value
+    length = getattr(elem, "length", None)
+    if length is None and isinstance(getattr(elem, "value", None), bytes):
+        length = len(elem.value)
+    if length is None or length == 0xFFFFFFFF:  # encapsulated (compressed) frames: the file's size bounds them
+        length, limit, what = p.stat().st_size, 2 * expected + (1 << 20), "compressed pixel data in a file of"
+    else:  # a writer's padding or a few stray bytes are decoded as pydicom does (it warns and drops them)
+        limit, what = expected + expected // 4 + (1 << 16), "pixel data of"
+    if length > limit:
+        raise ImageError(f"{p}: its {what} {length} bytes is far more than its header's {ds.Columns}x{ds.Rows} "
+                         f"image needs ({expected} bytes); refused before decoding (a corrupt or crafted file)")
 
 
 def _decode(ds, p: Path) -> np.ndarray:
@@ -118,7 +156,7 @@ def read_dicom(path: str | Path, max_pixels: int = MAX_PIXELS) -> LoadedImage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(p)
+            ds = pydicom.dcmread(p, defer_size="16 MB")  # large values are read when used, after the checks
     except InvalidDicomError:
         raise ImageError(f"{p}: not a DICOM file (no DICM preamble)") from None
     except FileNotFoundError:
@@ -140,6 +178,7 @@ def read_dicom(path: str | Path, max_pixels: int = MAX_PIXELS) -> LoadedImage:
                          f"limit {max_pixels} pixels); downsample it first")
     if frames > 1:
         raise ImageError(f"{p}: multi-frame DICOM ({frames} frames) is not supported; export single frames")
+    _check_pixel_data_length(ds, p, rows * cols * samples * frames)
     arr = _decode(ds, p)
     pi = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if pi.startswith("MONOCHROME"):
@@ -160,13 +199,17 @@ def read_dicom(path: str | Path, max_pixels: int = MAX_PIXELS) -> LoadedImage:
         pixels = arr.astype(np.float64) / float(2 ** int(ds.get("BitsStored", 8)) - 1)
     else:
         raise ImageError(f"{p}: unsupported Photometric Interpretation {pi}")
+    spacing = pixel_spacing(ds)
     meta = {"format": "dicom", "sop_instance_uid": str(ds.get("SOPInstanceUID", "")),
             "series_instance_uid": str(ds.get("SeriesInstanceUID", "")),
             "study_instance_uid": str(ds.get("StudyInstanceUID", "")),
             "sop_class": getattr(ds.get("SOPClassUID"), "name", ""), "modality": str(ds.get("Modality", "")),
             "photometric_interpretation": pi, "bits_stored": int(ds.get("BitsStored", 0) or 0),
             "transfer_syntax": getattr(ds.file_meta.get("TransferSyntaxUID"), "name", "")}
-    return LoadedImage(np.clip(pixels, 0, 1).astype(np.float32), p, pixel_spacing(ds), meta)
+    del arr, ds  # the stored values are not needed any more
+    pixels = np.asarray(pixels, dtype=np.float32)
+    np.clip(pixels, 0, 1, out=pixels)
+    return LoadedImage(pixels, p, spacing, meta)
 
 
 def valid_spacing(value) -> tuple[float, float] | None:

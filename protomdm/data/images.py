@@ -30,13 +30,18 @@ def _to_unit(a: np.ndarray, name: str) -> np.ndarray:
         return a.astype(np.float32)
     if not np.issubdtype(a.dtype, np.number):
         raise ImageError(f"{name}: unsupported pixel type {a.dtype}")
-    a = a.astype(np.float64)
-    if not np.all(np.isfinite(a)):
+    if a.dtype.kind in "fc" and not np.isfinite(a).all():
         raise ImageError(f"{name}: the image contains NaN or infinite values")
+    if a.dtype.kind == "c":
+        raise ImageError(f"{name}: unsupported pixel type {a.dtype} (complex values)")
     lo, hi = float(a.min()), float(a.max())
     if lo >= 0.0 and hi <= 1.0:
-        return a.astype(np.float32)
-    return ((a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)).astype(np.float32)
+        return a.astype(np.float32, copy=False)
+    out = np.empty(a.shape, np.float32)  # (a - lo) / (hi - lo), computed in a's precision, stored as float32
+    np.subtract(a, lo, out=out, casting="unsafe")
+    if hi > lo:
+        out /= np.float32(hi - lo)
+    return out
 
 
 def _channels_last(a: np.ndarray, name: str) -> np.ndarray:
@@ -87,10 +92,10 @@ def read_image(path: str | Path) -> LoadedImage:
                 if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                     a = np.asarray(im)
                     a = a.astype(np.uint16) if im.mode.startswith("I;16") else a
-                elif im.mode in ("L", "1"):
-                    a = np.asarray(im.convert("L"))
+                elif im.mode in ("L", "1"):  # no conversion copy where the mode is already the one wanted
+                    a = np.asarray(im if im.mode == "L" else im.convert("L"))
                 else:
-                    a = np.asarray(im.convert("RGB"))
+                    a = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
     except ImageError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:

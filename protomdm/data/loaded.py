@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-MAX_PIXELS = 8192 * 8192  # larger inputs are refused before decoding (chest X-rays are at most ~4k x 4k)
+MAX_PIXELS = 5120 * 5120  # larger inputs are refused before decoding (chest X-rays and mammograms: at most ~4k x 5.6k); the README's limits table gives the peak memory this bounds
 
 
 @dataclass

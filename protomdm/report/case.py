@@ -14,7 +14,6 @@ from ..data.loaded import LoadedImage
 from ..explain.case import CaseReport, CaseRow
 from ..files import atomic_write, write_json
 from .dicom import Finding, write_case_sr
-from .figures import resize_map
 from .gallery import source_pixels
 from .html import esc, hstack, img_tag, overlay_rgb, page, png_bytes, vstack
 from .names import has_dicom_outputs
@@ -30,10 +29,8 @@ def report_names(stem: str, dicom: bool = False) -> dict[str, str]:
 
 def _scan_panel(image: LoadedImage, row: CaseRow, percentile: float) -> np.ndarray:
     loc = row.localization
-    size = image.size
-    heat = resize_map(loc.heatmap, size)
-    boxes = [box_to_original(r.box, loc.heatmap.shape, size) for r in loc.regions(percentile)[:3]]
-    return overlay_rgb(image.pixels, heat, boxes, side=SIDE)
+    boxes = [box_to_original(r.box, loc.heatmap.shape, image.size) for r in loc.regions(percentile)[:3]]
+    return overlay_rgb(image.pixels, loc.heatmap, boxes, side=SIDE)
 
 
 def _source_panel(row: CaseRow, input_size: tuple[int, int]) -> np.ndarray | None:

@@ -157,7 +157,7 @@ def _segmentation(src, pixels: np.ndarray, finding: Finding, kind: str, descript
 def _source_copy(source: str | Path, keep_phi: bool):
     import pydicom
 
-    src = pydicom.dcmread(source)
+    src = pydicom.dcmread(source, stop_before_pixels=True)  # the outputs refer to the pixels, never copy them
     return geometry_fixed(src if keep_phi else deidentified(src))
 
 
@@ -185,7 +185,7 @@ def write_dicom_outputs(source: str | Path, mask: np.ndarray, heatmap: np.ndarra
         raise ValueError(f"mask {mask.shape} and heatmap {heatmap.shape} must match the image ({src.Rows}, "
                          f"{src.Columns})")
     seg = _segmentation(src, mask.astype(bool), finding, "seg", "mask")
-    heat = _segmentation(src, np.clip(heatmap, 0, 1).astype(np.float32), finding, "heatmap", "heatmap")
+    heat = _segmentation(src, np.clip(heatmap, 0, 1, dtype=np.float32), finding, "heatmap", "heatmap")
     sr = structured_report(src, seg, heat, finding, **_common("sr"))
     return {kind: atomic_write(paths[kind], lambda tmp, obj=obj: obj.save_as(tmp))
             for kind, obj in (("seg", seg), ("heatmap", heat), ("sr", sr))}

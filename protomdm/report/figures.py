@@ -22,11 +22,22 @@ def resize_map(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A bool ``(h, w)`` mask at ``size = (H, W)``: bilinear, then cut at one half (smooth edges, as
+    :func:`resize_map` of the mask would give), in uint8 throughout, so an 8192^2 mask costs 64 MB, not 320."""
+    from PIL import Image
+
+    if tuple(mask.shape) == tuple(size):
+        return np.asarray(mask, dtype=bool)
+    small = Image.fromarray(np.asarray(mask, dtype=bool).view(np.uint8) * np.uint8(255))
+    return np.asarray(small.resize((size[1], size[0]), Image.BILINEAR)) >= 128
+
+
 def save_mask_png(path: str | Path, mask: np.ndarray) -> Path:
     """A bool ``(H, W)`` mask as an 8-bit PNG (0 / 255)."""
     from PIL import Image
 
-    img = Image.fromarray(np.where(mask, 255, 0).astype(np.uint8))
+    img = Image.fromarray(np.asarray(mask, dtype=bool).view(np.uint8) * np.uint8(255))  # uint8 throughout
     return atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
@@ -44,7 +55,7 @@ def save_overlay(path: str | Path, pixels: np.ndarray, heatmap: np.ndarray,
 
     Args:
         pixels: ``(H, W)`` or ``(H, W, 3)`` in [0, 1].
-        heatmap: ``(H, W)`` in [0, 1], same size as ``pixels``.
+        heatmap: ``(h, w)`` in [0, 1] at any resolution (stretched over the image).
         box: ``(x0, y0, x1, y1)`` with exclusive ends, in the same pixels.
         regions: boxes of the separate regions, most important first; drawn instead of ``box`` when given.
     """
@@ -54,10 +65,12 @@ def save_overlay(path: str | Path, pixels: np.ndarray, heatmap: np.ndarray,
     h, w = pixels.shape[:2]
     step = -(-max(h, w) // MAX_DISPLAY_SIDE)  # a figure of ~660 px shows no more: draw a subsampled copy
     if step > 1:
-        pixels, heatmap = pixels[::step, ::step], heatmap[::step, ::step]
+        pixels = pixels[::step, ::step]
         box = tuple(v / step for v in box) if box is not None else None
         regions = [tuple(v / step for v in r) for r in regions]
-    fig = Figure(figsize=(6.0 * w / max(h, w) + 1.2, 6.0 * h / max(h, w)), dpi=110)
+    heatmap = resize_map(heatmap, pixels.shape[:2])
+    # at least 1.5 inches each way: a 3 x 4000 strip still gets a figure (drawn as a thin band), not an empty PNG
+    fig = Figure(figsize=(max(1.5, 6.0 * w / max(h, w)) + 1.2, max(1.5, 6.0 * h / max(h, w))), dpi=110)
     ax = fig.add_subplot()
     ax.imshow(pixels if pixels.ndim == 3 else pixels, cmap=None if pixels.ndim == 3 else "gray", vmin=0, vmax=1)
     im = ax.imshow(heatmap, cmap="jet", alpha=0.45, vmin=0, vmax=1)

@@ -97,14 +97,11 @@ def _box_in(loc: Localization | None, size: tuple[int, int], percentile: float) 
 
 def entry_panels(e: GalleryEntry, method: str, percentile: float, side: int = 200) -> np.ndarray:
     """The source image, the network's region and ``method``'s, side by side (uint8 RGB)."""
-    from ..report.figures import resize_map
-
     size = e.pixels.shape[:2]
     panels = [overlay_rgb(e.pixels, side=side)]
     for loc in (e.network, e.method):
-        heat = resize_map(loc.heatmap, size)
         box = _box_in(loc, size, percentile)
-        panels.append(overlay_rgb(e.pixels, heat, [box] if box else [], side=side))
+        panels.append(overlay_rgb(e.pixels, loc.heatmap, [box] if box else [], side=side))
     return hstack(panels)
 
 

@@ -71,24 +71,31 @@ def img_tag(rgb: np.ndarray, alt: str, width: int | None = None) -> str:
 
 def overlay_rgb(pixels: np.ndarray, heatmap: np.ndarray | None = None, boxes: Sequence[Sequence[float]] = (),
                 side: int = 224, box_colour: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
-    """An image (``(H, W)`` or ``(H, W, 3)`` in [0, 1]) with an optional heatmap (``(H, W)`` in [0, 1], jet, 45%
-    opacity) and boxes (``(x0, y0, x1, y1)`` exclusive ends, in the image's pixels), as uint8 RGB with its longest
-    side ``side``."""
+    """An image (``(H, W)`` or ``(H, W, 3)`` in [0, 1]) with an optional heatmap (``(h, w)`` in [0, 1] at any
+    resolution, stretched over the image; jet, 45% opacity) and boxes (``(x0, y0, x1, y1)`` exclusive ends, in the
+    image's pixels), as uint8 RGB with its longest side ``side``.
+
+    A large image is subsampled to about twice ``side`` before anything is coloured, in float32, so an 8192^2 scan
+    costs a few MB here, not gigabytes."""
     from matplotlib import colormaps
     from PIL import Image, ImageDraw
 
-    rgb = np.repeat(pixels[..., None], 3, -1) if pixels.ndim == 2 else pixels[..., :3]
-    rgb = np.clip(rgb.astype(np.float32), 0, 1)
+    from .figures import resize_map
+
+    h, w = pixels.shape[:2]
+    step = max(1, max(h, w) // (2 * side))
+    small = np.clip(np.asarray(pixels[::step, ::step], dtype=np.float32), 0, 1)
+    rgb = np.repeat(small[..., None], 3, -1) if small.ndim == 2 else small[..., :3]
     if heatmap is not None:
-        heat = colormaps["jet"](np.clip(heatmap, 0, 1))[..., :3].astype(np.float32)
-        rgb = 0.55 * rgb + 0.45 * heat
-    h, w = rgb.shape[:2]
+        heat = resize_map(np.clip(heatmap, 0, 1), rgb.shape[:2])
+        rgb = 0.55 * rgb + 0.45 * colormaps["jet"](heat)[..., :3].astype(np.float32)
     scale = side / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     img = Image.fromarray((rgb * 255).round().astype(np.uint8)).resize(size, Image.BILINEAR)
     draw = ImageDraw.Draw(img)
-    for x0, y0, x1, y1 in boxes:
-        draw.rectangle([x0 * scale, y0 * scale, x1 * scale - 1, y1 * scale - 1], outline=box_colour, width=2)
+    for x0, y0, x1, y1 in boxes:  # at least one pixel wide and high, however thin the image
+        draw.rectangle([x0 * scale, y0 * scale, max(x0 * scale, x1 * scale - 1), max(y0 * scale, y1 * scale - 1)],
+                       outline=box_colour, width=2)
     return np.asarray(img)
 
 
