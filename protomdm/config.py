@@ -162,6 +162,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+MAX_CLASSES, MAX_PROTOTYPES = 10_000, 100_000
+
+
 @dataclass
 class ModelConfig:
     """Everything needed to rebuild a model from its ``state_dict``; stored in every checkpoint.
@@ -194,13 +197,18 @@ class ModelConfig:
         require(self.architecture in ARCHITECTURES, f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         require(len(self.class_names) >= 1, "class_names must name at least one class")
         require(len(set(self.class_names)) == len(self.class_names), "class_names must be unique")
-        require(self.prototypes_per_class >= 1, "prototypes_per_class must be >= 1")
-        require(self.prototype_dim >= 1, "prototype_dim must be >= 1")
+        # upper bounds far above any published model, so that a crafted config cannot ask for gigabytes
+        require(len(self.class_names) <= MAX_CLASSES, f"at most {MAX_CLASSES} classes, got {len(self.class_names)}")
+        require(1 <= self.prototypes_per_class <= 1000, "prototypes_per_class must be 1 .. 1000")
+        require(1 <= self.prototype_dim <= 8192, "prototype_dim must be 1 .. 8192")
+        require(len(self.class_names) * self.prototypes_per_class <= MAX_PROTOTYPES,
+                f"at most {MAX_PROTOTYPES} prototypes in all, got {len(self.class_names) * self.prototypes_per_class}")
         require(self.add_on in ("bottleneck", "shallow"), f"add_on must be bottleneck or shallow, got {self.add_on!r}")
         allowed = ACTIVATIONS[self.architecture]
         require(self.activation in allowed, f"activation of a {self.architecture} must be one of {allowed}, "
                f"got {self.activation!r}")
-        require(len(self.img_size) == 2 and min(self.img_size) >= 8, f"img_size must be [H, W] >= 8, got {self.img_size}")
+        require(len(self.img_size) == 2 and 8 <= min(self.img_size) and max(self.img_size) <= 4096,
+                f"img_size must be [H, W] in 8 .. 4096, got {self.img_size}")
         require(self.in_channels in (1, 3), f"in_channels must be 1 or 3, got {self.in_channels}")
         require(len(self.mean) == self.in_channels and len(self.std) == self.in_channels,
                "mean and std need one value per input channel")

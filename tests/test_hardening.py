@@ -334,3 +334,75 @@ def test_large_images_are_coloured_after_subsampling(monkeypatch):
     finally:
         tracemalloc.stop()
     assert panel.shape == (320, 320, 3) and peak < 64e6, peak  # it was 3.9 GB (float64 RGBA of the full image)
+
+
+def _edited_checkpoint(d, edit):
+    import torch
+
+    model = tiny_model(img_size=(32, 32))
+    ckpt = save_checkpoint(model, d / "edited.pt")
+    obj = torch.load(ckpt, weights_only=True)
+    obj["extra"]["push"] = [{"prototype": j, "class_index": model.prototype_class(j), "image": j, "similarity": 1.0,
+                             "source": "a.png", "dataset": "table",
+                             "thumbnail": torch.zeros(1, 8, 8, dtype=torch.uint8)} for j in range(model.num_prototypes)]
+    edit(obj)
+    torch.save(obj, ckpt)
+    return ckpt
+
+
+def _nan_weights(o):
+    o["state_dict"]["last_layer.weight"][0, 0] = float("nan")
+
+
+BAD_CHECKPOINTS = {
+    "config missing": (lambda o: o.pop("config"), "its model config is missing"),
+    "config a list": (lambda o: o.update(config=[1, 2]), "its model config is not a mapping"),
+    "extra a list": (lambda o: o.update(extra=[1]), "its extra data is a list, not a mapping"),
+    "no class_names": (lambda o: o["config"].pop("class_names"), "its config names no classes"),
+    "huge prototypes_per_class": (lambda o: o["config"].update(prototypes_per_class=10**7),
+                                  "prototypes_per_class must be 1 .. 1000"),
+    "huge prototype_dim": (lambda o: o["config"].update(prototype_dim=10**6), "prototype_dim must be 1 .. 8192"),
+    "huge img_size": (lambda o: o["config"].update(img_size=[100000, 100000]), "img_size must be [H, W] in 8 .. 4096"),
+    "shapes off the config": (lambda o: o["config"].update(prototype_dim=17),
+                              "prototype_vectors is (6, 16, 1, 1), the config's model needs (6, 17, 1, 1)"),
+    "NaN weights": (_nan_weights, "hold NaN or infinite values (last_layer.weight)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CHECKPOINTS))
+def test_malformed_checkpoints_are_one_line(case, files, capsys):
+    d, _ = files
+    edit, message = BAD_CHECKPOINTS[case]
+    ckpt = _edited_checkpoint(d, edit)
+    for command in (["localize", "--image", d / "a.png", "--out", d / "o"], ["prototypes", "--out", d / "g"]):
+        code = main([str(a) for a in [command[0], "--ckpt", ckpt, *command[1:], "--method", "upsample", "--quiet"]])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+BAD_RECORDS = {
+    "string numbers": (lambda r: r.update(similarity="0.5"), "similarity '0.5' is not a finite number"),
+    "missing prototype": (lambda r: r.pop("prototype"), "prototype None is not 0 .. 5"),
+    "thumbnail 2-D": (lambda r: r.update(thumbnail=r["thumbnail"][0]), "thumbnail (8, 8) is not a"),
+    "thumbnail 8000^2": (lambda r: r.update(thumbnail=__import__("torch").zeros(1, 8000, 8000, dtype=__import__("torch").uint8)),
+                         "thumbnail (1, 8000, 8000) is not a"),
+    "not a mapping": (None, "a str, not a mapping"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_RECORDS))
+def test_malformed_push_records_are_left_out_and_said(case, files, capsys):
+    d, _ = files
+    edit, message = BAD_RECORDS[case]
+
+    def break_first(o):
+        if edit is None:
+            o["extra"]["push"][0] = "x"
+        else:
+            edit(o["extra"]["push"][0])
+
+    ckpt = _edited_checkpoint(d, break_first)
+    code = main(["prototypes", "--ckpt", str(ckpt), "--out", str(d / "g"), "--method", "upsample"])
+    err = capsys.readouterr().err
+    assert code == 0 and f"1 of 6 push records are malformed and ignored (record 0: {message}" in err, err
+    assert "Traceback" not in err and (d / "g" / "gallery.html").is_file()

@@ -10,10 +10,12 @@ import contextlib
 import pickle
 import pickletools
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 
 from ..config import ModelConfig, from_dict, to_dict
@@ -184,19 +186,110 @@ def load_model_and_extra(path: str | Path, device: str | torch.device = "cpu", a
         CheckpointError: missing, truncated, foreign or wrong-kind file.
     """
     ckpt = read_checkpoint(path)
-    try:
-        config = from_dict(ModelConfig, {**ckpt["config"], "pretrained": False}, where="checkpoint config")
-    except ConfigError as e:
-        raise CheckpointError(f"{path}: invalid model config in checkpoint: {e}") from None
+    config, extra = _checked_layout(ckpt, path)
     if architecture is not None and config.architecture != architecture:
         raise CheckpointError(f"{path}: this is a {config.architecture} checkpoint, not {architecture}")
+    _check_weights(config, ckpt["state_dict"], path)
     model = build_model(config)
     try:
         model.load_state_dict(ckpt["state_dict"])
     except (RuntimeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: weights do not fit the {config.architecture}/{config.backbone} model: "
                               f"{str(e).splitlines()[0][:200]}") from None
-    return model.to(device).eval(), ckpt.get("extra", {})
+    if "push" in extra:
+        extra = {**extra, "push": checked_push_records(extra["push"], config, path)}
+    return model.to(device).eval(), extra
+
+
+def _checked_layout(ckpt: dict[str, Any], path: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
+    """The checkpoint's model config and ``extra``, checked for type and size before anything is built."""
+    config, extra, weights = ckpt.get("config"), ckpt.get("extra", {}), ckpt.get("state_dict")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: its model config is {'missing' if config is None else 'not a mapping'}; "
+                              "not a checkpoint protomdm wrote")
+    if "class_names" not in config:
+        raise CheckpointError(f"{path}: its config names no classes (class_names), so its outputs cannot be named")
+    if not isinstance(extra, dict):
+        raise CheckpointError(f"{path}: its extra data is a {type(extra).__name__}, not a mapping")
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise CheckpointError(f"{path}: its weights (state_dict) are not a mapping of tensors")
+    try:
+        return from_dict(ModelConfig, {**config, "pretrained": False}, where="checkpoint config"), extra
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: invalid model config in checkpoint: {e}") from None
+
+
+def _check_weights(config: ModelConfig, weights: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Refuse weights whose shapes are not the config's model (built on the meta device: no memory) or that are not
+    finite numbers, before the model is built."""
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in build_model(config).state_dict().items()}
+    for k, shape in expected.items():
+        if k in weights and tuple(weights[k].shape) != shape:
+            raise CheckpointError(f"{path}: weights do not fit the {config.architecture}/{config.backbone} model: "
+                                  f"{k} is {tuple(weights[k].shape)}, the config's model needs {shape}")
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} weight tensor(s) hold NaN or infinite values ({bad[0]}"
+                              f"{', ...' if len(bad) > 1 else ''}): a diverged training run; use an earlier checkpoint")
+
+
+MAX_THUMBNAIL_SIDE = 1024
+_BOXES = ("activation_box", "receptive_field_box")
+
+
+def _record_problem(rec: Any, config: ModelConfig) -> str | None:
+    """Why a push record does not fit the schema that :func:`protomdm.training.push.push_prototypes` writes, or None."""
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+    def integer(v: Any, lo: int, hi: float) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and lo <= v < hi
+
+    if not isinstance(rec, dict):
+        return f"a {type(rec).__name__}, not a mapping"
+    n_proto = len(config.class_names) * config.prototypes_per_class
+    if not integer(rec.get("prototype"), 0, n_proto):
+        return f"prototype {rec.get('prototype')!r} is not 0 .. {n_proto - 1}"
+    if not integer(rec.get("class_index"), 0, len(config.class_names)):
+        return f"class_index {rec.get('class_index')!r} is not a class"
+    if rec.get("image") is not None and not integer(rec["image"], 0, float("inf")):
+        return f"image {rec['image']!r} is not an index"
+    for k in ("distance", "similarity"):
+        if k in rec and not number(rec[k]):
+            return f"{k} {rec[k]!r} is not a finite number"
+    for k in _BOXES:
+        if rec.get(k) is not None and not (isinstance(rec[k], (list, tuple)) and len(rec[k]) == 4
+                                           and all(number(v) for v in rec[k])):
+            return f"{k} is not four numbers"
+    if "patch" in rec and not (isinstance(rec["patch"], (list, tuple)) and len(rec["patch"]) == 2
+                               and all(integer(v, 0, 1 << 16) for v in rec["patch"])):
+        return "patch is not two cell indices"
+    for k in ("source", "dataset"):
+        if k in rec and not (isinstance(rec[k], str) and len(rec[k]) <= 1000):
+            return f"{k} is not a short text"
+    t = rec.get("thumbnail")
+    if t is not None and not (isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.ndim == 3
+                              and t.shape[0] in (1, 3) and 1 <= min(t.shape[1:]) <= max(t.shape[1:])
+                              <= MAX_THUMBNAIL_SIDE):
+        shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+        return f"thumbnail {shape} is not a (1 or 3, h, w) uint8 image of at most {MAX_THUMBNAIL_SIDE} pixels a side"
+    return None
+
+
+def checked_push_records(records: Any, config: ModelConfig, path: str | Path) -> list[dict[str, Any]]:
+    """The push records of a checkpoint that fit the schema; the others are left out, and said in one warning (the
+    model still loads: provenance is what the gallery and case reports show, not what the model computes)."""
+    if not isinstance(records, list):
+        warnings.warn(f"{path}: its push records are a {type(records).__name__}, not a list; ignored", stacklevel=3)
+        return []
+    problems = [(i, _record_problem(r, config)) for i, r in enumerate(records)]
+    bad = [(i, why) for i, why in problems if why]
+    if bad:
+        i, why = bad[0]
+        warnings.warn(f"{path}: {len(bad)} of {len(records)} push records are malformed and ignored (record {i}: "
+                      f"{why})", stacklevel=3)
+    return [r for (i, why), r in zip(problems, records) if not why]
 
 
 def init_model(out: str | Path, architecture: str, backbone: str, classes: list[str], prototypes_per_class: int = 10,
