@@ -369,7 +369,9 @@ class DataConfig:
         require(self.box_format in ("xyxy", "xywh"), f"data.box_format must be xyxy or xywh, got {self.box_format!r}")
         require(0 < self.test_fraction < 1, f"data.test_fraction must lie strictly between 0 and 1, got {self.test_fraction}")
         require(self.other_labels in ("error", "ignore"), f"data.other_labels must be error or ignore, got {self.other_labels!r}")
-        require("{}" in self.path_format, f"data.path_format must contain {{}} (the path value), got {self.path_format!r}")
+        require(self.path_format.count("{}") == 1 and not set(self.path_format.replace("{}", "")) & set("{}"),
+                f"data.path_format must hold one {{}} (the path value) and no other braces, got "
+                f"{self.path_format!r}")
         require(bool(self.label_separator), "data.label_separator must not be empty")
         require(all(isinstance(v, str) and v for v in self.columns.values()), "data.columns: every value must be a column name")
 

@@ -166,8 +166,8 @@ def test_bad_tables_are_one_clear_line(tmp_path):
     png(tmp_path / "b.png")
     cases = {
         "path,labels\na.png,disk\nb.png,tumour\n": r"t.csv line 3: label 'tumour' is not one of the model's classes",
-        "file,diagnosis\na.png,disk\n": r"t.csv has no 'path' column .*its columns are: file, diagnosis",
-        "path,diagnosis\na.png,disk\n": r"t.csv has no label column.*its columns are: path, diagnosis",
+        "file,diagnosis\na.png,disk\n": r"t.csv has no 'path' column .*its header has 2 columns",
+        "path,diagnosis\na.png,disk\n": r"t.csv has no label column.*its header has 2 columns",
         "path,labels,split\na.png,disk,train\nb.png,cross,train\n": r"the test split is empty",
         "path,labels,split\na.png,disk,train\na.png,disk,test\n": r"t.csv lines 2 and 3: image 'a.png' is given two splits",
         "path,labels,split\na.png,disk,dev\n": r"t.csv line 2: split 'dev' is neither train nor test",
@@ -284,4 +284,61 @@ def test_check_data_reads_a_table_as_training_would(tmp_path, capsys):
     (tmp_path / "col" / "labels.csv").write_text("path,diagnosis\nimages/img00000.png,disk\n")
     assert main(["check-data", "--dataset", "table", "--config", str(tmp_path / "c.yaml")]) == 2
     err = capsys.readouterr().err
-    assert "labels.csv has no label column" in err and "its columns are: path, diagnosis" in err
+    assert "labels.csv has no label column" in err and "its header has 2 columns" in err and "diagnosis" not in err
+
+
+@pytest.mark.parametrize("path_format", ["{0}.png", "{}{}.png", "{x}.png", "{}.png}", "a.png"])
+def test_path_format_must_hold_one_placeholder(tmp_path, path_format):
+    with pytest.raises(Exception, match=r"data.path_format must hold one \{\} \(the path value\) and no other braces"):
+        data(tmp_path, table="t.csv", path_format=path_format)
+
+
+def test_a_duplicated_column_is_one_line_naming_its_place(tmp_path):
+    png(tmp_path / "a.png")
+    (tmp_path / "t.csv").write_text("path,labels,labels\na.png,disk,square\n")
+    with pytest.raises(UserError, match=r"t.csv: 1 column name\(s\) appear twice in its header \(columns 2\)"):
+        read_table(data(tmp_path, table="t.csv"), CLASSES)
+
+
+def test_rows_whose_path_cannot_name_a_file_are_skipped_and_listed(tmp_path, capsys):
+    for n in ("a", "b", "c", "d"):
+        png(tmp_path / f"{n}.png")
+    os.symlink(tmp_path / "loop1", tmp_path / "loop2")
+    os.symlink(tmp_path / "loop2", tmp_path / "loop1")
+    rows = ["a.png,disk,train", "b.png,square,train", "c.png,disk,test", "d.png,square,test",
+            f"{'x' * 300}.png,disk,train", "nul\0.png,disk,train", "loop1,square,test"]
+    (tmp_path / "t.csv").write_text("path,labels,split\n" + "\n".join(rows) + "\n")
+    table = read_table(data(tmp_path, table="t.csv"), CLASSES)
+    assert len(table.rows) == 5  # the loop names a file that cannot be read: skipped when it is read
+    (note,) = table.notes
+    assert "2 row(s) skipped" in note and "line 6 (a path component over 255 bytes)" in note
+    assert "line 7 (a NUL byte in the path)" in note and "xxxx" not in note
+    train, test, _ = dataset_source(data(tmp_path, table="t.csv")).training(model_cfg(channels=1))
+    assert len(train) == 2 and len(test) == 2 and [k for k, _ in test.skipped] == ["loop1"]
+
+
+@pytest.mark.parametrize("array,ok", [(np.ones(()), False), (np.ones(40), False), (np.ones((40, 50)), True),
+                                      (np.ones((1, 40, 50)), True), (np.ones((40, 50, 3)), True),
+                                      (np.ones((2, 3, 40, 50)), False), (np.ones((0, 50)), False)])
+def test_npy_masks_of_every_dimension_are_read_or_refused_in_one_line(tmp_path, array, ok):
+    from protomdm.data.table import read_mask
+
+    np.save(tmp_path / "m.npy", array)
+    if ok:
+        assert read_mask(tmp_path / "m.npy").shape == (40, 50)
+    else:
+        with pytest.raises(UserError, match="a mask must be a 2-D array"):
+            read_mask(tmp_path / "m.npy")
+
+
+def test_an_npy_mask_whose_header_lies_is_refused_before_allocation(tmp_path):
+    from protomdm.data.table import read_mask
+
+    np.save(tmp_path / "m.npy", np.ones((40, 50)))
+    raw = (tmp_path / "m.npy").read_bytes().replace(b"(40, 50)", b"(99999, 99999)")
+    (tmp_path / "big.npy").write_bytes(raw)
+    with pytest.raises(UserError, match="big.npy"):
+        read_mask(tmp_path / "big.npy")
+    (tmp_path / "short.npy").write_bytes((tmp_path / "m.npy").read_bytes().replace(b"(40, 50)", b"(40, 60)"))
+    with pytest.raises(UserError, match="short.npy: not a readable mask"):
+        read_mask(tmp_path / "short.npy")

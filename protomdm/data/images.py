@@ -73,7 +73,7 @@ def read_image(path: str | Path) -> LoadedImage:
         return read_dicom(p)
     if p.suffix.lower() == ".npy":
         try:
-            _check_npy_header(p)
+            check_npy_header(p)
             a = np.load(p, allow_pickle=False)
         except ImageError:
             raise
@@ -105,7 +105,7 @@ def read_image(path: str | Path) -> LoadedImage:
     return LoadedImage(_to_unit(_channels_last(a, str(p)), str(p)), p)
 
 
-def _check_npy_header(p: Path) -> None:
+def check_npy_header(p: Path) -> None:
     """Refuse an NPY file whose header declares more than :data:`MAX_PIXELS` x 3 values, before allocating them."""
     with open(p, "rb") as f:
         version = np.lib.format.read_magic(f)

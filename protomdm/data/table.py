@@ -22,12 +22,12 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import DataConfig, ModelConfig
-from ..errors import UserError
+from ..errors import ImageError, UserError
 from ..geometry import Box, box_mask
 from .cache import ImageCache, default_cache_dir, load_pixels, to_channels
 from .groundtruth import EvalSample, Finding, Shard, Skipped, resize_mask
 from .dicom import is_dicom_file
-from .images import IMAGE_SUFFIXES, pixels_to_tensor, read_image
+from .images import IMAGE_SUFFIXES, check_npy_header, pixels_to_tensor, read_image
 from .manifests import Check
 from .sources import DatasetSource, EvalOptions, register_dataset
 
@@ -101,7 +101,35 @@ def _read_csv(path: Path, what: str) -> pd.DataFrame:
         raise UserError(f"{path}: not a readable {'TSV' if sep == chr(9) else 'CSV'} table "
                         f"({' '.join(str(e).split())[:160]})") from None
     frame.columns = [str(c).strip() for c in frame.columns]
+    header = _header(path, sep)
+    dup = sorted({c for c in header if header.count(c) > 1})
+    if dup:
+        raise UserError(f"{what} {path.name}: {len(dup)} column name(s) appear twice in its header (columns "
+                        f"{', '.join(str(header.index(c) + 1) for c in dup)}); give each column its own name")
     return frame
+
+
+def _header(path: Path, sep: str) -> list[str]:
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        return [c.strip() for c in next(csv.reader(f, delimiter=sep), [])]
+
+
+def _path_problem(value: str) -> str | None:
+    """Why a table's path value cannot name a file on any file system, or None."""
+    if "\0" in value:
+        return "a NUL byte in the path"
+    if any(len(part.encode("utf-8", "surrogateescape")) > 255 for part in value.replace("\\", "/").split("/")):
+        return "a path component over 255 bytes"
+    return None
+
+
+def _count(frame: pd.DataFrame) -> str:
+    """How many columns a table's header has; error messages name files, lines and settings, never a file's content
+    (a config may name any file as a table)."""
+    n = len(frame.columns)
+    return f"{n} column{'s' if n != 1 else ''} (open the file to see their names)"
 
 
 def _label_key(label: str) -> str:
@@ -147,7 +175,7 @@ def _labels_of(frame: pd.DataFrame, data: DataConfig, class_names: tuple[str, ..
         hot = values.isin(["1", "1.0", "true"]).to_numpy()
         return [set(np.flatnonzero(row).tolist()) for row in hot]
     raise UserError(f"{name} has no label column: neither {col!r} (names separated by {data.label_separator!r}) nor "
-                    f"one 0/1 column per class ({', '.join(per_class)}); its columns are: {', '.join(frame.columns)}")
+                    f"one 0/1 column per class ({', '.join(per_class)}); its header has {_count(frame)}")
 
 
 def read_table(data: DataConfig, class_names: tuple[str, ...]) -> Table:
@@ -176,7 +204,7 @@ def _read_rows(root: Path, data: DataConfig, class_names: tuple[str, ...]) -> Ta
     pcol = _column(data, "path")
     if pcol not in frame.columns:
         raise UserError(f"{name} has no {pcol!r} column (the image paths; rename it with data.columns.path); its "
-                        f"columns are: {', '.join(frame.columns)}")
+                        f"header has {_count(frame)}")
     labels = _labels_of(frame, data, class_names, name)
     scol, gcol = _column(data, "split"), _column(data, "patient")
     dup = frame.duplicated(keep="first").to_numpy()
@@ -186,6 +214,7 @@ def _read_rows(root: Path, data: DataConfig, class_names: tuple[str, ...]) -> Ta
         notes.append(f"{name}: {len(lines)} duplicate row(s) dropped (line {', '.join(lines[:10])}"
                      f"{' ...' if len(lines) > 10 else ''})")
     rows: dict[str, Row] = {}
+    bad: list[str] = []
     for i, rec in enumerate(frame.to_dict("records")):
         if dup[i]:
             continue
@@ -203,7 +232,15 @@ def _read_rows(root: Path, data: DataConfig, class_names: tuple[str, ...]) -> Ta
                                 "patients")
             first.labels |= labels[i]
             continue
-        rows[key] = Row(key, _resolve(root, data.path_format.format(key)), set(labels[i]), i + 2, split, patient)
+        problem = _path_problem(data.path_format.replace("{}", key))
+        if problem:
+            bad.append(f"line {i + 2} ({problem})")
+            continue
+        rows[key] = Row(key, _resolve(root, data.path_format.replace("{}", key)), set(labels[i]), i + 2, split,
+                        patient)
+    if bad:
+        notes.append(f"{name}: {len(bad)} row(s) skipped, their path cannot name a file: {', '.join(bad[:10])}"
+                     f"{' ...' if len(bad) > 10 else ''}")
     if not rows:
         raise UserError(f"{name} lists no images")
     return Table(list(rows.values()), tuple(class_names), notes=notes)
@@ -257,11 +294,11 @@ def _read_boxes(table: Table, root: Path, data: DataConfig) -> None:
     missing = [c for c in need if c not in frame.columns]
     if missing:
         raise UserError(f"{name} lacks the column(s) {', '.join(missing)} (box_format {data.box_format}; rename with "
-                        f"data.columns); its columns are: {', '.join(frame.columns)}")
+                        f"data.columns); its header has {_count(frame)}")
     lcol = _column(data, "label")
     if lcol not in frame.columns and len(table.class_names) > 1:
-        raise UserError(f"{name} has no {lcol!r} column, and the model has several classes; its columns are: "
-                        f"{', '.join(frame.columns)}")
+        raise UserError(f"{name} has no {lcol!r} column, and the model has several classes; its header has "
+                        f"{_count(frame)}")
     classes = _class_keys(table.class_names)
     keys = {r.key for r in table.rows}
     for i, rec in enumerate(frame.to_dict("records")):
@@ -293,7 +330,7 @@ def _read_masks(table: Table, root: Path, data: DataConfig) -> None:
     need = [_column(data, c) for c in MASK_COLUMNS]
     missing = [c for c in need if c not in frame.columns]
     if missing:
-        raise UserError(f"{name} lacks the column(s) {', '.join(missing)}; its columns are: {', '.join(frame.columns)}")
+        raise UserError(f"{name} lacks the column(s) {', '.join(missing)}; its header has {_count(frame)}")
     classes = _class_keys(table.class_names)
     keys = {r.key for r in table.rows}
     for i, rec in enumerate(frame.to_dict("records")):
@@ -307,12 +344,28 @@ def _read_masks(table: Table, root: Path, data: DataConfig) -> None:
 
 def read_mask(path: Path) -> np.ndarray:
     """A ground-truth mask file (PNG or another image, or NPY): non-zero = inside."""
+    problem = _path_problem(str(path))
+    if problem:
+        raise UserError(f"a mask path has {problem}")
     if path.suffix.lower() == ".npy":
         try:
-            return np.load(path, allow_pickle=False) != 0
-        except (OSError, ValueError) as e:
-            raise UserError(f"{path}: not a readable mask ({e})") from None
-    px = read_image(path).pixels
+            check_npy_header(path)
+            a = np.load(path, allow_pickle=False)
+        except ImageError:
+            raise
+        except (OSError, ValueError, EOFError) as e:
+            raise UserError(f"{path}: not a readable mask ({str(e).splitlines()[0][:120]})") from None
+        if a.ndim == 3 and (a.shape[0] == 1 or a.shape[-1] in (1, 3, 4)):  # one channel first, or channels last
+            a = a[0] if a.shape[0] == 1 else a.max(-1)
+        if a.ndim != 2 or min(a.shape) == 0:
+            raise UserError(f"{path}: a mask must be a 2-D array (H, W), got shape {a.shape}")
+        return a != 0
+    try:
+        px = read_image(path).pixels
+    except (OSError, ValueError) as e:
+        if isinstance(e, UserError):
+            raise
+        raise UserError(f"{path}: not a readable mask ({type(e).__name__})") from None
     return (px if px.ndim == 2 else px.max(-1)) > 0
 
 
@@ -475,7 +528,7 @@ class TableSource(DatasetSource):
                      .isin(["0", "1", "0.0", "1.0", "true", "false"]).all()]
             if not flags:
                 raise UserError(f"{path.name} has no label column: neither {col!r} (names separated by "
-                                f"{d.label_separator!r}) nor 0/1 columns; its columns are: {', '.join(frame.columns)}")
+                                f"{d.label_separator!r}) nor 0/1 columns; its header has {_count(frame)}")
             return tuple(flags)
         names = {" ".join(t.split()) for v in frame[col] for t in str(v).split(d.label_separator) if t.strip()}
         return tuple(sorted(n for n in names if n.lower() not in NO_FINDING))
