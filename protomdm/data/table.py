@@ -38,7 +38,7 @@ SPLITS = ("train", "test")
 NO_FINDING = {"no finding", "nofinding", "normal", "none"}  # labels that mean "none of the classes"
 
 
-@dataclass
+@dataclass(slots=True)
 class Row:
     """One image of the collection. ``key``: the table's path value (boxes and masks name the image by it)."""
 
@@ -215,16 +215,19 @@ def _read_rows(root: Path, data: DataConfig, class_names: tuple[str, ...]) -> Ta
                      f"{' ...' if len(lines) > 10 else ''})")
     rows: dict[str, Row] = {}
     bad: list[str] = []
-    for i, rec in enumerate(frame.to_dict("records")):
+    nothing = [None] * len(frame)  # columns one at a time, not a dict per row: a million rows stay small
+    columns = zip(frame[pcol].tolist(), frame[scol].tolist() if scol in frame.columns else nothing,
+                  frame[gcol].tolist() if gcol in frame.columns else nothing)
+    for i, (raw_key, raw_split, raw_patient) in enumerate(columns):
         if dup[i]:
             continue
-        key = str(rec[pcol]).strip()
+        key = str(raw_key).strip()
         if not key:
             raise UserError(f"{name} line {i + 2}: empty {pcol!r}")
-        split = str(rec[scol]).strip().lower() or None if scol in frame.columns else None
+        split = str(raw_split).strip().lower() or None if raw_split is not None else None
         if split is not None and split not in SPLITS:
-            raise UserError(f"{name} line {i + 2}: split {rec[scol]!r} is neither train nor test")
-        patient = str(rec[gcol]).strip() or None if gcol in frame.columns else None
+            raise UserError(f"{name} line {i + 2}: split {raw_split!r} is neither train nor test")
+        patient = str(raw_patient).strip() or None if raw_patient is not None else None
         if key in rows:  # another row of the same image: its labels join; the split and patient must agree
             first = rows[key]
             if (split, patient) != (first.split, first.patient):
