@@ -2,7 +2,10 @@
 beside the same command on a 64 x 64 image (the interpreter, torch and the libraries alone): the README's limits
 table.
 
-    python scripts/memory_limits.py [--side 5120] [--method upsample] [--out memory.md]
+    python scripts/memory_limits.py [--side 5120] [--method upsample] [--table-rows 1000000] [--out memory.md]
+
+``--table-rows N`` adds `protomdm train` on an N-row label table whose images are all missing: what reading,
+checking and splitting the table costs (train then stops: "the train split has no readable image").
 
 The model is the demo's architecture at its input size (untrained: memory does not depend on the weights). Linux
 only (``os.wait4`` reports the child's peak RSS).
@@ -57,6 +60,18 @@ def _make(folder: Path, side: int) -> None:
     np.save(made["NPY, float32 RGB"], rng.random((side, side, 3), dtype=np.float32))
 
 
+def _big_table(folder: Path, n: int) -> Path:
+    """A ``dataset: table`` config over an ``n``-row table (path, two labels, split, patient) of missing images."""
+    import yaml
+
+    rows = "".join(f"img/{i:07d}.png,disk|square,{'test' if i % 5 == 0 else 'train'},P{i // 3}\n" for i in range(n))
+    (folder / "big.csv").write_text("path,labels,split,patient\n" + rows)
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "synthetic_protopnet.yaml").read_text())
+    config["data"] = {"dataset": "table", "root": str(folder), "table": "big.csv", "cache_dir": "none"}
+    (folder / "big.yaml").write_text(yaml.safe_dump(config))
+    return folder / "big.yaml"
+
+
 def peak(cmd: list[str]) -> tuple[float, float, int]:
     """``(peak RSS in MB, seconds, exit status)`` of ``cmd`` run as a child process."""
     t0 = time.perf_counter()
@@ -71,6 +86,7 @@ def main() -> None:
     ap.add_argument("--side", type=int, default=int(MAX_PIXELS ** 0.5), help="image side (default: the limit)")
     ap.add_argument("--method", default="upsample", help="localizer (its cost is at the model's input size)")
     ap.add_argument("--out", type=Path, help="also write the table to this Markdown file")
+    ap.add_argument("--table-rows", type=int, default=0, help="also measure train's reading of a table this long")
     ap.add_argument("--make", type=Path, help=argparse.SUPPRESS)  # the child that writes the inputs
     args = ap.parse_args()
     if args.make:
@@ -92,6 +108,11 @@ def main() -> None:
                 cells += [f"{mb:,.0f} MB" + ("" if code == 0 else f" (exit {code})"), f"{s:.1f}"]
             lines.append(f"| {kind} | " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)
+        if args.table_rows:
+            mb, s, _ = peak([*exe, "train", "--config", str(_big_table(d, args.table_rows)), "--out", str(d / "run"),
+                             "--quiet"])
+            lines.append(f"| label table, {args.table_rows:,} rows (train reads, checks and splits it) | "
+                         f"{mb:,.0f} MB | {s:.1f} | | |")
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out:

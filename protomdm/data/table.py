@@ -44,7 +44,7 @@ class Row:
 
     key: str
     path: Path
-    labels: set[int]
+    labels: frozenset[int]
     line: int  # in the table; for an image folder, the place in its sorted listing
     split: str | None = None
     patient: str | None = None
@@ -154,15 +154,18 @@ def _class_of(label: str, classes: dict[str, int], data: DataConfig, where: str)
                     "data.other_labels: ignore to skip such labels")
 
 
-def _labels_of(frame: pd.DataFrame, data: DataConfig, class_names: tuple[str, ...], name: str) -> list[set[int]]:
+def _labels_of(frame: pd.DataFrame, data: DataConfig, class_names: tuple[str, ...], name: str
+               ) -> list[frozenset[int]]:
     classes = _class_keys(class_names)
     col = _column(data, "labels")
     if col in frame.columns:
         sep = data.label_separator
-        out = []
+        out, seen = [], {}  # one frozenset per distinct label text: a million rows share a few dozen
         for i, text in enumerate(frame[col]):
-            found = {_class_of(t, classes, data, f"{name} line {i + 2}") for t in str(text).split(sep)}
-            out.append({c for c in found if c is not None})
+            if text not in seen:
+                found = {_class_of(t, classes, data, f"{name} line {i + 2}") for t in str(text).split(sep)}
+                seen[text] = frozenset(c for c in found if c is not None)
+            out.append(seen[text])
         return out
     per_class = [_column(data, c) for c in class_names]
     if all(c in frame.columns for c in per_class):
@@ -173,7 +176,8 @@ def _labels_of(frame: pd.DataFrame, data: DataConfig, class_names: tuple[str, ..
             raise UserError(f"{name} line {r + 2}: column {per_class[c]!r} holds {frame[per_class[c]].iloc[r]!r}, "
                             "not 0 or 1")
         hot = values.isin(["1", "1.0", "true"]).to_numpy()
-        return [set(np.flatnonzero(row).tolist()) for row in hot]
+        seen: dict[bytes, frozenset[int]] = {}
+        return [seen.setdefault(row.tobytes(), frozenset(np.flatnonzero(row).tolist())) for row in hot]
     raise UserError(f"{name} has no label column: neither {col!r} (names separated by {data.label_separator!r}) nor "
                     f"one 0/1 column per class ({', '.join(per_class)}); its header has {_count(frame)}")
 
@@ -239,8 +243,7 @@ def _read_rows(root: Path, data: DataConfig, class_names: tuple[str, ...]) -> Ta
         if problem:
             bad.append(f"line {i + 2} ({problem})")
             continue
-        rows[key] = Row(key, _resolve(root, data.path_format.replace("{}", key)), set(labels[i]), i + 2, split,
-                        patient)
+        rows[key] = Row(key, _resolve(root, data.path_format.replace("{}", key)), labels[i], i + 2, split, patient)
     if bad:
         notes.append(f"{name}: {len(bad)} row(s) skipped, their path cannot name a file: {', '.join(bad[:10])}"
                      f"{' ...' if len(bad) > 10 else ''}")
@@ -263,7 +266,8 @@ def _read_folder(root: Path, data: DataConfig, class_names: tuple[str, ...]) -> 
             for f in sorted(d.rglob("*")):
                 if f.is_file() and not f.name.startswith(".") and (f.suffix.lower() in IMAGE_SUFFIXES
                                                                    or is_dicom_file(f)):
-                    rows.append(Row(f.relative_to(root).as_posix(), f, {c}, len(rows) + 1, split, listed="item"))
+                    rows.append(Row(f.relative_to(root).as_posix(), f, frozenset({c}), len(rows) + 1, split,
+                                    listed="item"))
     if not rows:
         raise UserError(f"no data.table given and no class folders ({', '.join(class_names)}) with images under "
                         f"{root}")
