@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dicom_factory import CR_STORAGE, DX_STORAGE, SC_STORAGE, make_dicom
+from dicom_factory import CR_STORAGE, SC_STORAGE, make_dicom
 
 DCIODVFY = shutil.which("dciodvfy")
 

@@ -3,12 +3,10 @@ pynetdicom SCP as the destination; a malformed instance and a kill during proces
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
