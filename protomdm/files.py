@@ -150,6 +150,7 @@ def append_csv(path: str | Path, columns: Sequence[str], rows: Iterable[dict[str
     with open(path, "a", newline="", encoding="utf-8") as f:
         _writer(f, columns).writerows(_safe(rows))
         f.flush()
+        os.fsync(f.fileno())
 
 
 def read_csv(path: str | Path) -> list[dict[str, str]]:
