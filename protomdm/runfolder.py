@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import traceback
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -54,7 +54,7 @@ def run_folder(out_dir: str | Path, tables: Sequence[str], settings: dict, *, re
     Rank 0 takes the lock and sets the folder up; the other ranks of a torchrun launch wait for it, then share it.
     """
     out = Path(out_dir)
-    with (_main_setup(out, tables, settings, resume, overwrite) if dist.is_main else _nothing(out)):
+    with (_main_setup(out, tables, settings, resume, overwrite) if dist.is_main else nullcontext(out)):
         dist.barrier()  # the others start once the folder is set up
         yield out
 
@@ -81,11 +81,6 @@ def _main_setup(out: Path, tables: Sequence[str], settings: dict, resume: bool, 
                 for p in [out / name, *rank_parts(out / name)]:
                     p.unlink(missing_ok=True)
         yield out
-
-
-@contextmanager
-def _nothing(out: Path) -> Iterator[Path]:
-    yield out
 
 
 def _one_line(e: BaseException) -> str:

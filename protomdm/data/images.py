@@ -72,13 +72,7 @@ def read_image(path: str | Path) -> LoadedImage:
     if is_dicom_file(p):
         return read_dicom(p)
     if p.suffix.lower() == ".npy":
-        try:
-            check_npy_header(p)
-            a = np.load(p, allow_pickle=False)
-        except ImageError:
-            raise
-        except (ValueError, OSError, EOFError) as e:
-            raise ImageError(f"{p}: not a readable .npy array ({str(e).splitlines()[0][:120]})") from None
+        a = load_npy(p)
         return LoadedImage(_to_unit(_channels_last(a, str(p)), str(p)), p)
     from PIL import Image, UnidentifiedImageError
 
@@ -103,6 +97,18 @@ def read_image(path: str | Path) -> LoadedImage:
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{p}: the image is truncated or corrupt ({str(e).splitlines()[0][:120]})") from None
     return LoadedImage(_to_unit(_channels_last(a, str(p)), str(p)), p)
+
+
+def load_npy(p: Path, what: str = ".npy array") -> np.ndarray:
+    """The array of an NPY file, its header checked before anything is allocated (:func:`check_npy_header`);
+    :class:`ImageError` naming the file as not a readable ``what`` otherwise."""
+    try:
+        check_npy_header(p)
+        return np.load(p, allow_pickle=False)
+    except ImageError:
+        raise
+    except (ValueError, OSError, EOFError) as e:
+        raise ImageError(f"{p}: not a readable {what} ({str(e).splitlines()[0][:120]})") from None
 
 
 def check_npy_header(p: Path) -> None:

@@ -22,12 +22,12 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import DataConfig, ModelConfig
-from ..errors import ImageError, UserError
+from ..errors import UserError
 from ..geometry import Box, box_mask
 from .cache import ImageCache, default_cache_dir, load_pixels, to_channels
 from .groundtruth import EvalSample, Finding, Shard, Skipped, resize_mask
 from .dicom import is_dicom_file
-from .images import IMAGE_SUFFIXES, check_npy_header, pixels_to_tensor, read_image
+from .images import IMAGE_SUFFIXES, load_npy, pixels_to_tensor, read_image
 from .manifests import Check
 from .sources import DatasetSource, EvalOptions, register_dataset
 
@@ -355,13 +355,7 @@ def read_mask(path: Path) -> np.ndarray:
     if problem:
         raise UserError(f"a mask path has {problem}")
     if path.suffix.lower() == ".npy":
-        try:
-            check_npy_header(path)
-            a = np.load(path, allow_pickle=False)
-        except ImageError:
-            raise
-        except (OSError, ValueError, EOFError) as e:
-            raise UserError(f"{path}: not a readable mask ({str(e).splitlines()[0][:120]})") from None
+        a = load_npy(path, "mask")
         if a.ndim == 3 and (a.shape[0] == 1 or a.shape[-1] in (1, 3, 4)):  # one channel first, or channels last
             a = a[0] if a.shape[0] == 1 else a.max(-1)
         if a.ndim != 2 or min(a.shape) == 0:
@@ -369,9 +363,9 @@ def read_mask(path: Path) -> np.ndarray:
         return a != 0
     try:
         px = read_image(path).pixels
+    except UserError:
+        raise
     except (OSError, ValueError) as e:
-        if isinstance(e, UserError):
-            raise
         raise UserError(f"{path}: not a readable mask ({type(e).__name__})") from None
     return (px if px.ndim == 2 else px.max(-1)) > 0
 
