@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from protomdm.cli import main
@@ -337,8 +338,6 @@ def test_large_images_are_coloured_after_subsampling(monkeypatch):
 
 
 def _edited_checkpoint(d, edit):
-    import torch
-
     model = tiny_model(img_size=(32, 32))
     ckpt = save_checkpoint(model, d / "edited.pt")
     obj = torch.load(ckpt, weights_only=True)
@@ -380,13 +379,13 @@ def test_malformed_checkpoints_are_one_line(case, files, capsys):
         assert code == 2 and message in err and err.count("\n") == 1, err
 
 
-BAD_RECORDS = {
-    "string numbers": (lambda r: r.update(similarity="0.5"), "similarity '0.5' is not a finite number"),
-    "missing prototype": (lambda r: r.pop("prototype"), "prototype None is not 0 .. 5"),
-    "thumbnail 2-D": (lambda r: r.update(thumbnail=r["thumbnail"][0]), "thumbnail (8, 8) is not a"),
-    "thumbnail 8000^2": (lambda r: r.update(thumbnail=__import__("torch").zeros(1, 8000, 8000, dtype=__import__("torch").uint8)),
+BAD_RECORDS = {  # each breaks the first of the push records
+    "string numbers": (lambda rs: rs[0].update(similarity="0.5"), "similarity '0.5' is not a finite number"),
+    "missing prototype": (lambda rs: rs[0].pop("prototype"), "prototype None is not 0 .. 5"),
+    "thumbnail 2-D": (lambda rs: rs[0].update(thumbnail=rs[0]["thumbnail"][0]), "thumbnail (8, 8) is not a"),
+    "thumbnail 8000^2": (lambda rs: rs[0].update(thumbnail=torch.zeros(1, 8000, 8000, dtype=torch.uint8)),
                          "thumbnail (1, 8000, 8000) is not a"),
-    "not a mapping": (None, "a str, not a mapping"),
+    "not a mapping": (lambda rs: rs.__setitem__(0, "x"), "a str, not a mapping"),
 }
 
 
@@ -394,13 +393,7 @@ BAD_RECORDS = {
 def test_malformed_push_records_are_left_out_and_said(case, files, capsys):
     d, _ = files
     edit, message = BAD_RECORDS[case]
-
-    def break_first(o):
-        if edit is None:
-            o["extra"]["push"][0] = "x"
-        else:
-            edit(o["extra"]["push"][0])
-
+    break_first = lambda o: edit(o["extra"]["push"])  # noqa: E731
     ckpt = _edited_checkpoint(d, break_first)
     code = main(["prototypes", "--ckpt", str(ckpt), "--out", str(d / "g"), "--method", "upsample"])
     err = capsys.readouterr().err
