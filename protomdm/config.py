@@ -337,6 +337,17 @@ class DataConfig:
     ``test_fraction`` of the images (of the patients, with a patient column) is held out. ``other_labels``: what a
     label outside the model's classes is, ``error`` (named with its line) or ``ignore``. ``cache_dir``: decoded
     images at the model's input size are cached there (default ``~/.cache/protomdm``; ``none``: no cache).
+
+    CheXpert / MIMIC-CXR tables: one column per finding holding ``1``, ``0``, ``-1`` (uncertain) or blank (not
+    mentioned = negative). ``uncertain`` says what ``-1`` means (Irvin et al. 2019): ``ones`` (U-Ones: positive),
+    ``zeros`` (U-Zeros: negative) or ``ignore`` (U-Ignore: that finding is left out of the loss for that image);
+    without it a ``-1`` is refused. ``views`` keeps only these views (``[frontal]``; read from a ``Frontal/Lateral``,
+    ``ViewPosition`` or ``view`` column, or from CheXpert's ``view1_frontal`` file names; ``frontal`` takes PA and
+    AP). Without a patient column the patient is read from the path (CheXpert's ``patientNNNNN``, MIMIC-CXR's
+    ``pNNNNNNNN`` folders, or the first group of the regex ``patient_pattern``), so that no patient is on both
+    sides of the seeded split. ``split_file``: MIMIC-CXR-JPG's ``mimic-cxr-2.0.0-split.csv`` (``dicom_id, ...,
+    split``; ``train``/``validate``/``test``, the image file named by its ``dicom_id``) as the split. A ``val``
+    split (``val``, ``valid``, ``validate``; a folder's ``val/``) is what training selects its best model on.
     """
 
     dataset: str = "synthetic"
@@ -359,6 +370,10 @@ class DataConfig:
     test_fraction: float = 0.2
     other_labels: str = "error"
     cache_dir: str | None = None
+    uncertain: str | None = None
+    views: tuple[str, ...] = ()
+    patient_pattern: str | None = None
+    split_file: str | None = None
 
     def __post_init__(self) -> None:
         check_finite(self)
@@ -373,7 +388,23 @@ class DataConfig:
                 f"data.path_format must hold one {{}} (the path value) and no other braces, got "
                 f"{self.path_format!r}")
         require(bool(self.label_separator), "data.label_separator must not be empty")
+        require(self.uncertain in (None, *UNCERTAIN_POLICIES),
+                f"data.uncertain must be one of {', '.join(UNCERTAIN_POLICIES)}, got {self.uncertain!r}")
+        require(all(isinstance(v, str) and v.strip() for v in self.views), "data.views: every entry must be a view name")
+        require(self.patient_pattern is None or _regex_problem(self.patient_pattern) is None,
+                f"data.patient_pattern is not a regular expression ({_regex_problem(self.patient_pattern or '')})")
         require(all(isinstance(v, str) and v for v in self.columns.values()), "data.columns: every value must be a column name")
+
+
+UNCERTAIN_POLICIES = ("ones", "zeros", "ignore")
+
+
+def _regex_problem(pattern: str) -> str | None:
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        return str(e)
+    return None
 
 
 @dataclass

@@ -170,7 +170,7 @@ def test_bad_tables_are_one_clear_line(tmp_path):
         "path,diagnosis\na.png,disk\n": r"t.csv has no label column.*its header has 2 columns",
         "path,labels,split\na.png,disk,train\nb.png,cross,train\n": r"the test split is empty",
         "path,labels,split\na.png,disk,train\na.png,disk,test\n": r"t.csv lines 2 and 3: image 'a.png' is given two splits",
-        "path,labels,split\na.png,disk,dev\n": r"t.csv line 2: split 'dev' is neither train nor test",
+        "path,labels,split\na.png,disk,dev\n": r"t.csv line 2: split 'dev' is none of train, val \(valid, validate\) or test",
     }
     for text, message in cases.items():
         (tmp_path / "t.csv").write_text(text)

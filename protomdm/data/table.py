@@ -11,6 +11,7 @@ unreadable is skipped, counted and listed, and the run goes on.
 from __future__ import annotations
 
 import random
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ from .sources import DatasetSource, EvalOptions, register_dataset
 TABLE_COLUMNS = ("path", "labels", "split", "patient")
 BOX_COLUMNS = ("image", "label", "x0", "y0", "x1", "y1", "x", "y", "w", "h")
 MASK_COLUMNS = ("image", "label", "mask")
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")  # val: what training selects its best model on (test where there is none)
 NO_FINDING = {"no finding", "nofinding", "normal", "none"}  # labels that mean "none of the classes"
 
 
@@ -49,6 +50,7 @@ class Row:
     split: str | None = None
     patient: str | None = None
     listed: str = "line"  # "item" for an image folder
+    uncertain: frozenset[int] = frozenset()  # findings left out of the loss for this image (U-Ignore)
 
     @property
     def name(self) -> str:
@@ -76,7 +78,7 @@ class Table:
 
     @property
     def multilabel(self) -> bool:
-        return any(len(r.labels) != 1 for r in self.rows)
+        return any(len(r.labels) != 1 or r.uncertain for r in self.rows)
 
     def split(self, which: str) -> list[Row]:
         """The rows of split ``which`` (``train`` or ``test``); an empty split is a UserError."""
@@ -155,7 +157,8 @@ def _class_of(label: str, classes: dict[str, int], data: DataConfig, where: str)
 
 
 def _labels_of(frame: pd.DataFrame, data: DataConfig, class_names: tuple[str, ...], name: str
-               ) -> list[frozenset[int]]:
+               ) -> tuple[list[frozenset[int]], list[frozenset[int]], list[str]]:
+    """Each row's labels, its findings left out of the loss (U-Ignore) and notes on how the cells were read."""
     classes = _class_keys(class_names)
     col = _column(data, "labels")
     if col in frame.columns:
@@ -166,20 +169,50 @@ def _labels_of(frame: pd.DataFrame, data: DataConfig, class_names: tuple[str, ..
                 found = {_class_of(t, classes, data, f"{name} line {i + 2}") for t in str(text).split(sep)}
                 seen[text] = frozenset(c for c in found if c is not None)
             out.append(seen[text])
-        return out
+        return out, [frozenset()] * len(out), []
     per_class = [_column(data, c) for c in class_names]
     if all(c in frame.columns for c in per_class):
-        values = frame[per_class].apply(lambda s: s.str.strip().str.lower())
-        bad = ~values.isin(["0", "1", "0.0", "1.0", "true", "false", ""]).to_numpy()
-        if bad.any():
-            r, c = np.argwhere(bad)[0]
-            raise UserError(f"{name} line {r + 2}: column {per_class[c]!r} holds {frame[per_class[c]].iloc[r]!r}, "
-                            "not 0 or 1")
-        hot = values.isin(["1", "1.0", "true"]).to_numpy()
-        seen: dict[bytes, frozenset[int]] = {}
-        return [seen.setdefault(row.tobytes(), frozenset(np.flatnonzero(row).tolist())) for row in hot]
+        return _flag_columns(frame, per_class, data, name)
     raise UserError(f"{name} has no label column: neither {col!r} (names separated by {data.label_separator!r}) nor "
-                    f"one 0/1 column per class ({', '.join(per_class)}); its header has {_count(frame)}")
+                    f"one 1/0/-1/blank column per class ({', '.join(per_class)}); its header has {_count(frame)}")
+
+
+POSITIVE, NEGATIVE, UNCERTAIN = ("1", "1.0", "true"), ("0", "0.0", "false"), ("-1", "-1.0")
+FLAGS = (*POSITIVE, *NEGATIVE, *UNCERTAIN, "")  # a blank cell: not mentioned (CheXpert), read as negative
+POLICY_NAMES = {"ones": "positive (U-Ones)", "zeros": "negative (U-Zeros)", "ignore": "left out of the loss (U-Ignore)"}
+
+
+def _flag_columns(frame: pd.DataFrame, columns: list[str], data: DataConfig, name: str
+                  ) -> tuple[list[frozenset[int]], list[frozenset[int]], list[str]]:
+    """One column per finding: 1, 0, -1 (uncertain, read by ``data.uncertain``) or blank (negative)."""
+    values = frame[columns].apply(lambda s: s.str.strip().str.lower())
+    bad = ~values.isin(FLAGS).to_numpy()
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise UserError(f"{name} line {r + 2}: column {columns[c]!r} holds {frame[columns[c]].iloc[r]!r}, not 1, 0, "
+                        "-1 or blank")
+    hot, unsure = values.isin(POSITIVE).to_numpy(), values.isin(UNCERTAIN).to_numpy()
+    if unsure.any() and data.uncertain is None:
+        r, c = np.argwhere(unsure)[0]
+        raise UserError(f"{name} line {r + 2}: column {columns[c]!r} holds {frame[columns[c]].iloc[r]!r} "
+                        "(uncertain); say what it means with data.uncertain: ones, zeros or ignore (CheXpert's U-Ones, "
+                        "U-Zeros, U-Ignore)")
+    notes = []
+    for what, mask in (("uncertain (-1) cells, read as " + POLICY_NAMES.get(data.uncertain or "", ""), unsure),
+                       ("blank cells, read as negative (not mentioned)", (values == "").to_numpy())):
+        counts = mask.sum(0)
+        if counts.any():
+            notes.append(f"{name}: {int(counts.sum())} {what}: "
+                         + ", ".join(f"{c} {int(n)}" for c, n in zip(columns, counts) if n))
+    if data.uncertain == "ones":
+        hot = hot | unsure
+    if data.uncertain != "ignore":
+        unsure = np.zeros_like(unsure)
+    seen: dict[bytes, tuple[frozenset[int], frozenset[int]]] = {}
+    pairs = [seen.setdefault(h.tobytes() + u.tobytes(), (frozenset(np.flatnonzero(h).tolist()),
+                                                         frozenset(np.flatnonzero(u).tolist())))
+             for h, u in zip(hot, unsure)]
+    return [p[0] for p in pairs], [p[1] for p in pairs], notes
 
 
 def read_table(data: DataConfig, class_names: tuple[str, ...]) -> Table:
@@ -203,34 +236,38 @@ def _resolve(root: Path, value: str) -> Path:
 
 def _read_rows(root: Path, data: DataConfig, class_names: tuple[str, ...]) -> Table:
     path = _resolve(root, data.table)
-    frame = _read_csv(path, "data.table")
-    name = path.name
+    return rows_from_frame(_read_csv(path, "data.table"), path.name, root, data, class_names)
+
+
+def rows_from_frame(frame: pd.DataFrame, name: str, root: Path, data: DataConfig, class_names: tuple[str, ...]
+                    ) -> Table:
+    """The collection a table ``frame`` (read from the file ``name``, all cells strings) lists: see
+    :class:`~protomdm.config.DataConfig` for its columns and options."""
     pcol = _column(data, "path")
     if pcol not in frame.columns:
         raise UserError(f"{name} has no {pcol!r} column (the image paths; rename it with data.columns.path); its "
                         f"header has {_count(frame)}")
-    labels = _labels_of(frame, data, class_names, name)
+    labels, uncertain, notes = _labels_of(frame, data, class_names, name)
     scol, gcol = _column(data, "split"), _column(data, "patient")
     dup = frame.duplicated(keep="first").to_numpy()
-    notes = []
     if dup.any():
         lines = [str(i + 2) for i in np.flatnonzero(dup)]
         notes.append(f"{name}: {len(lines)} duplicate row(s) dropped (line {', '.join(lines[:10])}"
                      f"{' ...' if len(lines) > 10 else ''})")
+    keep = _view_filter(frame, data, name, pcol, notes)
+    patients = (frame[gcol].tolist() if gcol in frame.columns
+                else _patients_from_paths(frame[pcol].tolist(), data, name, notes))
     rows: dict[str, Row] = {}
     bad: list[str] = []
     nothing = [None] * len(frame)  # columns one at a time, not a dict per row: a million rows stay small
-    columns = zip(frame[pcol].tolist(), frame[scol].tolist() if scol in frame.columns else nothing,
-                  frame[gcol].tolist() if gcol in frame.columns else nothing)
+    columns = zip(frame[pcol].tolist(), frame[scol].tolist() if scol in frame.columns else nothing, patients)
     for i, (raw_key, raw_split, raw_patient) in enumerate(columns):
-        if dup[i]:
+        if dup[i] or not keep[i]:
             continue
         key = str(raw_key).strip()
         if not key:
             raise UserError(f"{name} line {i + 2}: empty {pcol!r}")
-        split = str(raw_split).strip().lower() or None if raw_split is not None else None
-        if split is not None and split not in SPLITS:
-            raise UserError(f"{name} line {i + 2}: split {raw_split!r} is neither train nor test")
+        split = _split_name(raw_split, f"{name} line {i + 2}")
         patient = str(raw_patient).strip() or None if raw_patient is not None else None
         if key in rows:  # another row of the same image: its labels join; the split and patient must agree
             first = rows[key]
@@ -238,24 +275,118 @@ def _read_rows(root: Path, data: DataConfig, class_names: tuple[str, ...]) -> Ta
                 raise UserError(f"{name} lines {first.line} and {i + 2}: image {key!r} is given two splits or "
                                 "patients")
             first.labels |= labels[i]
+            first.uncertain = (first.uncertain | uncertain[i]) - first.labels
             continue
         problem = _path_problem(data.path_format.replace("{}", key))
         if problem:
             bad.append(f"line {i + 2} ({problem})")
             continue
-        rows[key] = Row(key, _resolve(root, data.path_format.replace("{}", key)), labels[i], i + 2, split, patient)
+        rows[key] = Row(key, _resolve(root, data.path_format.replace("{}", key)), labels[i], i + 2, split, patient,
+                        uncertain=uncertain[i] - labels[i])
     if bad:
         notes.append(f"{name}: {len(bad)} row(s) skipped, their path cannot name a file: {', '.join(bad[:10])}"
                      f"{' ...' if len(bad) > 10 else ''}")
     if not rows:
-        raise UserError(f"{name} lists no images")
-    return Table(list(rows.values()), tuple(class_names), notes=notes)
+        raise UserError(f"{name} lists no images" + (" of the views in data.views" if not keep.any() else ""))
+    table = Table(list(rows.values()), tuple(class_names), notes=notes)
+    if data.split_file:
+        _apply_split_file(table, root, data)
+    return table
+
+
+SPLIT_NAMES = {"train": "train", "test": "test", "val": "val", "valid": "val", "validate": "val",
+               "validation": "val"}
+VIEW_COLUMNS = ("Frontal/Lateral", "ViewPosition", "view")  # CheXpert, MIMIC-CXR's metadata, a user's own
+VIEW_GROUPS = {"frontal": {"frontal", "pa", "ap", "ap axial", "pa ll", "ap ll", "postero-anterior",
+                           "antero-posterior"},
+               "lateral": {"lateral", "ll", "rl", "lao", "rao", "lpo", "xtable lateral", "left lateral"}}
+
+
+def _split_name(value: object, where: str) -> str | None:
+    """``train``, ``val`` or ``test`` for a split cell (``valid``/``validate``/``validation`` are ``val``)."""
+    if value is None or not str(value).strip():
+        return None
+    split = SPLIT_NAMES.get(str(value).strip().lower())
+    if split is None:
+        raise UserError(f"{where}: split {value!r} is none of train, val (valid, validate) or test")
+    return split
+
+
+def _view_filter(frame: pd.DataFrame, data: DataConfig, name: str, pcol: str, notes: list[str]) -> np.ndarray:
+    """Which rows are of a view in ``data.views`` (all of them without it)."""
+    if not data.views:
+        return np.ones(len(frame), bool)
+    given = data.columns.get("view")
+    col = given if given else next((c for c in VIEW_COLUMNS if c in frame.columns), None)
+    if col is not None and col not in frame.columns:
+        raise UserError(f"{name} has no {col!r} column (data.columns.view); its header has {_count(frame)}")
+    if col is not None:
+        views = frame[col].str.strip().str.lower().tolist()
+    else:  # CheXpert's file names: view1_frontal.jpg
+        found = frame[pcol].str.lower().str.extract(r"_(frontal|lateral)\.[a-z0-9]+$", expand=False)
+        if found.isna().all():
+            raise UserError(f"data.views is given, but {name} has no view column ({', '.join(VIEW_COLUMNS)}, or name "
+                            "yours with data.columns.view) and its file names do not say the view (view1_frontal.jpg)")
+        views = found.fillna("").tolist()
+    wanted = {w.strip().lower() for w in data.views}
+    accept = set(wanted).union(*(VIEW_GROUPS.get(w, set()) for w in wanted))
+    keep = np.array([v in accept for v in views], bool)
+    if not keep.all():
+        notes.append(f"{name}: {int((~keep).sum())} of {len(keep)} rows left out, not of the views "
+                     f"{', '.join(sorted(wanted))} (data.views)")
+    return keep
+
+
+PATIENT_PATTERNS = {"CheXpert's patientNNNNN folders": r"(?:^|/)(patient\d+)/",
+                    "MIMIC-CXR's pNNNNNNNN folders": r"(?:^|/)(p\d{8})/"}
+
+
+def _patients_from_paths(keys: list[str], data: DataConfig, name: str, notes: list[str]) -> list[str | None]:
+    """The patient of each path, by ``data.patient_pattern`` (its first group, or the whole match) or by CheXpert's
+    and MIMIC-CXR's patient folders; None where no pattern matches (each such image is its own patient)."""
+    patterns = {"data.patient_pattern": data.patient_pattern} if data.patient_pattern else PATIENT_PATTERNS
+    for what, pattern in patterns.items():
+        rx = re.compile(pattern)
+        found = [rx.search(str(k).replace("\\", "/")) for k in keys]
+        if any(found):
+            out = [m.group(1) if m and rx.groups else m.group(0) if m else None for m in found]
+            misses = sum(m is None for m in found)
+            notes.append(f"{name}: patients read from the paths ({what}): {len(set(out) - {None})} patients"
+                         + (f"; {misses} path(s) match no patient, each its own patient" if misses else ""))
+            return out
+    if data.patient_pattern:
+        raise UserError(f"data.patient_pattern {data.patient_pattern!r} matches none of {name}'s paths")
+    return [None] * len(keys)
+
+
+def _apply_split_file(table: Table, root: Path, data: DataConfig) -> None:
+    """MIMIC-CXR-JPG's split file (``dicom_id, study_id, subject_id, split``) as the split: each image by its file
+    name's stem (the ``dicom_id``); images it does not list are left out and counted."""
+    path = _resolve(root, data.split_file or "")
+    frame = _read_csv(path, "data.split_file")
+    idcol, scol = _column(data, "dicom_id"), _column(data, "split")
+    missing = [c for c in (idcol, scol) if c not in frame.columns]
+    if missing:
+        raise UserError(f"{path.name} lacks the column(s) {', '.join(missing)} (MIMIC-CXR-JPG's split file: dicom_id, "
+                        f"study_id, subject_id, split); its header has {_count(frame)}")
+    splits = {str(k).strip(): _split_name(v, f"{path.name} line {i + 2}")
+              for i, (k, v) in enumerate(zip(frame[idcol], frame[scol]))}
+    kept = []
+    for r in table.rows:
+        r.split = splits.get(Path(r.key).stem)
+        if r.split is not None:
+            kept.append(r)
+    if not kept:
+        raise UserError(f"{path.name} names none of the table's images (by the dicom_id of their file names)")
+    if len(kept) < len(table.rows):
+        table.notes.append(f"{path.name}: {len(table.rows) - len(kept)} image(s) it does not list left out")
+    table.rows = kept
 
 
 def _read_folder(root: Path, data: DataConfig, class_names: tuple[str, ...]) -> Table:
-    """``root/<class>/*`` (or ``root/train/<class>/*`` and ``root/test/<class>/*``): single-label."""
-    split_dirs = [s for s in SPLITS if (root / s).is_dir()]
-    bases = [(root / s, s) for s in split_dirs] if split_dirs else [(root, None)]
+    """``root/<class>/*`` (or ``root/train/<class>/*``, ``root/val/<class>/*`` and ``root/test/<class>/*``, as
+    Kaggle's chest X-ray folders): single-label."""
+    bases = [(root / d, SPLIT_NAMES[d]) for d in _split_dirs(root)] or [(root, None)]
     classes = _class_keys(class_names)
     rows = []
     for base, split in bases:
@@ -272,6 +403,11 @@ def _read_folder(root: Path, data: DataConfig, class_names: tuple[str, ...]) -> 
         raise UserError(f"no data.table given and no class folders ({', '.join(class_names)}) with images under "
                         f"{root}")
     return Table(rows, tuple(class_names))
+
+
+def _split_dirs(root: Path) -> list[str]:
+    """The split folders of an image folder (``train``, ``val``/``valid``/``validation``, ``test``)."""
+    return [d for d in SPLIT_NAMES if (root / d).is_dir()]
 
 
 def _assign_splits(table: Table, data: DataConfig) -> None:
@@ -396,11 +532,16 @@ class TableDataset(Dataset):
         return len(self.index)
 
     def targets(self) -> torch.Tensor:
-        """Every item's multi-hot target ``(N, F)``, without reading the images."""
-        hot = torch.zeros(len(self.index), self.num_classes)
-        for k, i in enumerate(self.index):
-            hot[k, list(self.rows[i].labels)] = 1
-        return hot
+        """Every item's multi-hot target ``(N, F)``, without reading the images (see :meth:`target`)."""
+        return torch.stack([self.target(self.rows[i]) for i in self.index]) if self.index else \
+            torch.zeros(0, self.num_classes)
+
+    def target(self, row: Row) -> torch.Tensor:
+        """A row's multi-hot target ``(F,)``: 1 present, 0 absent, NaN left out of the loss (U-Ignore)."""
+        target = torch.zeros(self.num_classes)
+        target[list(row.labels)] = 1
+        target[list(row.uncertain)] = float("nan")
+        return target
 
     def source(self, k: int) -> str:
         """Item ``k``'s name for a prototype's provenance (:attr:`Row.name`: never a DICOM's path)."""
@@ -410,11 +551,7 @@ class TableDataset(Dataset):
         i = self.index[k]
         row = self.rows[i]
         pixels = self.cache[i] if self.cache is not None else load_pixels(row.path, self.size, self.channels)
-        if self.multilabel:
-            target = torch.zeros(self.num_classes)
-            target[list(row.labels)] = 1
-        else:
-            target = next(iter(row.labels))
+        target = self.target(row) if self.multilabel else next(iter(row.labels))
         return pixels, target, torch.zeros(self.num_classes, *self.size, dtype=torch.uint8)
 
 
@@ -440,8 +577,11 @@ class TableSource(DatasetSource):
     def training(self, model: ModelConfig) -> tuple[Dataset, Dataset, bool]:
         table = self.table(model.class_names)
         single = not table.multilabel and model.architecture != "xprotonet" and not model.multilabel
-        sets = [TableDataset(table.split(s), model, not single, self.cache_dir()) for s in SPLITS]
-        for ds, s in zip(sets, SPLITS):
+        held = "val" if any(r.split == "val" for r in table.rows) else "test"
+        if held == "val":
+            print("note: the best model is selected on the val split; the test split is kept for evaluation")
+        sets = [TableDataset(table.split(s), model, not single, self.cache_dir()) for s in ("train", held)]
+        for ds, s in zip(sets, ("train", held)):
             if ds.skipped:
                 shown = "; ".join(f"{k}: {why}" for k, why in ds.skipped[:5])
                 print(f"{s}: skipped {len(ds.skipped)} unreadable or missing image(s): {shown}"
@@ -497,11 +637,11 @@ class TableSource(DatasetSource):
     def check(self) -> list[Check]:
         d = self.data
         table = read_table(d, self._class_names())
+        counts = {s: sum(r.split == s for r in table.rows) for s in SPLITS}
         out = [Check(d.table or "image folder", "ok", f"{len(table.rows)} images, "
-                     f"{sum(r.split == 'train' for r in table.rows)} train / {sum(r.split == 'test' for r in table.rows)} "
-                     "test")]
+                     + " / ".join(f"{n} {s}" for s, n in counts.items() if n or s != "val"))]
         out += [Check(f"{s} split", "malformed", "empty: check the split column or test_fraction")
-                for s in SPLITS if not any(r.split == s for r in table.rows)]
+                for s in ("train", "test") if not counts[s]]
         missing = [r for r in table.rows if not r.path.is_file()]
         out.append(Check("image files", "partial" if missing else "ok",
                          f"{len(table.rows) - len(missing)} of {len(table.rows)} found"
@@ -518,18 +658,19 @@ class TableSource(DatasetSource):
         d = self.data
         if not d.table:
             root = Path(d.root or "")
-            base = next((root / s for s in SPLITS if (root / s).is_dir()), root)
+            base = next((root / s for s in _split_dirs(root)), root)
             return tuple(sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")))
         path = _resolve(Path(d.root or ""), d.table)
         frame = _read_csv(path, "data.table")
         col = _column(d, "labels")
-        if col not in frame.columns:  # one 0/1 column per class: the columns holding only 0 and 1
+        if col not in frame.columns:  # one column per class: the columns holding mostly 1, 0, -1 or blank cells
             reserved = {_column(d, c) for c in TABLE_COLUMNS}
-            flags = [c for c in frame.columns if c not in reserved and frame[c].str.strip().str.lower()
-                     .isin(["0", "1", "0.0", "1.0", "true", "false"]).all()]
+            cells = {c: frame[c].str.strip().str.lower() for c in frame.columns
+                     if c not in reserved and _label_key(c) not in NO_FINDING}
+            flags = [c for c, v in cells.items() if v[v != ""].isin(FLAGS).mean() > 0.5]  # bad cells: said later
             if not flags:
                 raise UserError(f"{path.name} has no label column: neither {col!r} (names separated by "
-                                f"{d.label_separator!r}) nor 0/1 columns; its header has {_count(frame)}")
+                                f"{d.label_separator!r}) nor 1/0/-1/blank columns; its header has {_count(frame)}")
             return tuple(flags)
         names = {" ".join(t.split()) for v in frame[col] for t in str(v).split(d.label_separator) if t.strip()}
         return tuple(sorted(n for n in names if n.lower() not in NO_FINDING))

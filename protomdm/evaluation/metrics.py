@@ -66,13 +66,13 @@ def localisation_scores(heatmap: np.ndarray, truth: np.ndarray,
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Area under the ROC curve per column of ``scores (N, C)`` against 0/1 ``labels (N, C)`` (ties count half);
-    NaN for a column with only one label value."""
+    """Area under the ROC curve per column of ``scores (N, C)`` against 0/1 ``labels (N, C)`` (ties count half;
+    NaN labels, unknown, are left out); NaN for a column with only one label value."""
     scores = np.asarray(scores, dtype=np.float64).reshape(len(scores), -1)
-    labels = np.asarray(labels).reshape(len(labels), -1).astype(bool)
+    labels = np.asarray(labels, dtype=np.float64).reshape(len(labels), -1)
     out = np.full(scores.shape[1], np.nan)
     for c in range(scores.shape[1]):
-        pos, neg = scores[labels[:, c], c], scores[~labels[:, c], c]
+        pos, neg = scores[labels[:, c] == 1, c], scores[labels[:, c] == 0, c]
         if len(pos) and len(neg):
             greater = (pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()
             out[c] = greater / (len(pos) * len(neg))

@@ -22,20 +22,34 @@ def protopnet_loss(model: ProtoPNet, x: torch.Tensor, y: torch.Tensor, coefs: Lo
     """
     logits, min_d = model.outputs(x)
     multilabel = y.dim() == 2
-    present = y.float() if multilabel else F.one_hot(y, model.num_classes).float()  # (B, C)
-    own = present @ model.prototype_class_identity.t()  # (B, P): 1 for prototypes of a class the image has
+    known = known_targets(y) if multilabel else None
+    present = y.float().nan_to_num(0) if multilabel else F.one_hot(y, model.num_classes).float()  # (B, C)
+    # (B, P): 1 for prototypes of a class the image has, or may have (U-Ignore: neither pulled in nor pushed away)
+    own = (present if known is None else 1 - (1 - present) * known) @ model.prototype_class_identity.t()
     big = min_d.detach().max() + 1
     per_class = (min_d[:, None, :] + big * (1 - model.prototype_class_identity.t()[None])).min(2).values  # (B, C)
     cluster = (per_class * present).sum() / present.sum().clamp_min(1)
     separation = (min_d + big * own).min(1).values.mean()
     if multilabel:
-        ce = F.binary_cross_entropy_with_logits(logits, present, pos_weight=pos_weight)
+        ce = masked_bce(logits, present, known, pos_weight)
     else:
         ce = F.cross_entropy(logits, y)
     l1 = (model.last_layer.weight * (1 - model.prototype_class_identity.t())).abs().sum()
     loss = coefs.crs_ent * ce + coefs.clst * cluster + coefs.sep * separation + (coefs.l1 * l1 if use_l1 else 0)
     parts = {"bce" if multilabel else "ce": ce, "cluster": cluster, "separation": separation, "l1": l1}
     return loss, {k: float(v.detach()) for k, v in parts.items()}, logits
+
+
+def known_targets(y: torch.Tensor) -> torch.Tensor:
+    """``(B, C)`` 1 where a multi-hot target is known, 0 where it is NaN (U-Ignore: left out of the loss)."""
+    return (~torch.isnan(y)).float()
+
+
+def masked_bce(logits: torch.Tensor, y: torch.Tensor, known: torch.Tensor, pos_weight: torch.Tensor | None
+               ) -> torch.Tensor:
+    """Weighted BCE over the known targets only (the mean over known entries; with all known, PyTorch's)."""
+    per = F.binary_cross_entropy_with_logits(logits, y.nan_to_num(0), pos_weight=pos_weight, reduction="none")
+    return (per * known).sum() / known.sum().clamp_min(1)
 
 
 def random_affine(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -62,9 +76,11 @@ def xprotonet_loss(model: XProtoNet, x: torch.Tensor, y: torch.Tensor, coefs: Lo
     transformation consistency (occurrence maps of a warped image == warped occurrence maps), with the images'
     random affine transforms ``theta: (B, 2, 3)`` (see :func:`random_affine`)."""
     out = model.outputs(x)
-    bce = F.binary_cross_entropy_with_logits(out.logits, y, pos_weight=pos_weight)
+    known = known_targets(y)
+    bce = masked_bce(out.logits, y, known, pos_weight)
     per_class = (x.shape[0], model.num_classes, -1)
-    pos, neg = y, 1 - y
+    pos = y.nan_to_num(0)
+    neg = (1 - pos) * known
     # Cluster and separation per finding: the nearest own prototype pulled in for present findings (a distance,
     # whose gradient stays bounded), the most similar one's similarity pushed down for absent findings (bounded
     # below by 0, so it fades once they are apart)

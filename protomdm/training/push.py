@@ -44,13 +44,18 @@ def add_provenance(records: list[dict[str, Any]], dataset: Any, dataset_name: st
 
 def receptive_field_box(model: ProtoPNet, x: torch.Tensor, cell: tuple[int, int]) -> list[int]:
     """Input-pixel box (x0, y0, x1, y1; exclusive ends) that latent cell ``(h, w)`` of image ``x: (1, C, H, W)``
-    depends on, read off the gradient (exact for the network as built, padding and strides included)."""
-    x = x.detach().clone().requires_grad_()
-    z = model.conv_features(x)
-    (g,) = torch.autograd.grad(z[0, :, cell[0], cell[1]].sum(), x)
-    nz = g.abs().sum((0, 1)) > 0
-    ys, xs = torch.nonzero(nz.any(1)).flatten(), torch.nonzero(nz.any(0)).flatten()
-    return [int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1]
+    depends on, read off the gradient (exact for the network as built, padding and strides included). Where every
+    ReLU on the way is off for this image (a flat image), the gradient is zero: it is read on noise instead, and the
+    whole image is the box if that fails too."""
+    for probe in (x.detach(), torch.rand_like(x)):
+        probe = probe.clone().requires_grad_()
+        z = model.conv_features(probe)
+        (g,) = torch.autograd.grad(z[0, :, cell[0], cell[1]].sum(), probe)
+        nz = g.abs().sum((0, 1)) > 0
+        if nz.any():
+            ys, xs = torch.nonzero(nz.any(1)).flatten(), torch.nonzero(nz.any(0)).flatten()
+            return [int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1]
+    return [0, 0, int(x.shape[-1]), int(x.shape[-2])]
 
 
 @torch.no_grad()
@@ -90,7 +95,7 @@ def _push(model: PrototypeModel, batches: Batches, get_image: Callable[[int], to
     where: list[tuple[int, int, int] | None] = [None] * p
     for x, y, idx in batches:
         x, y = x.to(device), y.to(device)
-        own = (y.float() @ identity.t() if multilabel else identity[:, y].t()) > 0  # (B, P)
+        own = (y.float().nan_to_num(0) @ identity.t() if multilabel else identity[:, y].t()) > 0  # (B, P)
         if isinstance(model, ProtoPNet):
             z, d = model.push_forward(x)
             d = d.masked_fill(~own[..., None, None], float("inf"))

@@ -170,11 +170,11 @@ class Trainer:
 
     def _pos_weight(self) -> torch.Tensor:
         """Each finding's negatives / positives in the training set (read from the labels, without the images
-        when the dataset offers ``targets()``)."""
+        when the dataset offers ``targets()``; targets left out of the loss, NaN, count as neither)."""
         targets = getattr(self.train_set, "targets", None)
         labels = targets() if targets else torch.stack([self.train_set[i][1] for i in range(len(self.train_set))])
-        pos = labels.sum(0)
-        return ((len(labels) - pos) / pos.clamp_min(1)).to(self.device)
+        pos, neg = (labels == 1).sum(0).float(), (labels == 0).sum(0).float()
+        return (neg / pos.clamp_min(1)).to(self.device)
 
     # ------------------------------------------------------------------ loops
     def _plan(self, n: int, gen: torch.Generator | None, training: bool = False) -> list[tuple[int, list[int]]]:
