@@ -191,3 +191,57 @@ def test_train_a_chexpert_table_under_u_ignore(tmp_path, architecture):
 
     (row,) = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
     assert np.isfinite(float(row["train_loss"])) and np.isfinite(float(row["test_mean_auroc"]))
+
+
+def siim_encode_by_definition(mask: np.ndarray) -> str:
+    """SIIM's encoding written out from its definition: walk the pixels down each column, left to right; each run
+    of ones is ``start length`` with the start counted from where the previous run ended."""
+    h, w = mask.shape
+    out, last_end, run_start = [], 0, None
+    for index in range(h * w + 1):
+        on = index < h * w and bool(mask[index % h, index // h])
+        if on and run_start is None:
+            run_start = index
+        elif not on and run_start is not None:
+            out += [run_start - last_end, index - run_start]
+            last_end, run_start = index, None
+    return " ".join(map(str, out)) if out else "-1"
+
+
+def test_siim_rle_masks_round_trip_and_are_a_masks_source(tmp_path):
+    from protomdm.data.rle import decode_siim_rle, encode_siim_rle
+    from protomdm.data.sources import EvalOptions
+
+    rng = np.random.default_rng(0)
+    a = np.zeros((40, 50), bool)
+    a[5:12, 3:9] = True
+    a[30:38, 40:49] = True
+    b = np.zeros((40, 50), bool)
+    b[0, 0] = b[39, 49] = b[:, 20] = True  # corners and a whole column: runs that touch the ends
+    for mask in (a, b, rng.random((40, 50)) > 0.7, np.zeros((40, 50), bool)):
+        text = siim_encode_by_definition(mask)
+        assert encode_siim_rle(mask) == text and np.array_equal(decode_siim_rle(text, mask.shape), mask)
+    # as data.masks: one row per region, -1 for none, the header as the competition ships it (", EncodedPixels")
+    uid = "1.2.276.0.7230010.3.1.4.8323329.5597.1517875188.959090"
+    png(tmp_path / f"dicom-images-train/s1/r1/{uid}.png", h=40, w=50)
+    png(tmp_path / "dicom-images-train/s2/r2/neg.png", h=40, w=50)
+    (tmp_path / "labels.csv").write_text(f"path,labels,split\ndicom-images-train/s1/r1/{uid}.png,Pneumothorax,test\n"
+                                         "dicom-images-train/s2/r2/neg.png,,test\n")
+    half = np.zeros((40, 50), bool)
+    half[5:12, 3:9] = True
+    other = np.zeros((40, 50), bool)
+    other[30:38, 40:49] = True
+    (tmp_path / "train-rle.csv").write_text(f"ImageId, EncodedPixels\n{uid}, {siim_encode_by_definition(half)}\n"
+                                            f"{uid}, {siim_encode_by_definition(other)}\nneg, -1\n")
+    cfg = model_cfg(("Pneumothorax",), channels=1, size=40)
+    cfg = type(cfg)(**{**cfg.__dict__, "img_size": (40, 50)})
+    (sample,) = dataset_source(data(tmp_path, table="labels.csv", masks="train-rle.csv")).evaluation(cfg, EvalOptions())
+    (f,) = sample.findings
+    assert np.array_equal(f.truth, a)
+    # an encoding of a larger image is said, for that image, in one line
+    (tmp_path / "train-rle.csv").write_text(f"ImageId,EncodedPixels\n{uid},1990 20\n")
+    (skipped,) = dataset_source(data(tmp_path, table="labels.csv", masks="train-rle.csv")).evaluation(cfg, EvalOptions())
+    assert "masks line 2: its runs end at pixel 2010, beyond the 50x40 image" in skipped.reason
+    (tmp_path / "train-rle.csv").write_text("ImageId,EncodedPixels\nnobody,1 2\n")
+    with pytest.raises(UserError, match="train-rle.csv line 2: its ImageId names no image of the table"):
+        read_table(data(tmp_path, table="labels.csv", masks="train-rle.csv"), ("Pneumothorax",))

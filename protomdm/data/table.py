@@ -30,6 +30,7 @@ from .groundtruth import EvalSample, Finding, Shard, Skipped, resize_mask
 from .dicom import is_dicom_file
 from .images import IMAGE_SUFFIXES, load_npy, pixels_to_tensor, read_image
 from .manifests import Check
+from .rle import decode_siim_rle
 from .sources import DatasetSource, EvalOptions, register_dataset
 
 TABLE_COLUMNS = ("path", "labels", "split", "patient")
@@ -72,7 +73,7 @@ class Table:
     rows: list[Row]
     class_names: tuple[str, ...]
     boxes: dict[str, list[tuple[int, Box, int]]] = field(default_factory=dict)
-    masks: dict[str, list[tuple[int, Path, int]]] = field(default_factory=dict)
+    masks: dict[str, list[tuple[int, Path | SiimRle, int]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     box_file: str = "boxes"
 
@@ -467,13 +468,18 @@ def _read_boxes(table: Table, root: Path, data: DataConfig) -> None:
 
 
 def _read_masks(table: Table, root: Path, data: DataConfig) -> None:
+    """Mask files by image (``image, label, mask``), or SIIM-ACR Pneumothorax's ``train-rle.csv`` (``ImageId,
+    EncodedPixels``: the image by its key or its file name's stem, the finding the model's pneumothorax class)."""
     path = _resolve(root, data.masks)
     frame = _read_csv(path, "data.masks")
     name = path.name
+    if {"ImageId", "EncodedPixels"} <= set(frame.columns):
+        return _read_siim_rle(table, frame, name)
     need = [_column(data, c) for c in MASK_COLUMNS]
     missing = [c for c in need if c not in frame.columns]
     if missing:
-        raise UserError(f"{name} lacks the column(s) {', '.join(missing)}; its header has {_count(frame)}")
+        raise UserError(f"{name} lacks the column(s) {', '.join(missing)} (or give SIIM's ImageId, EncodedPixels); "
+                        f"its header has {_count(frame)}")
     classes = _class_keys(table.class_names)
     keys = {r.key for r in table.rows}
     for i, rec in enumerate(frame.to_dict("records")):
@@ -483,6 +489,29 @@ def _read_masks(table: Table, root: Path, data: DataConfig) -> None:
         cls = _class_of(str(rec[need[1]]), classes, data, f"{name} line {i + 2}")
         if cls is not None:
             table.masks.setdefault(key, []).append((cls, _resolve(root, str(rec[need[2]]).strip()), i + 2))
+
+
+@dataclass(frozen=True)
+class SiimRle:
+    """One region of SIIM's ``train-rle.csv``, decoded at the image's size when it is read."""
+
+    text: str
+
+
+def _read_siim_rle(table: Table, frame: pd.DataFrame, name: str) -> None:
+    classes = _class_keys(table.class_names)
+    cls = classes.get("pneumothorax", 0 if len(table.class_names) == 1 else None)
+    if cls is None:
+        raise UserError(f"{name} is SIIM-ACR's run-length table (pneumothorax), but the model has no class named "
+                        "Pneumothorax")
+    by_key = {r.key: r.key for r in table.rows}
+    by_key.update({Path(r.key).stem: r.key for r in table.rows if Path(r.key).stem not in by_key})
+    for i, (image, text) in enumerate(zip(frame["ImageId"], frame["EncodedPixels"])):
+        key = by_key.get(str(image).strip())
+        if key is None:
+            raise UserError(f"{name} line {i + 2}: its ImageId names no image of the table (by path or file name)")
+        if str(text).strip() not in ("", "-1"):  # -1: no pneumothorax, nothing to localise
+            table.masks.setdefault(key, []).append((cls, SiimRle(str(text).strip()), i + 2))
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -625,7 +654,13 @@ class TableSource(DatasetSource):
             f.truth = f.truth | truth
             f.boxes.append(box)
         for c, mpath, line in table.masks.get(row.key, []):
-            mask = read_mask(mpath)
+            if isinstance(mpath, SiimRle):
+                try:
+                    mask = decode_siim_rle(mpath.text, (h, w))
+                except UserError as e:
+                    raise UserError(f"masks line {line}: {e}") from None
+            else:
+                mask = read_mask(mpath)
             if mask.shape[:2] != (h, w):
                 raise UserError(f"masks line {line}: mask {mpath.name} is {mask.shape[1]}x{mask.shape[0]}, the image "
                                 f"{w}x{h}")
