@@ -52,13 +52,29 @@ def check_run_settings(out: str | Path, settings: dict, resume: bool) -> None:
             before = None
         if not isinstance(before, dict):
             raise UserError(f"`resume`: {path} is not the settings file protomdm wrote; start again with `overwrite`")
-        for key in sorted(set(before) | set(settings)):
-            if before.get(key) != settings.get(key):
-                raise UserError(f"`resume` with other settings than the run in {out}: {key} was "
-                                f"{json.dumps(before.get(key))[:80]}, now {json.dumps(settings.get(key))[:80]}; "
-                                "resume with the same settings, or start again with --overwrite")
+        found = _first_difference(before, settings)
+        if found is not None:
+            key, was, now = found
+            raise UserError(f"`resume` with other settings than the run in {out}: {key} was {_shown(was)}, now "
+                            f"{_shown(now)}; resume with the same settings, or start again with --overwrite")
         return
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(settings, indent=1), encoding="utf-8"))
+
+
+def _first_difference(before: object, now: object, key: str = "") -> tuple[str, object, object] | None:
+    """The first setting (a dotted key, down to the leaf of nested settings) whose values differ, or None."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        for k in sorted(set(before) | set(now), key=str):
+            found = _first_difference(before.get(k), now.get(k), f"{key}.{k}" if key else str(k))
+            if found is not None:
+                return found
+        return None
+    return None if before == now else (key, before, now)
+
+
+def _shown(value: object) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def check_writable(out_dir: str | Path, names: Iterable[str] = (), overwrite: bool = False) -> Path:

@@ -245,3 +245,32 @@ def test_siim_rle_masks_round_trip_and_are_a_masks_source(tmp_path):
     (tmp_path / "train-rle.csv").write_text("ImageId,EncodedPixels\nnobody,1 2\n")
     with pytest.raises(UserError, match="train-rle.csv line 2: its ImageId names no image of the table"):
         read_table(data(tmp_path, table="labels.csv", masks="train-rle.csv"), ("Pneumothorax",))
+
+
+def test_pretrained_without_network_is_one_line_naming_the_file_and_folder(tmp_path, monkeypatch, capsys):
+    import urllib.error
+
+    import torch.hub
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    code = main(["init-model", "--model", "protopnet", "--backbone", "resnet18", "--classes", "a,b", "--pretrained",
+                 "--out", str(tmp_path / "m.pt")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "resnet18-f37072fd.pth" in err and str(tmp_path / "torch" / "hub" / "checkpoints") in err
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_the_resume_refusal_names_the_setting_that_differs_and_both_values(tmp_path):
+    from protomdm.files import check_run_settings
+
+    long = {"methods": ["upsample", "mdm"], "mdm": {"steps": 400, "masks": list(range(6, 33)), "lambda_l1": 3.0}}
+    check_run_settings(tmp_path, long, resume=False)
+    changed = {**long, "mdm": {**long["mdm"], "lambda_l1": 2.0}}
+    with pytest.raises(UserError, match=r"mdm.lambda_l1 was 3.0, now 2.0; resume with the same settings"):
+        check_run_settings(tmp_path, changed, resume=True)
+    check_run_settings(tmp_path, long, resume=True)  # the same settings resume

@@ -6,10 +6,12 @@ Weights are never downloaded unless ``pretrained=True`` is asked for explicitly.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UserError
 
 TORCHVISION_BACKBONES = (
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
@@ -86,10 +88,7 @@ def build_backbone(name: str, pretrained: bool = False, in_channels: int = 3) ->
         net = DenseNet121(spatial_dims=2, in_channels=in_channels, out_channels=1)
         return nn.Sequential(net.features, nn.ReLU()), 1024
 
-    import torchvision.models as tvm
-
-    weights = "DEFAULT" if pretrained else None
-    model = getattr(tvm, name)(weights=weights)
+    model = _torchvision_model(name, pretrained)
     if name.startswith("resnet"):
         features = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool,
                                  model.layer1, model.layer2, model.layer3, model.layer4)
@@ -103,3 +102,22 @@ def build_backbone(name: str, pretrained: bool = False, in_channels: int = 3) ->
     if in_channels != 3:
         _first_conv_to(features, in_channels)
     return features, channels
+
+
+def _torchvision_model(name: str, pretrained: bool) -> nn.Module:
+    """torchvision's ``name``, with its ``DEFAULT`` ImageNet weights if ``pretrained``; weights that are neither
+    cached nor downloadable (no network) are a UserError naming the file and the folder torchvision reads."""
+    import torchvision.models as tvm
+
+    if not pretrained:
+        return getattr(tvm, name)(weights=None)
+    weights = tvm.get_model_weights(name).DEFAULT
+    try:
+        return getattr(tvm, name)(weights=weights)
+    except (OSError, RuntimeError) as e:  # URLError is an OSError; a truncated download a RuntimeError
+        import torch.hub
+
+        folder = Path(torch.hub.get_dir()) / "checkpoints"
+        raise UserError(f"the pretrained {name} weights are not on this machine and could not be downloaded "
+                        f"({type(e).__name__}); copy {weights.url.rsplit('/', 1)[-1]} (from {weights.url}) into "
+                        f"{folder} (set TORCH_HOME to use another folder), or leave out --pretrained") from None
