@@ -262,6 +262,8 @@ def _data_config(args: argparse.Namespace):
     section = {**section, "dataset": args.dataset}
     if args.root:
         section["root"] = args.root
+    if getattr(args, "split", None):
+        section["split"] = args.split
     if args.dataset != "synthetic" and not section.get("root"):
         raise UserError(f"the {args.dataset} dataset needs `root` (the folder of your copy), or a `config` naming it")
     return from_dict(DataConfig, section, where=f"{args.config}: data" if args.config else "data")
@@ -491,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="your copy of the dataset (nih, cub, table); check it with protomdm check-data")
     p.add_argument("--config", help="YAML with a data: section (a training config will do): a table's files, "
                    "columns and split; --dataset and --root override it")
+    p.add_argument("--split", choices=("val", "test"), help="chexlocalize: which of its sets (default val)")
     p.add_argument("--ckpt", required=True, help="protomdm checkpoint trained on that dataset's classes")
     d = EvalSettings()
     p.add_argument("--methods", help="comma-separated, of " + ", ".join(methods) + f" (default {','.join(d.methods)})")
@@ -523,6 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="the folder you unpacked the dataset into (table: the folder the paths are "
                    "relative to)")
     p.add_argument("--config", help="table: YAML with a data: section (a training config will do)")
+    p.add_argument("--split", choices=("val", "test"), help="chexlocalize: which of its sets (default val)")
     p.set_defaults(func=_cmd_check_data)
 
     p = sub.add_parser("init-model", help="write an untrained checkpoint (smoke tests, your own training loop)",

@@ -374,6 +374,7 @@ class DataConfig:
     views: tuple[str, ...] = ()
     patient_pattern: str | None = None
     split_file: str | None = None
+    split: str = "val"  # chexlocalize: which of its sets (val or test) is evaluated
 
     def __post_init__(self) -> None:
         check_finite(self)
@@ -390,6 +391,7 @@ class DataConfig:
         require(bool(self.label_separator), "data.label_separator must not be empty")
         require(self.uncertain in (None, *UNCERTAIN_POLICIES),
                 f"data.uncertain must be one of {', '.join(UNCERTAIN_POLICIES)}, got {self.uncertain!r}")
+        require(self.split in ("val", "test"), f"data.split must be val or test, got {self.split!r}")
         require(all(isinstance(v, str) and v.strip() for v in self.views), "data.views: every entry must be a view name")
         require(self.patient_pattern is None or _regex_problem(self.patient_pattern) is None,
                 f"data.patient_pattern is not a regular expression ({_regex_problem(self.patient_pattern or '')})")

@@ -94,7 +94,9 @@ def _column(data: DataConfig, name: str) -> str:
     return data.columns.get(name, name)
 
 
-def _read_csv(path: Path, what: str) -> pd.DataFrame:
+def read_frame(path: Path, what: str) -> pd.DataFrame:
+    """A CSV/TSV (by suffix; gzipped too) as strings, column names stripped; unreadable or with a duplicated column
+    name: a UserError naming ``what`` and the file."""
     if not path.is_file():
         raise UserError(f"{what} {path} not found")
     sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
@@ -237,7 +239,7 @@ def _resolve(root: Path, value: str) -> Path:
 
 def _read_rows(root: Path, data: DataConfig, class_names: tuple[str, ...]) -> Table:
     path = _resolve(root, data.table)
-    return rows_from_frame(_read_csv(path, "data.table"), path.name, root, data, class_names)
+    return rows_from_frame(read_frame(path, "data.table"), path.name, root, data, class_names)
 
 
 def rows_from_frame(frame: pd.DataFrame, name: str, root: Path, data: DataConfig, class_names: tuple[str, ...]
@@ -364,7 +366,7 @@ def _apply_split_file(table: Table, root: Path, data: DataConfig) -> None:
     """MIMIC-CXR-JPG's split file (``dicom_id, study_id, subject_id, split``) as the split: each image by its file
     name's stem (the ``dicom_id``); images it does not list are left out and counted."""
     path = _resolve(root, data.split_file or "")
-    frame = _read_csv(path, "data.split_file")
+    frame = read_frame(path, "data.split_file")
     idcol, scol = _column(data, "dicom_id"), _column(data, "split")
     missing = [c for c in (idcol, scol) if c not in frame.columns]
     if missing:
@@ -430,7 +432,7 @@ def _assign_splits(table: Table, data: DataConfig) -> None:
 
 def _read_boxes(table: Table, root: Path, data: DataConfig) -> None:
     path = _resolve(root, data.boxes)
-    frame = _read_csv(path, "data.boxes")
+    frame = read_frame(path, "data.boxes")
     name = path.name
     table.box_file = name
     coords = ("x0", "y0", "x1", "y1") if data.box_format == "xyxy" else ("x", "y", "w", "h")
@@ -471,7 +473,7 @@ def _read_masks(table: Table, root: Path, data: DataConfig) -> None:
     """Mask files by image (``image, label, mask``), or SIIM-ACR Pneumothorax's ``train-rle.csv`` (``ImageId,
     EncodedPixels``: the image by its key or its file name's stem, the finding the model's pneumothorax class)."""
     path = _resolve(root, data.masks)
-    frame = _read_csv(path, "data.masks")
+    frame = read_frame(path, "data.masks")
     name = path.name
     if {"ImageId", "EncodedPixels"} <= set(frame.columns):
         return _read_siim_rle(table, frame, name)
@@ -696,7 +698,7 @@ class TableSource(DatasetSource):
             base = next((root / s for s in _split_dirs(root)), root)
             return tuple(sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")))
         path = _resolve(Path(d.root or ""), d.table)
-        frame = _read_csv(path, "data.table")
+        frame = read_frame(path, "data.table")
         col = _column(d, "labels")
         if col not in frame.columns:  # one column per class: the columns holding mostly 1, 0, -1 or blank cells
             reserved = {_column(d, c) for c in TABLE_COLUMNS}
