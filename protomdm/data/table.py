@@ -239,10 +239,10 @@ def _resolve(root: Path, value: str) -> Path:
 
 def _read_rows(root: Path, data: DataConfig, class_names: tuple[str, ...]) -> Table:
     path = _resolve(root, data.table)
-    return rows_from_frame(read_frame(path, "data.table"), path.name, root, data, class_names)
+    return _rows_from_frame(read_frame(path, "data.table"), path.name, root, data, class_names)
 
 
-def rows_from_frame(frame: pd.DataFrame, name: str, root: Path, data: DataConfig, class_names: tuple[str, ...]
+def _rows_from_frame(frame: pd.DataFrame, name: str, root: Path, data: DataConfig, class_names: tuple[str, ...]
                     ) -> Table:
     """The collection a table ``frame`` (read from the file ``name``, all cells strings) lists: see
     :class:`~protomdm.config.DataConfig` for its columns and options."""
