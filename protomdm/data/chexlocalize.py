@@ -25,7 +25,7 @@ from .groundtruth import EvalSample, Finding, Shard, Skipped, resize_mask
 from .images import pixels_to_tensor, read_image
 from .manifests import Check
 from .sources import DatasetSource, EvalOptions, register_dataset
-from .table import read_frame
+from .table import label_key, read_frame
 
 LOCALIZATION_TASKS = ("Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Lesion", "Airspace Opacity", "Edema",
                       "Consolidation", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Support Devices")
@@ -34,7 +34,7 @@ TASK_ALIASES = {"lung opacity": "Airspace Opacity"}  # CheXpert's column name fo
 
 def task_name(name: str) -> str | None:
     """CheXlocalize's task for a class name (case and spacing ignored; ``Lung Opacity`` is ``Airspace Opacity``)."""
-    key = " ".join(name.split()).lower()
+    key = label_key(name)
     return TASK_ALIASES.get(key) or next((t for t in LOCALIZATION_TASKS if t.lower() == key), None)
 
 

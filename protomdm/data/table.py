@@ -137,18 +137,18 @@ def _count(frame: pd.DataFrame) -> str:
     return f"{n} column{'s' if n != 1 else ''} (open the file to see their names)"
 
 
-def _label_key(label: str) -> str:
+def label_key(label: str) -> str:
     """A label as compared with class names: case and runs of spaces ignored."""
     return " ".join(str(label).split()).lower()
 
 
 def _class_keys(class_names: tuple[str, ...]) -> dict[str, int]:
-    return {_label_key(c): i for i, c in enumerate(class_names)}
+    return {label_key(c): i for i, c in enumerate(class_names)}
 
 
 def _class_of(label: str, classes: dict[str, int], data: DataConfig, where: str) -> int | None:
-    """The class index of a label (see :func:`_label_key`); None for "No Finding" or an ignored other label."""
-    key = _label_key(label)
+    """The class index of a label (see :func:`label_key`); None for "No Finding" or an ignored other label."""
+    key = label_key(label)
     if key in classes:
         return classes[key]
     if key in NO_FINDING or not key:
@@ -564,12 +564,15 @@ class TableDataset(Dataset):
 
     def targets(self) -> torch.Tensor:
         """Every item's multi-hot target ``(N, F)``, without reading the images (see :meth:`target`)."""
-        return torch.stack([self.target(self.rows[i]) for i in self.index]) if self.index else \
-            torch.zeros(0, self.num_classes)
+        hot = torch.zeros(len(self.index), self.num_classes)
+        for k, i in enumerate(self.index):
+            self.target(self.rows[i], out=hot[k])
+        return hot
 
-    def target(self, row: Row) -> torch.Tensor:
-        """A row's multi-hot target ``(F,)``: 1 present, 0 absent, NaN left out of the loss (U-Ignore)."""
-        target = torch.zeros(self.num_classes)
+    def target(self, row: Row, out: torch.Tensor | None = None) -> torch.Tensor:
+        """A row's multi-hot target ``(F,)`` (written into ``out`` if given): 1 present, 0 absent, NaN left out of
+        the loss (U-Ignore)."""
+        target = torch.zeros(self.num_classes) if out is None else out
         target[list(row.labels)] = 1
         target[list(row.uncertain)] = float("nan")
         return target
@@ -703,7 +706,7 @@ class TableSource(DatasetSource):
         if col not in frame.columns:  # one column per class: the columns holding mostly 1, 0, -1 or blank cells
             reserved = {_column(d, c) for c in TABLE_COLUMNS}
             cells = {c: frame[c].str.strip().str.lower() for c in frame.columns
-                     if c not in reserved and _label_key(c) not in NO_FINDING}
+                     if c not in reserved and label_key(c) not in NO_FINDING}
             flags = [c for c, v in cells.items() if v[v != ""].isin(FLAGS).mean() > 0.5]  # bad cells: said later
             if not flags:
                 raise UserError(f"{path.name} has no label column: neither {col!r} (names separated by "
