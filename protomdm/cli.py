@@ -230,10 +230,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .device import resolve_device
 
     dist = init_distributed(resolve_device(args.device))
-    given = {"data": _data_config(args), "methods": args.methods, "percentiles": args.percentiles,
+    methods = args.methods if args.methods is not None or args.maps is None else ""  # --maps alone: only the maps
+    given = {"data": _data_config(args), "methods": methods, "percentiles": args.percentiles,
              "limit": args.limit, "prototype_policy": args.prototype_policy, "seed": args.seed, "truth": args.truth,
              "part_half_width": args.part_half_width, "deletion_steps": args.deletion_steps,
-             "baseline": args.faithfulness_baseline, "batch_images": args.batch_images, "mdm": _mdm_config(args)}
+             "baseline": args.faithfulness_baseline, "batch_images": args.batch_images, "mdm": _mdm_config(args),
+             "maps": args.maps, "export": args.export and [args.export]}
     settings = EvalSettings(**{k: v for k, v in given.items() if v is not None},
                             faithfulness=not args.no_faithfulness)
     res = evaluate(args.ckpt, args.out, settings, device=args.device, resume=args.resume, overwrite=args.overwrite,
@@ -243,8 +245,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print((res.out_dir / "summary.md").read_text())
     if res.skipped:
         print(f"skipped {len(res.skipped)} image(s), listed with reasons in {res.out_dir / 'skipped.txt'}")
-    names = ("results.csv", "curves.csv", "summary.csv", "summary.md", "metrics_vs_percentile.png",
-             "deletion_insertion.png", "skipped.txt")
+    names = ("results.csv", "curves.csv", "summary.csv", "differences.csv", "summary.md", "metrics_vs_percentile.png",
+             "deletion_insertion.png", "skipped.txt", "chexlocalize")
     print(f"results in {res.out_dir}: " + ", ".join(n for n in names if (res.out_dir / n).exists()))
     return 0
 
@@ -341,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .version import __version__
     from .config import BASELINES
     from .data import list_datasets
-    from .evaluation.runner import POLICIES, EvalSettings
+    from .evaluation.runner import EXPORTS, POLICIES, EvalSettings
     from .explain.registry import list_localizers
 
     methods = list_localizers()
@@ -513,6 +515,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deletion-steps", type=int, help=f"deletion/insertion curve steps (default {d.deletion_steps})")
     p.add_argument("--faithfulness-baseline", choices=BASELINES, help="what removed pixels become in "
                    f"deletion/insertion (default {d.baseline}; zero = the normalisation mean)")
+    p.add_argument("--maps", metavar="DIR", help="also score heatmaps made elsewhere, as method `maps`: one "
+                   "<image id>_<finding>_map.pkl (CheXlocalize's gradcam_maps layout) or .npy per image and finding, "
+                   "ids and findings as results.csv names them; alone (no --methods), only these are scored")
+    p.add_argument("--export", choices=EXPORTS, help="chexlocalize: also write each method's maps (_map.pkl) and "
+                   "masks (segmentations.json, at p90) under --out/chexlocalize/METHOD/, for CheXlocalize's eval.py")
     _add_job_options(p, resume="continue an interrupted run in --out")
     p.set_defaults(func=_cmd_evaluate)
 

@@ -43,6 +43,20 @@ def top_percentile_mask(heatmap: np.ndarray, percentile: float | Sequence[float]
     return masks[0] if np.ndim(percentile) == 0 else masks
 
 
+def resize_heatmap(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``heatmap (h, w)`` as float32 at ``size`` (H, W): bilinear, ``align_corners=False``, as CheXlocalize's evaluator
+    brings a saliency map to its image's size (``F.interpolate``); returned as float32 unchanged when already there."""
+    import torch
+    import torch.nn.functional as F
+
+    h = np.asarray(heatmap, dtype=np.float32)
+    if h.shape == tuple(size):
+        return h
+    t = F.interpolate(torch.from_numpy(np.ascontiguousarray(h))[None, None], size=tuple(int(v) for v in size),
+                      mode="bilinear", align_corners=False)
+    return t[0, 0].numpy()
+
+
 def mask_box(mask: np.ndarray) -> Box | None:
     """Bounding box ``(x0, y0, x1, y1)`` (exclusive ends) of a ``(H, W)`` mask's True pixels; None if empty."""
     ys = np.flatnonzero(mask.any(1))

@@ -48,19 +48,21 @@ def run_lock(out: Path) -> Iterator[Path]:
 
 @contextmanager
 def run_folder(out_dir: str | Path, tables: Sequence[str], settings: dict, *, resume: bool = False,
-               overwrite: bool = False, dist: DistEnv = DistEnv()) -> Iterator[Path]:
-    """Open ``out_dir`` for a run whose results are the CSV ``tables`` (the first is the one resume reads); yield it.
+               overwrite: bool = False, dist: DistEnv = DistEnv(), folders: Sequence[str] = ()) -> Iterator[Path]:
+    """Open ``out_dir`` for a run whose results are the CSV ``tables`` (the first is the one resume reads) and the
+    subfolders ``folders`` (removed on a fresh start, as the tables are); yield it.
 
     Rank 0 takes the lock and sets the folder up; the other ranks of a torchrun launch wait for it, then share it.
     """
     out = Path(out_dir)
-    with (_main_setup(out, tables, settings, resume, overwrite) if dist.is_main else nullcontext(out)):
+    with (_main_setup(out, tables, settings, resume, overwrite, folders) if dist.is_main else nullcontext(out)):
         dist.barrier()  # the others start once the folder is set up
         yield out
 
 
 @contextmanager
-def _main_setup(out: Path, tables: Sequence[str], settings: dict, resume: bool, overwrite: bool) -> Iterator[Path]:
+def _main_setup(out: Path, tables: Sequence[str], settings: dict, resume: bool, overwrite: bool,
+                folders: Sequence[str]) -> Iterator[Path]:
     check_writable(out)
     try:
         probe = out / f".write-test-{os.getpid()}"
@@ -80,6 +82,8 @@ def _main_setup(out: Path, tables: Sequence[str], settings: dict, resume: bool, 
             for name in tables:
                 for p in [out / name, *rank_parts(out / name)]:
                     p.unlink(missing_ok=True)
+            for name in folders:
+                shutil.rmtree(out / name, ignore_errors=True)
         yield out
 
 

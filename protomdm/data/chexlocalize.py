@@ -6,7 +6,8 @@ CheXpert's validation and test sets, read as the download ships it::
     R/CheXlocalize/gt_segmentations_val.json                  {image id: {task: COCO RLE {size: [h, w], counts}}}
 
 Images are named as CheXlocalize names them (``patient64541_study1_view1_frontal``), findings by its task names
-(CheXpert's ``Lung Opacity`` is its ``Airspace Opacity``); masks are decoded with pycocotools.
+(CheXpert's ``Lung Opacity`` is its ``Airspace Opacity``); masks are decoded with pycocotools. Each finding carries its
+mask at the image's own size too, where the evaluation scores it, as CheXlocalize's evaluator does.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ..config import ModelConfig
 from ..errors import UserError
 from .cache import to_channels
 from .groundtruth import EvalSample, Finding, Shard, Skipped, resize_mask
-from .images import pixels_to_tensor, read_image
+from .images import image_shape, pixels_to_tensor, read_image
 from .manifests import Check
 from .sources import DatasetSource, EvalOptions, register_dataset
 from .table import label_key, read_frame
@@ -127,16 +128,41 @@ class CheXlocalizeSource(DatasetSource):
 
     def evaluation(self, model: ModelConfig, options: EvalOptions, shard: Shard = (0, 1)
                    ) -> Iterator[EvalSample | Skipped]:
+        """The segmented images, checked before any is read (a missing image or a segmentation of another size is
+        a UserError here, not a skipped image later)."""
         gt, images = self._matched()
         tasks = self.tasks(model)
         ids = [i for i in sorted(gt) if any(t in gt[i] for _, t in tasks)]
-        for k, cxr_id in enumerate(ids[:options.limit] if options.limit is not None else ids):
+        ids = ids[:options.limit] if options.limit is not None else ids
+        self._check_images(ids, gt, images, tasks)
+        return self._samples(ids, gt, images, tasks, model, shard)
+
+    def _samples(self, ids: list[str], gt: dict[str, dict[str, object]], images: dict[str, Path],
+                 tasks: list[tuple[int, str]], model: ModelConfig, shard: Shard) -> Iterator[EvalSample | Skipped]:
+        for k, cxr_id in enumerate(ids):
             if k % shard[1] != shard[0]:
                 continue
             try:
                 yield self._sample(cxr_id, images[cxr_id], gt[cxr_id], tasks, model)
             except UserError as e:
                 yield Skipped(cxr_id, str(e).replace(str(images[cxr_id]), "the image"))
+
+    def _check_images(self, ids: list[str], gt: dict[str, dict[str, object]], images: dict[str, Path],
+                      tasks: list[tuple[int, str]]) -> None:
+        """Before anything is localized: every image is there, and every segmentation is its image's size (read
+        from the headers); a UserError naming the first that is not."""
+        missing = [i for i in ids if not images[i].is_file()]
+        if missing:
+            raise UserError(f"{len(missing)} image id(s) of {self.paths()[2].name} have no image under "
+                            f"{self.paths()[0]} (e.g. {missing[0][:60]}); check the copy with check-data")
+        for cxr_id in ids:
+            h, w = image_shape(images[cxr_id])
+            for _, task in tasks:
+                item = gt[cxr_id].get(task)
+                size = item.get("size") if isinstance(item, dict) else None
+                if isinstance(size, list) and len(size) == 2 and size != [h, w]:
+                    raise UserError(f"{cxr_id}: its {task} segmentation is {size[1]}x{size[0]}, its image {w}x{h} "
+                                    f"({self.paths()[2].name} and the images are of different releases?)")
 
     def _sample(self, cxr_id: str, path: Path, items: dict[str, object], tasks: list[tuple[int, str]],
                 model: ModelConfig) -> EvalSample:
@@ -153,7 +179,7 @@ class CheXlocalizeSource(DatasetSource):
             if mask.shape != (h, w):
                 raise UserError(f"the {task} segmentation is {mask.shape[1]}x{mask.shape[0]}, its image {w}x{h}")
             if mask.any():
-                findings.append(Finding(task, c, resize_mask(mask, size)))
+                findings.append(Finding(task, c, resize_mask(mask, size), original=mask))
         return EvalSample(cxr_id, to_channels(pixels_to_tensor(px, size), model.in_channels), findings)
 
     def check(self) -> list[Check]:

@@ -18,13 +18,15 @@ from ..geometry import Box
 class Finding:
     """One ground-truth finding of a sample. ``truth``: ``(H, W)`` bool at the model's input size; ``parts``:
     ``(K, 3)`` x, y, visible in the same pixels (CUB), else None; ``boxes``: the finding's separate ground-truth
-    boxes in the same pixels (NIH boxes, synthetic objects), for region-level scores."""
+    boxes in the same pixels (NIH boxes, synthetic objects), for region-level scores; ``original``: the truth at the
+    image's own size ``(h, w)`` where a benchmark scores there (CheXlocalize), else None."""
 
     name: str
     class_index: int
     truth: np.ndarray
     parts: np.ndarray | None = None
     boxes: list[Box] = field(default_factory=list)
+    original: np.ndarray | None = None
 
 
 @dataclass

@@ -99,6 +99,34 @@ def read_image(path: str | Path) -> LoadedImage:
     return LoadedImage(_to_unit(_channels_last(a, str(p)), str(p)), p)
 
 
+def image_shape(path: str | Path) -> tuple[int, int]:
+    """``(height, width)`` of an image file from its header, without decoding the pixels; :class:`ImageError` if
+    it cannot be read."""
+    p = Path(path)
+    try:
+        if is_dicom_file(p):
+            import pydicom
+
+            ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["Rows", "Columns"])
+            return int(ds.Rows), int(ds.Columns)
+        if p.suffix.lower() == ".npy":
+            with open(p, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape = read(f)[0]
+            a = _channels_last(np.broadcast_to(np.uint8(0), shape), str(p))  # a view: nothing allocated
+            return int(a.shape[0]), int(a.shape[1])
+        from PIL import Image
+
+        with Image.open(p) as im:
+            return int(im.size[1]), int(im.size[0])
+    except ImageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any reader's failure on a bad file is that file's ImageError
+        raise ImageError(f"{p}: not a readable image ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})"
+                         ) from None
+
+
 def load_npy(p: Path, what: str = ".npy array") -> np.ndarray:
     """The array of an NPY file, its header checked before anything is allocated (:func:`check_npy_header`);
     :class:`ImageError` naming the file as not a readable ``what`` otherwise."""

@@ -90,6 +90,16 @@ def pointing_game(heatmap: np.ndarray, truth: np.ndarray, tolerance: int = 0) ->
     return bool(t[max(0, y - r):y + r + 1, max(0, x - r):x + r + 1].any())
 
 
+def hit(heatmap: np.ndarray, truth: np.ndarray) -> float:
+    """CheXlocalize's hit (Saporta et al. 2022): 1.0 if the heatmap's maximum (the first in raster order, as
+    ``np.argmax``) lies in ``truth``, 0.0 if not, NaN when ``truth`` is empty. Both at the same size: CheXlocalize
+    brings the map to the image's size first (:func:`~protomdm.geometry.resize_heatmap`)."""
+    t = np.asarray(truth, dtype=bool)
+    if not t.any():
+        return float("nan")
+    return float(t.flat[int(np.argmax(np.asarray(heatmap)))])
+
+
 def average_drop(full: np.ndarray, masked: np.ndarray) -> float:
     """Average Drop in % (Chattopadhyay et al. 2018): ``100 * mean(max(0, Y - O) / Y)`` over explanations, with
     ``Y`` the score on the image and ``O`` on the image multiplied by the heatmap. Lower is better. Entries with
