@@ -123,8 +123,8 @@ def image_shape(path: str | Path) -> tuple[int, int]:
     except ImageError:
         raise
     except Exception as e:  # noqa: BLE001 - any reader's failure on a bad file is that file's ImageError
-        raise ImageError(f"{p}: not a readable image ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})"
-                         ) from None
+        why = (str(e) or type(e).__name__).splitlines()[0][:120]
+        raise ImageError(f"{p}: not a readable image ({why})") from None
 
 
 def load_npy(p: Path, what: str = ".npy array") -> np.ndarray:

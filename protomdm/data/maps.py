@@ -62,8 +62,8 @@ def read_map_pickle(path: str | Path) -> dict:
         with open(p, "rb") as f:
             record = _MapUnpickler(f).load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, RuntimeError, IndexError) as e:
-        raise UserError(f"{p.name} is not a heatmap pickle in CheXlocalize's layout ({str(e).splitlines()[0]})") \
-            from None
+        why = (str(e) or type(e).__name__).splitlines()[0][:120]
+        raise UserError(f"{p.name} is not a heatmap pickle in CheXlocalize's layout ({why})") from None
     if not isinstance(record, dict) or "map" not in record:
         raise UserError(f"{p.name} is not a heatmap pickle in CheXlocalize's layout (a dict with a `map` tensor)")
     return record
@@ -101,7 +101,7 @@ class MapFolder:
             raise UserError(f"`maps`: {self.folder} is not a folder")
         self.files: dict[str, Path] = {}
         for p in sorted(self.folder.rglob("*_map.*")):
-            if p.suffix in SUFFIXES and p.is_file():
+            if p.suffix in SUFFIXES and not p.name.startswith(".") and p.is_file():  # not a half-written temp file
                 if p.stem in self.files:
                     raise UserError(f"`maps`: two maps named {p.stem} ({self.files[p.stem].suffix} and {p.suffix}); "
                                     "keep one")
