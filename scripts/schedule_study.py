@@ -35,16 +35,17 @@ from protomdm.models.backbones import build_backbone
 from protomdm.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
-FULL = {"extrapolate_after": None, "tol": None}  # the paper's schedule: every step taken
+FULL = {"time_scale": 1.0}  # the paper's schedule: every one of the 2000 steps taken
+OLD = {"time_scale": 1.0, "tol": 0.005, "extrapolate_after": 1000}  # the default before the 400-step schedule
 CANDIDATES = {  # name: MDMConfig overrides
-    "default (adaptive)": {},  # tol 0.005, at most 1000 steps
-    "tol 0.02": {"tol": 0.02},
-    "400 -> 2000 extrapolated": {"extrapolate_after": 400, "tol": None},  # the previous default
-    "1000 -> 2000 extrapolated": {"extrapolate_after": 1000, "tol": None},
+    "default (400 steps)": {},
+    "300 steps": {"adam_steps": 300},
+    "adaptive stop (old default)": OLD,
+    "tol 0.02": {**OLD, "tol": 0.02},
+    "400 -> 2000 extrapolated": {**OLD, "extrapolate_after": 400, "tol": None},
     "400 steps, cut short": {"steps": 400, **FULL},
-    "time_scale 5 (400 steps)": {"time_scale": 5.0, **FULL},
-    "time_scale 6.67 (300 steps)": {"time_scale": 6.67, **FULL},
-    "time_scale 10 (200 steps)": {"time_scale": 10.0, **FULL},
+    "600 steps": {"adam_steps": 600},
+    "200 steps": {"adam_steps": 200},
 }
 
 
@@ -132,7 +133,7 @@ def main() -> None:
     for kind in args.models.split(","):
         cfg = configs[kind]
         model = trained_model(kind, cfg, out)
-        for size in (int(s) for s in args.sizes.split(",")):
+        for size in (int(v) for v in args.sizes.split(",")):
             x, sel, pairs = tasks(kind, model, cfg, size, args.images)
             pairs = pairs[:args.max_activations]
 

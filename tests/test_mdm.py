@@ -41,10 +41,14 @@ def test_default_settings_are_the_papers():
     cfg = MDMConfig()
     assert cfg.sizes == tuple(5 + i for i in range(1, 28)) and len(cfg.sizes) == 27
     assert (cfg.init, cfg.lr, cfg.gamma, cfg.baseline) == (0.5, 3e-3, 5.0, "zero")
-    # the paper's 2000-step schedule, reached adaptively: at most 1000 steps taken, the rest extrapolated; the area
-    # weight chosen against ground truth (scripts/mdm_study.py), the normalised loss
-    assert (cfg.lambda_l1, cfg.loss, cfg.time_scale) == (3.0, "normalised", 1.0)
-    assert (cfg.steps, cfg.extrapolate_after, cfg.tol) == (2000, 1000, 0.005)
+    # the paper's 2000-step schedule in 400 Adam steps of 5 schedule steps each (scripts/schedule_study.py);
+    # the area weight chosen against ground truth (scripts/mdm_study.py), the normalised loss
+    assert (cfg.lambda_l1, cfg.loss) == (3.0, "normalised")
+    assert (cfg.steps, cfg.adam_steps, cfg.horizon, cfg.step_scale) == (2000, 400, 400, 5.0)
+    assert (cfg.time_scale, cfg.extrapolate_after, cfg.tol) == (None, None, None)
+    # fewer schedule steps than adam_steps: one Adam step each; the full schedule: every one of 2000
+    assert (MDMConfig(steps=120).horizon, MDMConfig(steps=120).step_scale) == (120, 1.0)
+    assert (cfg.full_schedule().horizon, cfg.full_schedule().step_scale) == (2000, 1.0)
 
 
 def test_heatmap_rule_by_hand():
@@ -147,7 +151,7 @@ def test_extrapolation_by_hand():
     p = torch.tensor([0.5, 0.5, 0.9, 0.5])
     m = torch.tensor([1.0, -1.0, -1.0, 0.0]) * (1 - b1**t)  # bias-corrected mean: +1, -1, -1, 0
     v = torch.ones(4) * (1 - b2**t)  # bias-corrected second moment: 1
-    MDMLocalizer(lr=0.001)._extrapolate(p, m, v, t, 110)  # 100 more steps of about lr each
+    MDMLocalizer(lr=0.001, time_scale=1.0)._extrapolate(p, m, v, t, 110)  # 100 more steps of about lr each
     torch.testing.assert_close(p, torch.tensor([0.4, 0.6, 1.0, 0.5]), atol=1e-6, rtol=0)  # 0.9 + 0.1 clamps at 1
 
 

@@ -239,7 +239,7 @@ class MDMLocalizer(Localizer):
     def localize_sequential(self, image: torch.Tensor, selector: Selector) -> Localization:
         """The paper's schedule: each mask trained alone with ``torch.optim.Adam`` for the full ``steps``.
 
-        The reference for tests and ``protomdm bench``; ignores the schedule's shortcuts (``time_scale``, ``tol``,
+        The reference for tests and ``protomdm bench``; ignores the schedule's shortcuts (``adam_steps``, ``tol``,
         ``extrapolate_after``), ``batch_masks`` and ``precision``.
         """
         cfg = self.config
@@ -363,16 +363,16 @@ class MDMLocalizer(Localizer):
                        independent.cpu(), model_seconds)
 
     def _adam_betas(self) -> tuple[float, float]:
-        """Adam's decay rates for one step of ``time_scale`` schedule steps: the moments keep their time constants."""
-        k = self.config.time_scale
+        """Adam's decay rates for one step of ``step_scale`` schedule steps: the moments keep their time constants."""
+        k = self.config.step_scale
         return ADAM_BETAS[0] ** k, ADAM_BETAS[1] ** k
 
     def _adam_update(self, p, g, m, v, active, t) -> None:
         """``torch.optim.Adam``'s update (no weight decay) at step ``t`` of the entries ``(T, N)`` still ``active``
         (all of them at step ``t``: an entry that stopped never resumes), then the clamp to [0, 1]. The learning
-        rate and decay rates are those of one step of ``time_scale``."""
+        rate and decay rates are those of one step of ``step_scale`` schedule steps."""
         b1, b2 = self._adam_betas()
-        lr = self.config.lr * self.config.time_scale
+        lr = self.config.lr * self.config.step_scale
         keep = active[..., None, None]
         m.copy_(torch.where(keep, b1 * m + (1 - b1) * g, m))
         v.copy_(torch.where(keep, b2 * v + (1 - b2) * g * g, v))
@@ -392,7 +392,7 @@ class MDMLocalizer(Localizer):
     def _extrapolate(self, p, m, v, t, horizon):
         """Continue each element's last Adam step from step ``t`` (per entry) to ``horizon`` linearly, in place."""
         b1, b2 = self._adam_betas()
-        lr = self.config.lr * self.config.time_scale
+        lr = self.config.lr * self.config.step_scale
         tf = t.to(p.dtype).clamp_min(1)
         rate = (m / (1 - b1**tf)) / ((v / (1 - b2**tf)).sqrt() + ADAM_EPS)
         return p.sub_(lr * (horizon - tf).clamp_min(0) * rate).clamp_(0, 1)
