@@ -9,7 +9,7 @@ from protomdm.explain.mdm import masks_to_heatmap
 from protomdm.explain.perturbation import gaussian_blur, masking_baseline
 
 from conftest import tiny_model
-from oracles import BoxOracle, oracle_image
+from oracles import BoxOracle, SoftMaxBoxOracle, oracle_image
 
 BOX = (36, 8, 56, 28)
 ELSEWHERE = (4, 36, 24, 56)
@@ -124,10 +124,27 @@ def test_out_of_memory_at_batch_one_is_a_clear_error():
         MDMLocalizer(sizes=(4, 6), steps=2, gamma=1).fit_masks(oracle_image(), flaky)
 
 
+def test_the_default_schedule_reaches_the_papers_on_an_oracle():
+    """400 Adam steps of 5 schedule steps each against all 2000 (the paper's), on an oracle whose evidence lies in a
+    known box and whose masks need the whole schedule (cut short at 400 steps they are far from it)."""
+    box = (20, 20, 44, 44)
+    sel = LogitSelector(SoftMaxBoxOracle(box), 0)
+    full = MDMLocalizer(MDMConfig().full_schedule()).localize(oracle_image(), sel)
+    ours = MDMLocalizer().localize(oracle_image(), sel)
+    cut = MDMLocalizer(steps=400, time_scale=1.0).localize(oracle_image(), sel)
+    assert (full.settings["passes"], ours.settings["passes"], cut.settings["passes"]) == (27 * 2000, 27 * 400,
+                                                                                           27 * 400)
+    assert dice(full.binary(90), cut.binary(90)) < 0.9  # the oracle tells a short schedule from the full one
+    assert dice(full.binary(90), ours.binary(90)) >= 0.95
+    assert np.corrcoef(full.heatmap.ravel(), ours.heatmap.ravel())[0, 1] >= 0.97
+    x0, y0, x1, y1 = box  # and the evidence is where the oracle reads: inside the box and its 1-pixel rim
+    assert ours.binary(90)[y0 - 1:y1 + 1, x0 - 1:x1 + 1].sum() >= 0.9 * ours.binary(90).sum() > 0
+
+
 def test_early_stopping_gives_the_full_result():
     sel = LogitSelector(BoxOracle(BOX), 0)
-    full = MDMLocalizer(steps=600, extrapolate_after=None).localize(oracle_image(), sel)
-    early_fit = MDMLocalizer(steps=600, extrapolate_after=None, tol=0.02, patience=25, min_steps=50).fit_masks(oracle_image(), sel)
+    full = MDMLocalizer(steps=600, time_scale=1.0).localize(oracle_image(), sel)
+    early_fit = MDMLocalizer(steps=600, time_scale=1.0, tol=0.02, patience=25, min_steps=50).fit_masks(oracle_image(), sel)
     assert early_fit.steps.max() < 600  # the masks stopped early
     early = top_percentile_mask(masks_to_heatmap(early_fit.masks[0], 5.0), 90)
     assert dice(full.binary(90), early) >= 0.95
@@ -135,9 +152,9 @@ def test_early_stopping_gives_the_full_result():
 
 def test_extrapolated_schedule_reaches_the_full_one():
     sel = LogitSelector(BoxOracle(BOX), 0)
-    full = MDMLocalizer(steps=500, extrapolate_after=None).localize(oracle_image(), sel)
-    short = MDMLocalizer(steps=500, extrapolate_after=100).localize(oracle_image(), sel)
-    cut = MDMLocalizer(steps=100, extrapolate_after=None).localize(oracle_image(), sel)
+    full = MDMLocalizer(steps=500, time_scale=1.0).localize(oracle_image(), sel)
+    short = MDMLocalizer(steps=500, time_scale=1.0, extrapolate_after=100).localize(oracle_image(), sel)
+    cut = MDMLocalizer(steps=100, time_scale=1.0).localize(oracle_image(), sel)
     assert short.steps == cut.steps == 100 and short.settings["extrapolate_after"] == 100
     assert dice(full.binary(90), short.binary(90)) >= 0.95
     assert np.abs(full.heatmap - short.heatmap).mean() < np.abs(full.heatmap - cut.heatmap).mean()
