@@ -100,9 +100,8 @@ def paired_differences(results: pd.DataFrame, percentile: float, reference: str 
     (each unit's mean over its prototypes), with the 95% bootstrap interval resampling images. Columns:
     :data:`DIFFERENCE_COLUMNS`; empty without ``reference`` or another method."""
     rows = []
-    methods = sorted(set(results["method"]) - {reference})
-    if reference not in set(results["method"]):
-        methods = []
+    present = set(results["method"])
+    methods = sorted(present - {reference}) if reference in present else []
     for p, metric in headline_metrics(results, percentile):
         sel = results[(results["metric"] == metric) & ((results["percentile"] == p) if not np.isnan(p)
                                                        else results["percentile"].isna())]

@@ -21,6 +21,7 @@ import json
 import pickle
 import warnings
 from pathlib import Path
+
 import numpy as np
 import torch
 
