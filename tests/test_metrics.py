@@ -131,3 +131,20 @@ def test_part_hits_consistency_stability_by_hand():
     noisy = hits.copy()
     noisy[0, 0, 1] = True  # one image of prototype 0 changes its parts under noise
     assert part_stability(hits, noisy) == pytest.approx(100 * (4 / 5 + 1) / 2)
+
+
+def test_scores_at_the_objects_own_area_by_hand():
+    from protomdm.evaluation.metrics import area_scores
+
+    truth = np.zeros((10, 10), bool)
+    truth[0, :3] = True  # 3% of the image
+    heat = np.zeros((10, 10))
+    heat[0, :5] = [5, 4, 3, 2, 1]  # the top 3 pixels are the object
+    assert area_scores(heat, truth) == {"dice_area": 1.0, "iou_area": 1.0}
+    heat[0, 2], heat[5, 5] = 0.5, 10  # one pixel of the object drops out, one outside comes in
+    found = area_scores(heat, truth)  # the mask: (0,0), (0,1), (5,5); TP 2, FP 1, FN 1
+    assert found["dice_area"] == pytest.approx(2 / 3) and found["iou_area"] == pytest.approx(0.5)
+    assert area_scores(heat, np.zeros((10, 10), bool)) == {} and area_scores(heat, np.ones((10, 10), bool)) == {}
+    # the same object at p90: the top-10% mask holds 10 pixels, so Dice is capped at 2 * 3 / 13
+    assert float(dice(top_percentile_mask(np.where(truth, 2.0, np.linspace(0, 1, 100).reshape(10, 10)), 90),
+                      truth)) == pytest.approx(6 / 13)

@@ -3,7 +3,8 @@
 Writes to the output folder:
 
 - ``results.csv``: one row per (image, finding, prototype, method, percentile, metric) with its value: Dice, IoU,
-  PPV and sensitivity of the top-percentile mask per percentile, and, percentile-free, the pointing game (0/1), the
+  PPV and sensitivity of the top-percentile mask per percentile, and, percentile-free, Dice and IoU of the mask with
+  the object's own area (``dice_area``, ``iou_area``), the pointing game (0/1), the
   score on the image and on the image blended by the heatmap (Average Drop/Increase's ``Y`` and ``O``), the
   deletion and insertion AUC (curves normalised by the unmasked score) and whether the heatmap was empty. On CUB also the parts each prototype's region covers, on the image and under noise (part
   consistency and stability). :func:`~protomdm.evaluation.results.read_results` reads it as a typed DataFrame.
@@ -226,6 +227,7 @@ class _Scorer:
         vals = M.localisation_scores(scored, truth, self.percentiles)
         for i, p in enumerate(self.percentiles):
             out += [(p, m, float(vals[m][i])) for m in MASK_METRICS]
+        out += [("", k, v) for k, v in M.area_scores(scored, truth).items()]
         out.append(("", "pointing_game", float(M.pointing_game(scored, truth))))
         if finding.original is not None:  # CheXlocalize's name for it, at the image's size
             out.append(("", "hit", M.hit(scored, truth)))

@@ -12,8 +12,9 @@ SUMMARY_COLUMNS = ("method", "finding", "percentile", "metric", "value", "n", "c
 MEAN_COLUMNS = SUMMARY_COLUMNS[:6]  # the rows without an interval (Average Drop/Increase, parts)
 REFERENCE = "mdm"  # the method the paired differences are taken from
 PAIRED = ("score", "score_heatmap_masked")  # Average Drop / Increase's Y and O, per unit
-FREE = ("pointing_game", "hit", "average_drop", "average_increase", "deletion_auc", "insertion_auc", "part_consistency",
-        "part_stability")  # (``seconds`` stays in summary.csv: it differs from run to run, the tables do not)
+# the percentile-free measures of summary.md (``seconds`` stays in summary.csv: it differs from run to run)
+FREE = ("dice_area", "iou_area", "pointing_game", "hit", "average_drop", "average_increase", "deletion_auc",
+        "insertion_auc", "part_consistency", "part_stability")
 
 
 def headline_percentile(percentiles: list[float]) -> float:
@@ -88,10 +89,10 @@ DIFFERENCE_COLUMNS = ("method", "versus", "percentile", "metric", "difference", 
 
 
 def headline_metrics(frame: pd.DataFrame, percentile: float) -> list[tuple[float, str]]:
-    """``(percentile or NaN, metric)`` of the headline figures: Dice and IoU at ``percentile``, the pointing game
-    and, where ``frame`` (results or summary) has it, CheXlocalize's hit."""
+    """``(percentile or NaN, metric)`` of the headline figures: Dice and IoU at ``percentile``, Dice at the object's
+    own area, the pointing game and, where ``frame`` (results or summary) has it, CheXlocalize's hit."""
     have = set(frame["metric"])
-    return [(percentile, "dice"), (percentile, "iou"), (np.nan, "pointing_game")] + (
+    return [(percentile, "dice"), (percentile, "iou"), (np.nan, "dice_area"), (np.nan, "pointing_game")] + (
         [(np.nan, "hit")] if "hit" in have else [])
 
 

@@ -112,11 +112,7 @@ def heatmap_metrics(heat: np.ndarray, truth: np.ndarray, percentiles: Sequence[f
     vals = M.localisation_scores(heat, truth, percentiles)
     for i, p in enumerate(percentiles):
         rows += [("dice", p, float(vals["dice"][i])), ("iou", p, float(vals["iou"][i]))]
-    share = float(truth.mean())
-    if 0 < share < 1:
-        p_area = min(max(100 * (1 - share), 1e-6), 100 - 1e-6)
-        area = M.top_percentile_mask(heat, p_area)
-        rows += [("dice_area", np.nan, float(M.dice(area, truth))), ("iou_area", np.nan, float(M.iou(area, truth)))]
+    rows += [(k, np.nan, v) for k, v in M.area_scores(heat, truth).items()]
     rows += [("pointing_game", np.nan, float(M.pointing_game(heat, truth))),
              ("nonzero_area", np.nan, float((heat > 0).mean()))]
     return rows
