@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..geometry import Box
+from ..geometry import Box, resize_heatmap
 
 
 @dataclass
@@ -45,11 +44,8 @@ class Skipped:
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A bool ``(h, w)`` mask at ``size`` (H, W): bilinear, then >= 0.5."""
-    t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
-    if tuple(t.shape[-2:]) != tuple(size):
-        t = F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)
-    return t[0, 0].numpy() >= 0.5
+    """A bool ``(h, w)`` mask at ``size`` (H, W): bilinear (:func:`~protomdm.geometry.resize_heatmap`), then >= 0.5."""
+    return resize_heatmap(mask, size) >= 0.5
 
 
 Shard = tuple[int, int]  # (rank, world size): keep the items whose position % world == rank, before reading them

@@ -110,11 +110,7 @@ def image_shape(path: str | Path) -> tuple[int, int]:
             ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["Rows", "Columns"])
             return int(ds.Rows), int(ds.Columns)
         if p.suffix.lower() == ".npy":
-            with open(p, "rb") as f:
-                version = np.lib.format.read_magic(f)
-                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                shape = read(f)[0]
-            a = _channels_last(np.broadcast_to(np.uint8(0), shape), str(p))  # a view: nothing allocated
+            a = _channels_last(np.broadcast_to(np.uint8(0), npy_header(p)[0]), str(p))  # a view: nothing allocated
             return int(a.shape[0]), int(a.shape[1])
         from PIL import Image
 
@@ -139,12 +135,18 @@ def load_npy(p: Path, what: str = ".npy array") -> np.ndarray:
         raise ImageError(f"{p}: not a readable {what} ({str(e).splitlines()[0][:120]})") from None
 
 
-def check_npy_header(p: Path) -> None:
-    """Refuse an NPY file whose header declares more than :data:`MAX_PIXELS` x 3 values, before allocating them."""
+def npy_header(p: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """``(shape, dtype)`` an NPY file's header declares, read without its data."""
     with open(p, "rb") as f:
         version = np.lib.format.read_magic(f)
         read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read(f)  # the header only
+        shape, _, dtype = read(f)
+    return shape, dtype
+
+
+def check_npy_header(p: Path) -> None:
+    """Refuse an NPY file whose header declares more than :data:`MAX_PIXELS` x 3 values, before allocating them."""
+    shape, dtype = npy_header(p)
     if dtype.hasobject:
         raise ImageError(f"{p}: the array holds Python objects, not pixels")
     if int(np.prod(shape, dtype=np.float64)) > MAX_PIXELS * 3:
