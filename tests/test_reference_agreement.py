@@ -8,6 +8,7 @@ one line naming it.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.util
 import os
@@ -60,33 +61,58 @@ def _texture_image() -> torch.Tensor:
     return torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.fixture(scope="module")
-def extremal_maps():
-    """Top-10% maps of protomdm's extremal perturbation (defaults) and TorchRay's (``jitter=False``, no smoothing,
-    the blur perturbation), same areas and steps, on the texture oracle."""
+def _both_extremal(model: torch.nn.Module, x: torch.Tensor, target: int, monkeypatch=None, stride: int = 7,
+                   sigma: float = 21.0, blur: float = 20.0) -> tuple[np.ndarray, np.ndarray]:
+    """Heatmaps of protomdm's extremal perturbation and TorchRay's (``jitter=False``, no smoothing) with the same
+    settings (TorchRay's defaults unless given; its blur is no argument, so the test sets its pyramid's)."""
     reference = _torchray()
-    x, model = _texture_image(), TextureOracle([BOX]).eval()
-    ours = ExtremalLocalizer(areas=AREAS, steps=800).localize(x, LogitSelector(model, 0)).heatmap
-    masks, _ = reference(model, x, 0, areas=list(AREAS), perturbation="blur", max_iter=800, jitter=False, smooth=0)
-    theirs = masks.mean(0)[0].numpy()
-    return top_percentile_mask(ours, 90), top_percentile_mask(theirs, 90)
+    if blur != 20.0:
+        import torchray.attribution.extremal_perturbation as ep
+
+        pyramid = functools.partial(ep.Perturbation, max_blur=blur)
+        monkeypatch.setattr(ep, "Perturbation", pyramid)
+    ours = ExtremalLocalizer(areas=AREAS, steps=800, stride=stride, sigma=sigma, blur_sigma=blur).localize(
+        x, LogitSelector(model, target)).heatmap
+    masks, _ = reference(model, x, target, areas=list(AREAS), perturbation="blur", max_iter=800, jitter=False,
+                         smooth=0, step=stride, sigma=sigma)
+    return ours, masks.mean(0)[0].numpy()
 
 
-def test_extremal_finds_the_texture_box_as_torchray_does(extremal_maps):
-    ours, theirs = extremal_maps
+def test_extremal_finds_the_texture_box_as_torchray_does():
+    ours, theirs = (top_percentile_mask(h, 90) for h in _both_extremal(TextureOracle([BOX]).eval(),
+                                                                       _texture_image(), 0))
     truth = box_mask(BOX, (96, 96))
     assert iou(theirs, truth) >= 0.8  # the reference reaches it (0.82 measured): the bar is not above it
     assert iou(ours, truth) >= 0.8
-    assert iou(ours, theirs) >= 0.8
+    assert iou(ours, theirs) >= 0.99  # the same algorithm: the same pixels
 
 
-def test_extremal_keeps_both_boxes_of_two():
+def test_extremal_keeps_both_boxes_of_two_as_torchray_does():
+    """Two boxes of evidence: most of each inside the top-20% map, as in TorchRay's (0.86 and 0.98 measured; its
+    5% mask holds only one box, so the mean map favours one)."""
     boxes = [(8, 10, 32, 34), (60, 56, 84, 80)]
-    heat = ExtremalLocalizer(steps=800).localize(_texture_image(), LogitSelector(TextureOracle(boxes), 0)).heatmap
-    top20 = top_percentile_mask(heat, 80)
-    for b in boxes:
-        inside = box_mask(b, (96, 96))
-        assert (top20 & inside).sum() >= 0.95 * inside.sum(), b
+    ours, theirs = _both_extremal(TextureOracle(boxes).eval(), _texture_image(), 0)
+    for heat in (theirs, ours):
+        top20 = top_percentile_mask(heat, 80)
+        for b in boxes:
+            inside = box_mask(b, (96, 96))
+            assert (top20 & inside).sum() >= 0.8 * inside.sum(), b
+    assert iou(top_percentile_mask(ours, 80), top_percentile_mask(theirs, 80)) >= 0.99
+
+
+def test_extremal_agrees_with_torchray_on_a_small_cnn(monkeypatch):
+    """A seeded CNN at 64 pixels with settings scaled to them (cell 2, sigma 6, blur 6). TorchRay against itself
+    with 1e-6 of noise added to the image: top-10% IoU 1.00 / 0.87 / 0.89 on seeds 1-3; ours against TorchRay 1.00 /
+    0.95 / 0.93 (with TorchRay's 224-pixel settings on a 48-pixel image its own answer moves to 0.64-0.76 under that
+    noise, so no test asks agreement there)."""
+    torch.manual_seed(0)
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 5, padding=2), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                              torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(8, 2)).eval()
+    for seed in (1, 2):
+        x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+        ours, theirs = (top_percentile_mask(h, 90) for h in _both_extremal(cnn, x, 1, monkeypatch, 2, 6.0, 6.0))
+        assert iou(ours, theirs) >= 0.8, seed
 
 
 def test_rise_equals_the_authors_code_on_the_same_masks():
