@@ -40,8 +40,8 @@ def test_extremal_small_area_mask_lies_in_the_box():
     """One area of 5% (of the mask with its margin: 281 pixels, about 7% of the image, 70% of the box), at settings
     sized for a 64-pixel image (TorchRay's 224-pixel blob, sigma 21, cannot make a mask this small): the kept part
     lies inside the box."""
-    loc = ExtremalLocalizer(areas=(0.05,), steps=300, stride=2, sigma=6.0, blur_sigma=6.0).localize(
-        oracle_image(), LogitSelector(BoxOracle(BOX), 0))
+    small = ExtremalLocalizer(areas=(0.05,), steps=300, stride=2, sigma=6.0, blur_sigma=6.0, reference_size=None)
+    loc = small.localize(oracle_image(), LogitSelector(BoxOracle(BOX), 0))
     kept = loc.heatmap > 0.5
     assert 0.03 * 64 * 64 <= kept.sum() <= 0.08 * 64 * 64
     assert (kept & box_mask(BOX, (64, 64))).sum() >= 0.9 * kept.sum()
