@@ -83,6 +83,14 @@ def box_iou(a: Box, b: Box) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def box_iobb(found: Box, truth: Box) -> float:
+    """Intersection over the found box's own area (Wang et al. 2017's IoBB), exclusive ends; 0 for an empty box."""
+    iw = max(0, min(found[2], truth[2]) - max(found[0], truth[0]))
+    ih = max(0, min(found[3], truth[3]) - max(found[1], truth[1]))
+    area = (found[2] - found[0]) * (found[3] - found[1])
+    return iw * ih / area if area > 0 else 0.0
+
+
 @dataclass
 class Region:
     """One connected region of a heatmap's top-percentile mask (8-connected).

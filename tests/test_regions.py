@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from protomdm import LogitSelector, MDMLocalizer
-from protomdm.evaluation.metrics import region_hit_rate
+from protomdm.evaluation.metrics import box_iobb, region_hit_rate
 from protomdm.geometry import box_iou, regions
 
 from oracles import BoxOracle, oracle_image
@@ -43,6 +43,34 @@ def test_region_hit_rate_by_hand():
     assert region_hit_rate([(5, 0, 15, 10)], truth, 0.4) == 0.0
     assert region_hit_rate([(0, 0, 10, 10), (21, 21, 30, 30)], truth, 0.3) == 1.0
     assert np.isnan(region_hit_rate([], [], 0.1))
+
+
+def test_wang_et_al_accuracy_at_t_iou_and_t_iobb_by_hand():
+    """A small found box inside a large truth box: IoU is small, IoBB (over the found box's area) is 1; a large
+    found box around a small truth box: both small."""
+    truth = [(0, 0, 20, 20)]  # 400 pixels
+    inside = [(5, 5, 10, 10)]  # 25 pixels, all inside: IoU 25/400, IoBB 1
+    assert box_iobb(inside[0], truth[0]) == 1.0 and box_iou(inside[0], truth[0]) == pytest.approx(0.0625)
+    assert [region_hit_rate(inside, truth, t, "iou") for t in (0.05, 0.1)] == [1.0, 0.0]
+    assert all(region_hit_rate(inside, truth, t, "iobb") == 1.0 for t in (0.1, 0.4, 0.7))
+    around = [(0, 0, 40, 20)]  # 800 pixels, half over the truth: IoU 400/800, IoBB 400/800
+    assert box_iobb(around[0], truth[0]) == 0.5 and box_iou(around[0], truth[0]) == 0.5
+    assert [region_hit_rate(around, truth, t, "iobb") for t in (0.5, 0.6)] == [1.0, 0.0]
+    apart = [(30, 30, 40, 40)]
+    assert box_iobb(apart[0], truth[0]) == 0.0 and box_iobb((3, 3, 3, 9), truth[0]) == 0.0  # an empty box
+    # two truth boxes, one found inside the first: half of them localized at any T(IoBB)
+    assert region_hit_rate(inside, truth + [(50, 50, 60, 60)], 0.7, "iobb") == 0.5
+
+
+def test_accuracy_tables_with_wangs_figures_on_nih():
+    from protomdm.evaluation.tables import WANG_2017, _accuracy_tables
+
+    get = {("mdm", f, 90.0, f"region_hit_{o}{t:g}"): 0.5 for f in ("all", "Mass") for o in ("iou", "iobb")
+           for t in (0.1, 0.2)}
+    text = "\n".join(_accuracy_tables(get, ["mdm"], ["Mass"], "nih"))
+    assert "| method | T(IoU) 0.1 | T(IoU) 0.2 | T(IoBB) 0.1 | T(IoBB) 0.2 |" in text
+    assert f"| Mass | Wang et al. 2017 | {WANG_2017[0.1]['Mass']:.2f} | - |" in text
+    assert "Wang et al." not in "\n".join(_accuracy_tables(get, ["mdm"], ["Mass"], "synthetic")).split("(Wang")[1]
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,9 @@ Writes to the output folder:
 
 - ``results.csv``: one row per (image, finding, prototype, method, percentile, metric) with its value: Dice, IoU,
   PPV and sensitivity of the top-percentile mask per percentile, and, percentile-free, Dice and IoU of the mask with
-  the object's own area (``dice_area``, ``iou_area``), the pointing game (0/1), the
+  the object's own area (``dice_area``, ``iou_area``), the pointing game (0/1), where the finding has boxes whether
+  a region's box overlaps each by T(IoU) and T(IoBB) 0.1..0.7 (``region_hit_iou0.1``, ``region_hit_iobb0.1``...:
+  Wang et al. 2017's localisation accuracy), the
   score on the image and on the image blended by the heatmap (Average Drop/Increase's ``Y`` and ``O``), the
   deletion and insertion AUC (curves normalised by the unmasked score) and whether the heatmap was empty. On CUB also the parts each prototype's region covers, on the image and under noise (part
   consistency and stability). :func:`~protomdm.evaluation.results.read_results` reads it as a typed DataFrame.
@@ -65,7 +67,7 @@ from .tables import (DIFFERENCE_COLUMNS, SUMMARY_COLUMNS, headline_percentile, m
 
 POLICIES = ("first", "best-dice", "all-of-class")
 MASK_METRICS = tuple(M.MASK_METRICS)
-REGION_IOUS = (0.1, 0.3)
+THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)  # Wang et al. 2017's T(IoU) and T(IoBB)
 TABLES = ("results.csv", "curves.csv", "timings.csv")  # results first: a unit with its results rows is done
 MAPS = "maps"  # the method name of heatmaps read from a folder (``maps``)
 EXPORTS = ("chexlocalize",)
@@ -233,8 +235,8 @@ class _Scorer:
             out.append(("", "hit", M.hit(scored, truth)))
         if finding.boxes:  # every region of the mask against every ground-truth box of the finding
             found = [r.box for r in regions(model_heat, self.region_percentile)]
-            out += [(self.region_percentile, f"region_hit_iou{t:g}", M.region_hit_rate(found, finding.boxes, t))
-                    for t in REGION_IOUS]
+            out += [(self.region_percentile, f"region_hit_{o}{t:g}", M.region_hit_rate(found, finding.boxes, t, o))
+                    for o in ("iou", "iobb") for t in THRESHOLDS]
         if self.faithfulness and j >= 0:
             sel = PrototypeSelector(self.model, j)
             out.append(("", "score", score))
