@@ -24,6 +24,7 @@ EXAMPLES = """examples:
   protomdm localize --model xprotonet --ckpt cxr.pt --input dicom_folder/ --out results/ [--resume]
   protomdm serve --ckpt cxr.pt --queue q/ --port 11112 --send pacs.local:104:PACS   # a DICOM node
   protomdm evaluate --dataset nih --root NIH/ --ckpt cxr.pt --methods upsample,mdm,gradcam --out eval/
+  protomdm tune --dataset nih --root NIH/ --ckpt cxr.pt --limit 50 --out tuned/   # then --mdm-config tuned/mdm.yaml
   protomdm check-data --dataset cub --root CUB_200_2011/
   protomdm explain --arch resnet50 --pretrained --image bird.jpg --methods mdm,gradcam,scorecam --out results/
 """
@@ -255,6 +256,32 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from .evaluation.tuning import MDMGrid, tune
+
+    def numbers(text: str, what: str) -> tuple[float, ...]:
+        try:
+            return tuple(float(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise UserError(f"{what} must be numbers separated by commas, got {text!r}") from None
+
+    def pairs(text: str, what: str, sep: str) -> tuple[tuple[float, ...], ...]:
+        parts = [p for p in text.split(",") if p.strip()]
+        if any(len(p.split(sep)) != 2 for p in parts):
+            raise UserError(f"{what} must be A{sep}B pairs separated by commas, got {text!r}")
+        return tuple(numbers(p.replace(sep, ","), what) for p in parts)
+
+    grid = MDMGrid(lambdas=numbers(args.lambdas, "--lambdas"), paper=pairs(args.paper, "--paper", ":"),
+                   gammas=numbers(args.gammas, "--gammas"), sizes=pairs(args.sizes, "--sizes", "-"))
+    percentile = None if args.percentile.lower() in ("none", "area", "") else float(args.percentile)
+    res = tune(args.ckpt, args.out, _data_config(args), grid, base=_mdm_config(args), limit=args.limit,
+               seed=args.seed, folds=args.folds, metric=args.metric, percentile=percentile,
+               batch_images=args.batch_images, device=args.device, overwrite=args.overwrite, progress=not args.quiet)
+    print((res.out_dir / "summary.md").read_text())
+    print(f"wrote {res.out_dir / 'mdm.yaml'} (use it with --mdm-config), folds.csv, settings.csv, scores.csv")
+    return 0
+
+
 def _data_config(args: argparse.Namespace):
     """The data config of --config (its data: section), with --dataset and --root over it."""
     from .config import DataConfig, from_dict, load_yaml
@@ -318,6 +345,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print("\nmethod     mean Dice  mean IoU  s/image   (top 10% of the heatmap vs the planted object)")
     for m, v in res["means"].items():
         print(f"{m:<10} {v['dice']:>9.3f} {v['iou']:>9.3f} {v['seconds']:>8.2f}")
+    me = res["measures"]
+    print(f"\nthe demo model: test accuracy {me['test_accuracy']:.3f}; prototypes pushed onto an object of their own "
+          f"class {me['prototypes_on_own_object']:.0%}; MDM pointing game {me['mdm_pointing_game']:.2f} (the "
+          "heatmap's maximum on the explained object)")
     print(f"\nreport: {res['figure']} and {res['table']} (model: {res['model']})")
     print(f"prototype gallery: {res['gallery']}\ncase report: {res['case_report']}")
     return 0
@@ -527,6 +558,41 @@ def build_parser() -> argparse.ArgumentParser:
                    "masks (segmentations.json, at p90) under --out/chexlocalize/METHOD/, for CheXlocalize's eval.py")
     _add_job_options(p, resume="continue an interrupted run in --out")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("tune", help="choose MDM's lambda, gamma and mask sizes against ground truth by k-fold "
+                       "cross-validation (the paper's selection); writes an mdm.yaml for --mdm-config",
+                       description="Explain each ground-truth finding's most activated prototype of its class on "
+                       "the first --limit images of a dataset with boxes or masks, with every setting of the grid in "
+                       "one batched search per --batch-images images (the base settings, from --mdm-config and the "
+                       "flags, always among them), and pick the setting with the best mean --metric by --folds-fold "
+                       "cross-validation over images. Writes mdm.yaml (the base settings with the chosen loss, "
+                       "lambda, gamma and sizes), folds.csv (per fold: the setting chosen without it, its score on "
+                       "it, the base setting's score there), settings.csv, scores.csv and summary.md.")
+    p.add_argument("--dataset", default="synthetic", choices=list_datasets(), help="default synthetic")
+    p.add_argument("--root", help="your copy of the dataset (all but synthetic)")
+    p.add_argument("--config", help="YAML with a data: section (a training config will do); --dataset and --root "
+                   "override it")
+    p.add_argument("--split", choices=("val", "test"), help="chexlocalize: which of its sets (default val)")
+    p.add_argument("--ckpt", required=True, help="protomdm checkpoint trained on that dataset's classes")
+    p.add_argument("--limit", type=int, default=20, help="images used (default 20: a labelled subset, as the paper "
+                   "uses part of the dataset)")
+    p.add_argument("--seed", type=int, default=1, help="picks the synthetic images and the folds (default 1)")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5, the paper's)")
+    p.add_argument("--lambdas", default="0.3,1,3,10", help="lambda values of the normalised loss (default "
+                   "0.3,1,3,10)")
+    p.add_argument("--paper", default="", metavar="L1:L2,...", help="(lambda1:lambda2) pairs of the paper's loss, "
+                   "e.g. 0.01:1,0.001:1 (default none)")
+    p.add_argument("--gammas", default="2,5,10", help="heatmap thresholds (default 2,5,10)")
+    p.add_argument("--sizes", default="6-32", metavar="A-B,...", help="ranges of mask sizes (default 6-32, the "
+                   "paper's 27 masks), e.g. 6-32,6-20,12-32")
+    p.add_argument("--metric", default="dice", choices=("dice", "iou", "dice_area", "iou_area", "pointing_game"),
+                   help="what is maximised (default dice)")
+    p.add_argument("--percentile", default="90", help="of --metric dice or iou: the top-(100-p)%% mask (default 90); "
+                   "none for the percentile-free metrics")
+    p.add_argument("--batch-images", type=int, metavar="N", help="images in one search (default 8 on a GPU, 4 on "
+                   "the CPU)")
+    _add_job_options(p)
+    p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("check-data", help="check a copy of NIH ChestX-ray14 or CUB-200-2011 against its manifest, "
                        "or your own table",

@@ -13,7 +13,8 @@ from tqdm.auto import tqdm
 
 from .config import MDMConfig, TrainConfig, from_dict
 from .data.synthetic import SyntheticLesions
-from .evaluation.metrics import dice, iou
+from .data.sources import dataset_source
+from .evaluation.metrics import box_mask, dice, iou, pointing_game
 from .explain import MDMLocalizer, PrototypeSelector, UpsampleLocalizer
 from .explain.localization import model_device
 from .models import build_model
@@ -67,12 +68,35 @@ def estimate_training_seconds(cfg: TrainConfig) -> float:
     return 2.5 * step * epochs * -(-cfg.data.num_train // cfg.data.batch_size)
 
 
+def demo_measures(model, cfg: TrainConfig, records: list[dict] | None, heatmaps: list[np.ndarray],
+                  truths: list[np.ndarray], batch: int = 100) -> dict[str, float]:
+    """The three measures that say whether the demo shows the method working: the model's accuracy on the whole
+    synthetic test set, the share of prototypes whose pushed patch (its activation box in the training image)
+    overlaps an object of the prototype's own class there (NaN without push records), and MDM's pointing game on
+    the explained test images (``heatmaps`` against ``truths``)."""
+    train_set, test_set, _ = dataset_source(cfg.data).training(model.config)
+    dev = model_device(model)
+    right = 0
+    with torch.no_grad():
+        for start in range(0, len(test_set), batch):
+            items = [test_set[i] for i in range(start, min(start + batch, len(test_set)))]
+            x = model_input(torch.stack([px for px, _, _ in items]).to(dev), model.config)
+            right += int((model(x).argmax(1).cpu() == torch.tensor([y for _, y, _ in items])).sum())
+    on_object = [bool((box_mask(tuple(r["activation_box"]), (cfg.model.img_size[0],) * 2)
+                       & train_set.sample(int(r["image"])).masks[int(r["class_index"])]).any())
+                 for r in records or []]
+    return {"test_accuracy": right / len(test_set),
+            "prototypes_on_own_object": float(np.mean(on_object)) if on_object else float("nan"),
+            "mdm_pointing_game": float(np.mean([pointing_game(h, t) for h, t in zip(heatmaps, truths)]))
+            if heatmaps else float("nan")}
+
+
 def run_demo(out_dir: str | Path = "protomdm-demo", n_images: int = 4, mdm: MDMConfig | None = None,
              percentile: float = 90.0, progress: bool = True, overwrite: bool = False) -> dict:
     """Train (or reuse) the demo model in ``out_dir/model``, localize ``n_images`` test images' prototypes with MDM
     and upsampling, and write ``report.png`` and ``report.csv`` (an existing report only with ``overwrite``), the
     prototype gallery (``gallery/``) and the case report of the first test image (``case/``).
-    Returns the mean scores and the file paths."""
+    Returns the mean scores, :func:`demo_measures` and the file paths."""
     out = Path(out_dir)
     if n_images < 1:
         raise UserError(f"`images` must be at least 1, got {n_images}")
@@ -127,6 +151,8 @@ def run_demo(out_dir: str | Path = "protomdm-demo", n_images: int = 4, mdm: MDMC
     table = write_csv(out / "report.csv", list(rows[0]), rows)
     means = {m: {k: float(np.mean([r[k] for r in rows if r["method"] == m])) for k in ("dice", "iou", "seconds")}
              for m in ("upsample", "mdm")}
+    measures = demo_measures(model, cfg, push_records(extra), [loc.heatmap for loc in mdm_locs],
+                             [s.masks[c] for s, c in zip(samples, classes)])
     per_task = step / per_search * mdm.steps_taken  # seconds per (image, prototype) task, as measured above
     say(f"the prototype gallery: each prototype's source image, with the network's region and MDM's: about "
         f"{per_task * model.num_prototypes:.0f} s")
@@ -135,5 +161,5 @@ def run_demo(out_dir: str | Path = "protomdm-demo", n_images: int = 4, mdm: MDMC
     case = explain_case(model, x[:1], top_k=3, provenance=push_records(extra), config=mdm)
     image = LoadedImage(samples[0].image.transpose(1, 2, 0), Path(f"{CASE_STEM}.png"))
     case_files = write_case_report(case, image, out / "case", CASE_STEM, "Case report: synthetic test image 0")
-    return {"means": means, "figure": figure, "table": table, "model": model_dir / "best.pt",
+    return {"means": means, "measures": measures, "figure": figure, "table": table, "model": model_dir / "best.pt",
             "gallery": gallery.files["html"], "case_report": case_files["html"]}

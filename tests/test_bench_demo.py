@@ -1,4 +1,9 @@
 import json
+import re
+
+import numpy as np
+import pytest
+import torch
 
 from protomdm.bench import PAPER_PASSES, format_table, run_bench
 from protomdm.cli import main
@@ -46,8 +51,44 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     rows = (tmp_path / "report.csv").read_text().splitlines()
     assert rows[0].startswith("image,prototype,method") and len(rows) == 3
     assert "report:" in out and "mdm" in out and "upsample" in out
+    accuracy, on_object = re.search(r"test accuracy ([\d.]+); prototypes pushed onto an object of their own class "
+                                    r"(\d+)%", out).groups()
+    assert float(accuracy) >= 0.9 and int(on_object) >= 50  # measured: 0.98 and 83% (5 of 6)
     # a second run reuses the trained model
     mtime = (tmp_path / "model" / "best.pt").stat().st_mtime
     assert main(["demo", "--out", str(tmp_path), "--images", "1", "--steps", "5", "--quiet"]) == 2  # report there
     assert main(["demo", "--out", str(tmp_path), "--images", "1", "--steps", "5", "--quiet", "--overwrite"]) == 0
     assert (tmp_path / "model" / "best.pt").stat().st_mtime == mtime
+
+
+def test_demo_measures_by_hand():
+    """Accuracy over the whole test set, a pushed patch on or off its class's object, a heatmap's maximum on or off
+    the object: each measure on cases whose answer is known."""
+    from protomdm import build_model
+    from protomdm.data.sources import dataset_source
+    from protomdm.data.images import model_input
+    from protomdm.demo import demo_config, demo_measures
+    from protomdm.geometry import mask_box
+
+    cfg = demo_config()
+    torch.manual_seed(0)
+    model = build_model(cfg.model).eval()
+    train_set, test_set, _ = dataset_source(cfg.data).training(cfg.model)
+    s = train_set.sample(5)
+    c = int(s.labels.argmax())
+    x0, y0, x1, y1 = mask_box(s.masks[c])
+    off = next((x, y) for y in range(0, 60, 4) for x in range(0, 60, 4) if not s.masks[c][y:y + 4, x:x + 4].any())
+    records = [{"image": 5, "class_index": c, "activation_box": [x0, y0, x1, y1]},
+               {"image": 5, "class_index": c, "activation_box": [off[0], off[1], off[0] + 4, off[1] + 4]}]
+    truth = s.masks[c]
+    on, away = np.zeros((64, 64)), np.zeros((64, 64))
+    on[tuple(np.argwhere(truth)[0])] = 1
+    away[off[1], off[0]] = 1
+    got = demo_measures(model, cfg, records, [on, away], [truth, truth])
+    assert got["prototypes_on_own_object"] == 0.5 and got["mdm_pointing_game"] == 0.5
+    with torch.no_grad():  # the accuracy, recomputed on the whole test set
+        xs = torch.stack([test_set[i][0] for i in range(len(test_set))])
+        pred = model(model_input(xs, cfg.model)).argmax(1)
+    labels = torch.tensor([test_set[i][1] for i in range(len(test_set))])
+    assert got["test_accuracy"] == pytest.approx(float((pred == labels).float().mean()))
+    assert np.isnan(demo_measures(model, cfg, None, [], [])["prototypes_on_own_object"])

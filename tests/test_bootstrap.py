@@ -2,7 +2,6 @@
 differences of the summary."""
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from protomdm.evaluation.bootstrap import bootstrap_interval, paired_difference_interval
