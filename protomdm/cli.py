@@ -273,9 +273,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     grid = MDMGrid(lambdas=numbers(args.lambdas, "--lambdas"), paper=pairs(args.paper, "--paper", ":"),
                    gammas=numbers(args.gammas, "--gammas"), sizes=pairs(args.sizes, "--sizes", "-"))
-    percentile = None if args.percentile.lower() in ("none", "area", "") else float(args.percentile)
     res = tune(args.ckpt, args.out, _data_config(args), grid, base=_mdm_config(args), limit=args.limit,
-               seed=args.seed, folds=args.folds, metric=args.metric, percentile=percentile,
+               seed=args.seed, folds=args.folds, metric=args.metric, percentile=args.percentile,
                batch_images=args.batch_images, device=args.device, overwrite=args.overwrite, progress=not args.quiet)
     print((res.out_dir / "summary.md").read_text())
     print(f"wrote {res.out_dir / 'mdm.yaml'} (use it with --mdm-config), folds.csv, settings.csv, scores.csv")
@@ -380,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .config import BASELINES
     from .data import list_datasets
     from .evaluation.runner import EXPORTS, POLICIES, EvalSettings
+    from .evaluation.tuning import OBJECTIVES
     from .explain.registry import list_localizers
 
     methods = list_localizers()
@@ -585,10 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gammas", default="2,5,10", help="heatmap thresholds (default 2,5,10)")
     p.add_argument("--sizes", default="6-32", metavar="A-B,...", help="ranges of mask sizes (default 6-32, the "
                    "paper's 27 masks), e.g. 6-32,6-20,12-32")
-    p.add_argument("--metric", default="dice", choices=("dice", "iou", "dice_area", "iou_area", "pointing_game"),
-                   help="what is maximised (default dice)")
-    p.add_argument("--percentile", default="90", help="of --metric dice or iou: the top-(100-p)%% mask (default 90); "
-                   "none for the percentile-free metrics")
+    p.add_argument("--metric", default="dice", choices=OBJECTIVES, help="what is maximised (default dice)")
+    p.add_argument("--percentile", type=float, default=90.0, help="of --metric dice or iou: the top-(100-p)%% mask "
+                   "(default 90; the other metrics have none)")
     p.add_argument("--batch-images", type=int, metavar="N", help="images in one search (default 8 on a GPU, 4 on "
                    "the CPU)")
     _add_job_options(p)

@@ -162,9 +162,9 @@ def test_evaluate_writes_tables_plots_and_resumes(capsys, tmp_path, synth_ckpt, 
               "deletion_insertion.png"):
         assert (out / f).is_file(), f
     rows = _rows(out / "results.csv")
-    # 4 mask metrics x 2 percentiles, Dice and IoU at the object's area, pointing game, region hit rates at IoU 0.1
-    # and 0.3, 4 faithfulness values, empty
-    per_unit = 4 * 2 + 2 + 1 + 2 + 4 + 1
+    # 4 mask metrics x 2 percentiles, Dice and IoU at the object's area, pointing game, Wang et al.'s T(IoU) and
+    # T(IoBB) at 0.1..0.7, 4 faithfulness values, empty
+    per_unit = 4 * 2 + 2 + 1 + 2 * 7 + 4 + 1
     assert len(rows) == 3 * 3 * per_unit  # 3 single-label images x 3 methods, the first prototype each
     assert {r["percentile"] for r in rows} == {"80", "90", ""}
     summary = _rows(out / "summary.csv")
@@ -201,8 +201,8 @@ def test_several_images_in_one_search_give_the_same_results(capsys, tmp_path, sy
     assert _cli(capsys, *args, "--out", tmp_path / "three", "--batch-images", 3)[0] == 0
     one, three = _rows(tmp_path / "one" / "results.csv"), _rows(tmp_path / "three" / "results.csv")
     key = lambda r: (r["image"], r["finding"], r["prototype"], r["method"], r["percentile"], r["metric"])  # noqa: E731
-    # per unit: 4 mask metrics, 2 at the object's area, pointing game, 2 region hit rates, empty
-    assert sorted(map(key, one)) == sorted(map(key, three)) and len(one) == 3 * 2 * 10
+    # per unit: 4 mask metrics, 2 at the object's area, pointing game, T(IoU) and T(IoBB) at 0.1..0.7, empty
+    assert sorted(map(key, one)) == sorted(map(key, three)) and len(one) == 3 * 2 * (4 + 2 + 1 + 2 * 7 + 1)
     values = {key(r): float(r["value"]) for r in one}
     assert all(abs(float(r["value"]) - values[key(r)]) < 1e-3 for r in three)
 

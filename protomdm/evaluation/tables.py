@@ -134,8 +134,8 @@ def _accuracy_tables(get: dict, methods: list[str], findings: list[str], dataset
     if not hits:
         return []
     p = hits[0][0]
-    name = lambda k: ("T(IoBB) " if "iobb" in k else "T(IoU) ") + k.removeprefix("region_hit_iobb").removeprefix(  # noqa: E731
-        "region_hit_iou")
+    threshold = lambda k: k.removeprefix("region_hit_iobb").removeprefix("region_hit_iou")  # noqa: E731
+    name = lambda k: ("T(IoBB) " if "iobb" in k else "T(IoU) ") + threshold(k)  # noqa: E731
     val = lambda *k: f"{get.get(k, float('nan')):.3f}"  # noqa: E731
     lines = ["## Localisation accuracy at T(IoU) and T(IoBB) (Wang et al. 2017)", "",
              f"The share of ground-truth boxes that the bounding box of some connected region of the top-{100 - p:g}% "
@@ -146,9 +146,9 @@ def _accuracy_tables(get: dict, methods: list[str], findings: list[str], dataset
         iou = [(q, k) for q, k in hits if "iobb" not in k]
         rows = [[f, m, *(val(m, f, q, k) for q, k in iou)] for f in findings for m in methods]
         if dataset == "nih":
-            rows += [[f, "Wang et al. 2017", *(f"{WANG_2017[float(k.removeprefix('region_hit_iou'))][f]:.2f}"
-                                               if f in WANG_2017.get(float(k.removeprefix("region_hit_iou")), {})
-                                               else "-" for _, k in iou)] for f in findings]
+            published = lambda f, k: WANG_2017.get(float(threshold(k)), {}).get(f)  # noqa: E731
+            rows += [[f, "Wang et al. 2017", *("-" if published(f, k) is None else f"{published(f, k):.2f}"
+                                               for _, k in iou)] for f in findings]
             rows.sort(key=lambda r: r[0])
         lines += ["### T(IoU) per finding", ""]
         lines += _table(["finding", "method", *(name(k) for _, k in iou)], rows)

@@ -37,6 +37,7 @@ from ..runfolder import run_folder
 from . import metrics as M
 from .faithfulness import deletion_insertion
 
+OBJECTIVES = ("dice", "iou", "dice_area", "iou_area", "pointing_game")  # what tune can maximise
 SETTING_COLUMNS = ("loss", "lambda_l1", "lambda1", "lambda2", "gamma", "sizes")
 GRID_COLUMNS = ("image", "finding", *SETTING_COLUMNS, "metric", "percentile", "value")
 
@@ -299,6 +300,8 @@ def tune(ckpt: str | Path, out_dir: str | Path, data: DataConfig | None = None, 
     base = base or MDMConfig()
     grid = with_setting(grid or MDMGrid(), base)
     require(folds >= 2, f"cross-validation needs at least 2 folds, got {folds}")
+    require(metric in OBJECTIVES, f"unknown metric {metric!r}; choose one of {', '.join(OBJECTIVES)}")
+    percentile = percentile if metric in ("dice", "iou") else None  # the others have none
     dev = resolve_device(device)
     model = load_model(ckpt, dev).eval()
     data = data or DataConfig()
