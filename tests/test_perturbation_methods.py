@@ -148,3 +148,18 @@ def test_smooth_mask_equals_its_definition_pixel_by_pixel():
             v = (torch.exp(-2 * (d / 2.5 - 0.5).clamp(min=0) ** 2) * q).flatten(1)
             expected = (v * torch.softmax(20 * v, 1)).sum(1).clamp(0, 1)
             torch.testing.assert_close(full[:, uy, ux], expected, atol=1e-6, rtol=1e-5)
+
+
+def test_extremal_searches_in_chunks_as_in_one(monkeypatch):
+    """Pairs split over several searches (a small memory budget) give the maps of one search."""
+    import protomdm.explain.extremal as ext
+
+    model = BoxOracle(BOX, num_classes=2)
+    x = torch.cat([oracle_image(seed=1), oracle_image(seed=2)])
+    loc = ExtremalLocalizer(steps=20, areas=(0.1,))
+    pairs = [(0, 0), (1, 1), (1, 0)]
+    one = loc.localize_pairs(x, LogitSelector(model, [0, 1]), pairs)
+    monkeypatch.setattr(ext, "MAX_ELEMENTS", 1)  # one pair per search
+    chunked = loc.localize_pairs(x, LogitSelector(model, [0, 1]), pairs)
+    for a, b in zip(one, chunked):
+        np.testing.assert_allclose(a.heatmap, b.heatmap, atol=1e-5)

@@ -188,6 +188,11 @@ def pyramid_apply(pyramid: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return ((1 - frac) * y0 + frac * y1)[:, 0]
 
 
+# the most smooth-max values (masks x window cells x pixels) one search holds: about 0.5 GB a tensor of them, a few
+# such tensors with their gradients (at 512 pixels one mask has 81 x 550^2 values)
+MAX_ELEMENTS = 2**27
+
+
 @register_localizer("extremal", settings=ExtremalConfig)
 class ExtremalLocalizer(Localizer):
     """Extremal perturbation: the smooth masks of fixed areas that best keep the activation; see the module
@@ -209,14 +214,26 @@ class ExtremalLocalizer(Localizer):
 
     def localize_pairs(self, images: torch.Tensor, selector: Selector, pairs: list[tuple[int, int]]
                        ) -> list[Localization]:
-        """Target ``k`` of ``selector`` in image ``b`` for every ``(b, k)`` of ``pairs``: every (pair, area) mask is
-        learned in one batch."""
+        """Target ``k`` of ``selector`` in image ``b`` for every ``(b, k)`` of ``pairs``: the (pair, area) masks are
+        learned in batches of at most :data:`MAX_ELEMENTS` smooth-max values (each pair is independent of the others,
+        so the batches give what one batch would)."""
+        cfg = self.config
+        h, w = images.shape[-2:]
+        scale = 1.0 if cfg.reference_size is None else max(min(h, w) / cfg.reference_size, cfg.min_scale)
+        smooth = SmoothMask((h, w), max(1, round(cfg.stride * scale)), cfg.sigma * scale)
+        per_pair = len(cfg.areas) * smooth.weight.numel()
+        n = max(1, MAX_ELEMENTS // per_pair)
+        return [loc for i in range(0, len(pairs), n)
+                for loc in self._search(images, selector, pairs[i:i + n], smooth, scale)]
+
+    def _search(self, images: torch.Tensor, selector: Selector, pairs: list[tuple[int, int]], smooth: SmoothMask,
+                scale: float) -> list[Localization]:
+        """One batched search of every (pair, area) mask of ``pairs``."""
         cfg = self.config
         device = model_device(selector.model)
         x = images.to(device)
         n_area, h, w = len(cfg.areas), *x.shape[-2:]
-        scale = 1.0 if cfg.reference_size is None else max(min(h, w) / cfg.reference_size, cfg.min_scale)
-        smooth = SmoothMask((h, w), max(1, round(cfg.stride * scale)), cfg.sigma * scale).to(device)
+        smooth = smooth.to(device)
         score = lambda t: t.reshape(*t.shape[:2], -1).mean(2)  # (B, K): a map's mean  # noqa: E731
         pair_img, pair_tgt = torch.tensor(pairs, dtype=torch.long, device=device).view(-1, 2).unbind(1)
         t0 = time.perf_counter()
