@@ -82,7 +82,7 @@ def demo_measures(model, cfg: TrainConfig, records: list[dict] | None, heatmaps:
             items = [test_set[i] for i in range(start, min(start + batch, len(test_set)))]
             x = model_input(torch.stack([px for px, _, _ in items]).to(dev), model.config)
             right += int((model(x).argmax(1).cpu() == torch.tensor([y for _, y, _ in items])).sum())
-    on_object = [bool((box_mask(tuple(r["activation_box"]), (cfg.model.img_size[0],) * 2)
+    on_object = [bool((box_mask(tuple(r["activation_box"]), tuple(cfg.model.img_size))
                        & train_set.sample(int(r["image"])).masks[int(r["class_index"])]).any())
                  for r in records or []]
     return {"test_accuracy": right / len(test_set),

@@ -74,21 +74,22 @@ def box_mask(box: Box, shape: tuple[int, int]) -> np.ndarray:
     return m
 
 
+def _intersection(a: Box, b: Box) -> int:
+    """Pixels two boxes (exclusive ends) share."""
+    return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
 def box_iou(a: Box, b: Box) -> float:
     """Intersection over union of two boxes (exclusive ends)."""
-    iw = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
+    inter = _intersection(a, b)
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
 
 
 def box_iobb(found: Box, truth: Box) -> float:
     """Intersection over the found box's own area (Wang et al. 2017's IoBB), exclusive ends; 0 for an empty box."""
-    iw = max(0, min(found[2], truth[2]) - max(found[0], truth[0]))
-    ih = max(0, min(found[3], truth[3]) - max(found[1], truth[1]))
     area = (found[2] - found[0]) * (found[3] - found[1])
-    return iw * ih / area if area > 0 else 0.0
+    return _intersection(found, truth) / area if area > 0 else 0.0
 
 
 @dataclass
