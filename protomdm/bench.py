@@ -29,7 +29,7 @@ from .explain import MDMLocalizer, PrototypeSelector
 from .explain.mdm import frozen
 from .explain.localization import eval_mode
 from .explain.selectors import Selector, choose_prototype
-from .models import PrototypeModel, build_model, load_model
+from .models import PrototypeModel, architecture_class, build_model, load_model
 
 DEMO_MODEL = Path("protomdm-demo/model/best.pt")  # where `protomdm demo` leaves its trained model
 PAPER_PASSES = 27 * 2000  # the paper's masks x steps
@@ -78,7 +78,7 @@ def bench_model(architecture: str, backbone: str, img_size: int, ckpt: str | Non
             train(dataclasses.replace(cfg, device="cpu"), tmp, progress=progress)
             return load_model(Path(tmp) / "best.pt"), f"the demo's synthetic ProtoPNet (trained) at {img_size}px"
     torch.manual_seed(seed)
-    grey = architecture == "xprotonet"
+    grey = architecture_class(architecture).multilabel_only  # chest-like: grey images with findings
     model = build_model(ModelConfig(architecture=architecture, backbone=backbone, class_names=SHAPES[:3],
                                     prototypes_per_class=2, img_size=(img_size, img_size), in_channels=1 if grey else 3,
                                     mean=(0.5,) * (1 if grey else 3), std=(0.25,) * (1 if grey else 3)))
@@ -129,7 +129,7 @@ def run_bench(architecture: str = "protopnet", backbone: str = "tiny", img_size:
     classes = model.class_names if set(model.class_names) <= set(SHAPES) else SHAPES[:3]
     size = model.config.img_size[0]
     data = SyntheticLesions(classes, n=images, size=size, channels=model.config.in_channels,
-                            multilabel=model.config.architecture == "xprotonet", seed=seed + 1)
+                            multilabel=model.multilabel_only, seed=seed + 1)
     x = model_input(torch.stack([data[i][0] for i in range(images)]), model.config).to(dev)
     with torch.no_grad():
         protos = [choose_prototype(model, x[i:i + 1], None, None) for i in range(images)]

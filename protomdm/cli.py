@@ -69,8 +69,9 @@ def _add_mdm_options(p: argparse.ArgumentParser) -> None:
 def _add_explained_options(p: argparse.ArgumentParser, methods: list[str]) -> None:
     """--model, --ckpt, --prototype | --class, --method and --percentile: what a LocalizeJob explains and how."""
     from .localize import LocalizeJob
+    from .models import list_architectures
 
-    p.add_argument("--model", choices=("protopnet", "xprotonet"), help="refuse a checkpoint of another architecture")
+    p.add_argument("--model", choices=list_architectures(), help="refuse a checkpoint of another architecture")
     p.add_argument("--ckpt", required=True, help="protomdm checkpoint (see init-model / train)")
     who = p.add_mutually_exclusive_group()
     who.add_argument("--prototype", type=int, help="prototype index (default: the most activated prototype of "
@@ -379,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .config import BASELINES
     from .data import list_datasets
     from .evaluation.runner import EXPORTS, POLICIES, EvalSettings
+    from .models import list_architectures
     from .evaluation.tuning import OBJECTIVES
     from .explain.registry import list_localizers
 
@@ -488,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(400 Adam steps covering the 2000-step schedule). Prints seconds per image, speed-up, peak memory and agreement "
                        "(Dice of the p90 masks, Pearson r of the heatmaps). The default is the demo's trained "
                        "ProtoPNet (protomdm-demo/model/best.pt when `protomdm demo` left one, else trained first).")
-    p.add_argument("--model", default="protopnet", choices=("protopnet", "xprotonet"),
+    p.add_argument("--model", default="protopnet", choices=list_architectures(),
                    help="architecture of the random-weight model (default protopnet)")
     p.add_argument("--backbone", default="tiny", help="tiny, resnet18, resnet50, densenet121, ... (default tiny)")
     p.add_argument("--img-size", type=int, default=64, help="input side in pixels (default 64)")
@@ -610,7 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write a checkpoint of an untrained ProtoPNet or XProtoNet (random weights, or an "
                        "ImageNet backbone with --pretrained): a starting point for your own training loop, or a "
                        "model to try the other commands on.")
-    p.add_argument("--model", required=True, choices=("protopnet", "xprotonet"), help="the architecture")
+    p.add_argument("--model", required=True, choices=list_architectures(), help="the architecture")
     p.add_argument("--backbone", default="resnet18", help="resnet18/34/50, vgg11/16/19, densenet121/161, "
                    "monai_densenet121, tiny (default resnet18)")
     p.add_argument("--classes", required=True, type=_parse_classes, help="comma-separated class names")

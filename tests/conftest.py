@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from protomdm import ModelConfig, build_model, save_checkpoint
+from protomdm.models import list_architectures
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -26,7 +27,7 @@ def tiny_model(architecture: str = "protopnet", seed: int = 0, **kw):
     return build_model(tiny_config(architecture, **kw)).eval()
 
 
-@pytest.fixture(params=["protopnet", "xprotonet"])
+@pytest.fixture(params=list_architectures())
 def architecture(request) -> str:
     return request.param
 

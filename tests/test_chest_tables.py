@@ -15,7 +15,7 @@ from protomdm.data.table import TableDataset, read_table
 from protomdm.errors import UserError
 from protomdm.evaluation.metrics import auroc
 from protomdm.models import build_model
-from protomdm.training.losses import known_targets, masked_bce, protopnet_loss
+from protomdm.models.losses import known_targets, masked_bce, protopnet_loss
 
 from test_table import data, model_cfg, png
 

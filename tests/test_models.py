@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from protomdm import ModelConfig, ProtoPNet, XProtoNet, build_model
+from protomdm import ModelConfig, ProtoPNet, XProtoNet, build_model, load_model, save_checkpoint
+from protomdm.config import LossConfig
+from protomdm.models import architecture_class, list_architectures
 from protomdm.errors import ConfigError, UserError
 from protomdm.models.backbones import build_backbone
 from protomdm.models.protopnet import squared_l2_distances
@@ -78,8 +80,10 @@ def test_grey_input_backbone():
 def test_bad_model_configs_are_one_clear_error():
     with pytest.raises(ConfigError, match="unknown backbone"):
         build_model(ModelConfig(backbone="resnet9000"))
-    with pytest.raises(ConfigError, match="architecture"):
-        ModelConfig(architecture="protonet")
+    with pytest.raises(ConfigError, match="architecture must be one of protopnet, xprotonet"):
+        build_model(ModelConfig(architecture="protonet"))  # checked against the registry when built
+    with pytest.raises(ConfigError, match="activation of a xprotonet"):
+        build_model(ModelConfig(architecture="xprotonet", activation="linear"))
     with pytest.raises(ConfigError, match="mean and std"):
         ModelConfig(in_channels=1)
 
@@ -88,3 +92,29 @@ def test_prototype_index_range_is_named():
     m = tiny_model()
     with pytest.raises(UserError, match=r"prototypes 0\.\.5"):
         m.prototype_scores(torch.zeros(1, 3, 48, 48), [6])
+
+
+@pytest.mark.parametrize("name", list_architectures())
+def test_every_registered_architecture_owns_its_training_push_and_class_connections(name, tmp_path):
+    """The contract the trainer, push and case reports rely on, for every registered architecture."""
+    model = tiny_model(name, activation=architecture_class(name).activations[0])
+    groups = model.parameter_groups()
+    assert set(groups) == {"features", "add_on", "prototypes", "last"}
+    ids = [id(p) for ps in groups.values() for p in ps]
+    assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in model.parameters()}  # each exactly once
+    x = torch.rand(4, 3, 48, 48)
+    multi = model.multilabel
+    y = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]]) if multi else torch.tensor([0, 1, 2, 0])
+    aug = model.draw_augmentation(4, torch.Generator().manual_seed(0), torch.device("cpu"))
+    loss, parts, logits = model.training_loss(x, y, LossConfig(), True, None, aug)
+    assert loss.requires_grad and torch.isfinite(loss) and logits.shape == (4, 3) and parts
+    own = torch.ones(4, model.num_prototypes, dtype=torch.bool)
+    with torch.no_grad():
+        dist, vecs, where = model.push_candidates(x, own)
+    assert dist.shape == (model.num_prototypes,) and where.shape == (model.num_prototypes, 3)
+    assert vecs.shape[0] == model.num_prototypes and (where[:, 0] < 4).all()
+    weight, bias = model.class_connections()
+    with torch.no_grad():  # the class connections and the prototype scores give the logits
+        assert torch.allclose(model.prototype_scores(x) @ weight.t() + bias, model(x), atol=1e-5)
+    loaded = load_model(save_checkpoint(model, tmp_path / "m.pt"))
+    assert type(loaded) is type(model) and loaded.config == model.config

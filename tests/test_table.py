@@ -22,7 +22,7 @@ from protomdm.data.sources import EvalOptions
 from protomdm.data.synthetic import write_table
 from protomdm.data.table import read_table
 from protomdm.errors import UserError
-from protomdm.training.losses import protopnet_loss
+from protomdm.models.losses import protopnet_loss
 from protomdm.config import LossConfig
 
 from conftest import tiny_model

@@ -610,7 +610,7 @@ class TableSource(DatasetSource):
 
     def training(self, model: ModelConfig) -> tuple[Dataset, Dataset, bool]:
         table = self.table(model.class_names)
-        single = not table.multilabel and model.architecture != "xprotonet" and not model.multilabel
+        single = not table.multilabel and not model.multilabel  # the trainer sets it for multi-label-only models
         held = "val" if any(r.split == "val" for r in table.rows) else "test"
         if held == "val":
             print("note: the best model is selected on the val split; the test split is kept for evaluation")

@@ -320,8 +320,7 @@ def evaluate(ckpt: str | Path, out_dir: str | Path, settings: EvalSettings | Non
         raise TypeError(f"evaluate() got unknown setting(s) {', '.join(unknown)}")
     cfg = dataclasses.replace(settings, **fields) if settings else EvalSettings(**fields)
     model = load_model(ckpt, dist.device(resolve_device(device))).eval()
-    options = EvalOptions(cfg.limit, cfg.seed, cfg.truth, cfg.part_half_width,
-                          multilabel=model.config.architecture == "xprotonet" or model.config.multilabel)
+    options = EvalOptions(cfg.limit, cfg.seed, cfg.truth, cfg.part_half_width, multilabel=model.multilabel)
     source = dataset_source(cfg.data)
     samples = source.evaluation(model.config, options, (dist.rank, dist.world_size))
     out = Path(out_dir)

@@ -305,7 +305,7 @@ def tune(ckpt: str | Path, out_dir: str | Path, data: DataConfig | None = None, 
     dev = resolve_device(device)
     model = load_model(ckpt, dev).eval()
     data = data or DataConfig()
-    options = EvalOptions(limit, seed, multilabel=model.config.architecture == "xprotonet" or model.config.multilabel)
+    options = EvalOptions(limit, seed, multilabel=model.multilabel)
     record = {"checkpoint": str(ckpt), "data": to_dict(data), "limit": limit, "seed": seed, "folds": folds,
               "metric": metric, "percentile": percentile, "grid": to_dict(grid), "base": to_dict(base)}
     out = Path(out_dir)

@@ -66,22 +66,15 @@ def _json_source(src: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def last_layer_weights(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(weights (C, P), bias (C,))``: how each class's logit reads each prototype's similarity (ProtoPNet: the
-    last layer; XProtoNet: each class's weights on its own prototypes, zero elsewhere)."""
-    from ..models import ProtoPNet, XProtoNet
-
-    with torch.no_grad():
-        if isinstance(model, ProtoPNet):
-            weight = model.last_layer.weight.detach()
-            bias = torch.zeros(model.num_classes) if model.last_layer.bias is None else model.last_layer.bias
-        elif isinstance(model, XProtoNet):
-            weight = torch.zeros(model.num_classes, model.num_prototypes, device=model.class_weight.device)
-            for c in range(model.num_classes):
-                weight[c, model.prototypes_of_class(c)] = model.class_weight[c]
-            bias = model.class_bias
-        else:
-            raise UserError(f"prototype contributions need a protomdm ProtoPNet or XProtoNet, not "
-                            f"{type(model).__name__}")
+    """``(weights (C, P), bias (C,))``: how each class's logit reads each prototype's similarity (the model's
+    :meth:`~protomdm.models.PrototypeModel.class_connections`: ProtoPNet's last layer, XProtoNet's per-class
+    weights on its own prototypes)."""
+    try:
+        with torch.no_grad():
+            weight, bias = model.class_connections()
+    except (AttributeError, NotImplementedError):
+        raise UserError(f"prototype contributions need a prototype network that exposes its class connections; "
+                        f"{type(model).__name__} does not") from None
     return weight.float().cpu(), bias.detach().float().cpu().reshape(-1)
 
 
@@ -100,7 +93,7 @@ def prototype_contributions(model: torch.nn.Module, x: torch.Tensor
 def class_probabilities(model: torch.nn.Module, logits: torch.Tensor) -> torch.Tensor:
     """``(..., C)`` logits -> probabilities: sigmoid for multi-label models (XProtoNet, a multi-label ProtoPNet),
     softmax over the classes otherwise."""
-    multilabel = model.config.architecture == "xprotonet" or model.config.multilabel
+    multilabel = getattr(model, "multilabel", False)
     return torch.sigmoid(logits) if multilabel else torch.softmax(logits, -1)
 
 

@@ -103,6 +103,14 @@ class ProtoPNetAdapter(PrototypeModel):
     def localization_maps(self, x: torch.Tensor, idx: Index = None) -> torch.Tensor:
         return self.prototype_similarity_maps(x, idx)
 
+    def class_connections(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The wrapped model's ``last_layer`` weights ``(C, P)`` and bias (zeros if it has none)."""
+        last = getattr(self.wrapped, "last_layer", None)
+        if not isinstance(last, nn.Linear):
+            raise NotImplementedError(f"{type(self.wrapped).__name__} has no last_layer")
+        bias = last.bias if last.bias is not None else torch.zeros(last.out_features, device=last.weight.device)
+        return last.weight.detach(), bias.detach()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.wrapped(x)
         return out[0] if isinstance(out, (tuple, list)) else out

@@ -22,20 +22,12 @@ from ..config import ModelConfig, from_dict, to_dict
 from ..errors import CheckpointError, ConfigError, UserError
 from ..files import atomic_write
 from .base import PrototypeModel
-from .protopnet import ProtoPNet
-from .xprotonet import XProtoNet
+from .registry import check_model_config, create_model
 
 FORMAT = "protomdm-checkpoint"
 VERSION = 2  # 2: XProtoNet's `activation` names its similarity (log, as published, or cosine)
 READABLE_VERSIONS = (1, 2)
-ARCHITECTURES: dict[str, type[PrototypeModel]] = {"protopnet": ProtoPNet, "xprotonet": XProtoNet}
-
-
-def build_model(config: ModelConfig | dict[str, Any]) -> PrototypeModel:
-    """Instantiate the architecture named in ``config`` (random or pretrained-backbone weights)."""
-    if isinstance(config, dict):
-        config = from_dict(ModelConfig, config, where="model config")
-    return ARCHITECTURES[config.architecture](config)
+build_model = create_model  # the name the README and older code use
 
 
 def save_checkpoint(model: PrototypeModel, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -180,7 +172,8 @@ def load_model_and_extra(path: str | Path, device: str | torch.device = "cpu", a
     Args:
         path: the checkpoint file.
         device: where to put the model.
-        architecture: if given (``"protopnet"``/``"xprotonet"``), refuse a checkpoint of another kind.
+        architecture: if given (a registered name: ``"protopnet"``, ``"xprotonet"``...), refuse a checkpoint of
+            another kind.
 
     Raises:
         CheckpointError: missing, truncated, foreign or wrong-kind file.
@@ -214,7 +207,9 @@ def _checked_layout(ckpt: dict[str, Any], path: str | Path) -> tuple[ModelConfig
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise CheckpointError(f"{path}: its weights (state_dict) are not a mapping of tensors")
     try:
-        return from_dict(ModelConfig, {**config, "pretrained": False}, where="checkpoint config"), extra
+        model_config = from_dict(ModelConfig, {**config, "pretrained": False}, where="checkpoint config")
+        check_model_config(model_config)
+        return model_config, extra
     except ConfigError as e:
         raise CheckpointError(f"{path}: invalid model config in checkpoint: {e}") from None
 

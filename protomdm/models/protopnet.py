@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +11,8 @@ from torch import nn
 from ..config import ModelConfig
 from .backbones import build_backbone
 from .base import Index, PrototypeModel
+from .losses import protopnet_loss
+from .registry import register_architecture
 
 
 def add_on_layers(kind: str, in_channels: int, out_channels: int) -> nn.Sequential:
@@ -61,6 +63,7 @@ class ProtoPNetOutput(NamedTuple):
     min_distances: torch.Tensor  # (B, P)
 
 
+@register_architecture("protopnet")
 class ProtoPNet(PrototypeModel):
     """ProtoPNet: backbone -> add-on 1x1 layers -> prototype layer -> max-pool -> last layer.
 
@@ -68,6 +71,8 @@ class ProtoPNet(PrototypeModel):
     ``d`` (or ``-d`` for ``activation="linear"``). The last layer (P -> C, no bias) starts at +1 for a prototype's
     own class and -0.5 for the others.
     """
+
+    activations = ("log", "linear")
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
@@ -129,3 +134,49 @@ class ProtoPNet(PrototypeModel):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits ``(B, C)``."""
         return self.outputs(x).logits
+
+    # ---------------------------------------------------------------- training, push, class connections
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"features": list(self.features.parameters()), "add_on": list(self.add_on_layers.parameters()),
+                "prototypes": [self.prototype_vectors], "last": list(self.last_layer.parameters())}
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor, coefs: Any, use_l1: bool = True,
+                      pos_weight: torch.Tensor | None = None, augmentation: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        """:func:`~protomdm.models.losses.protopnet_loss` (cross-entropy, or masked BCE for multi-hot ``y``)."""
+        return protopnet_loss(self, x, y, coefs, use_l1, pos_weight)
+
+    def push_candidates(self, x: torch.Tensor, own: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The latent patch with the smallest squared distance to each prototype."""
+        z, d = self.push_forward(x)
+        d = d.masked_fill(~own[..., None, None], float("inf"))
+        h, w = d.shape[-2:]
+        val, flat = d.permute(1, 0, 2, 3).reshape(self.num_prototypes, -1).min(1)
+        b, rest = flat // (h * w), flat % (h * w)
+        return val, z.permute(0, 2, 3, 1)[b, rest // w, rest % w], torch.stack([b, rest // w, rest % w], 1)
+
+    def push_details(self, x: torch.Tensor, where: tuple[int, int]) -> dict[str, Any]:
+        """The pushed ``patch`` (h, w) and its ``receptive_field_box`` in input pixels."""
+        with torch.enable_grad():
+            return {"patch": list(where), "receptive_field_box": receptive_field_box(self, x, where)}
+
+    def class_connections(self) -> tuple[torch.Tensor, torch.Tensor]:
+        bias = self.last_layer.bias if self.last_layer.bias is not None else torch.zeros(self.num_classes)
+        return self.last_layer.weight.detach(), bias.detach()
+
+
+def receptive_field_box(model: ProtoPNet, x: torch.Tensor, cell: tuple[int, int]) -> list[int]:
+    """Input-pixel box (x0, y0, x1, y1; exclusive ends) that latent cell ``(h, w)`` of image ``x: (1, C, H, W)``
+    depends on, read off the gradient (exact for the network as built, padding and strides included). Where every
+    ReLU on the way is off for this image (a flat image), the gradient is zero: it is read on noise instead, and the
+    whole image is the box if that fails too."""
+    for probe in (x.detach(), torch.rand_like(x)):
+        probe = probe.clone().requires_grad_()
+        z = model.conv_features(probe)
+        (g,) = torch.autograd.grad(z[0, :, cell[0], cell[1]].sum(), probe)
+        nz = g.abs().sum((0, 1)) > 0
+        if nz.any():
+            ys, xs = torch.nonzero(nz.any(1)).flatten(), torch.nonzero(nz.any(0)).flatten()
+            return [int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1]
+    return [0, 0, int(x.shape[-1]), int(x.shape[-2])]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +11,8 @@ from torch import nn
 from ..config import ModelConfig
 from .backbones import build_backbone
 from .base import Index, PrototypeModel
+from .losses import random_affine, xprotonet_loss
+from .registry import register_architecture
 
 
 def _projection(in_channels: int, out_channels: int, final: nn.Module) -> nn.Sequential:
@@ -30,6 +32,7 @@ class XProtoNetOutput(NamedTuple):
     distances: torch.Tensor  # (B, P), what the similarities are computed from
 
 
+@register_architecture("xprotonet")
 class XProtoNet(PrototypeModel):
     """XProtoNet for multi-label diagnosis.
 
@@ -40,6 +43,11 @@ class XProtoNet(PrototypeModel):
     ``s_k = (1 + cos(f_k, p_k)) / 2`` (``activation="cosine"``, the variant ProtoASNet uses). Class ``c`` is
     predicted from its own prototypes only: ``logit_c = sum_k w_ck s_ck + b_c`` (sigmoid outside).
     """
+
+    activations = ("log", "cosine")
+    multilabel_only = True
+    localization_map_name = "occurrence map"
+    add_on_lr_field = "head_lr"
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
@@ -114,3 +122,37 @@ class XProtoNet(PrototypeModel):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Per-class logits ``(B, C)``; apply a sigmoid for probabilities."""
         return self.outputs(x).logits
+
+    # ---------------------------------------------------------------- training, push, class connections
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``add_on``: the feature projection and the occurrence module; ``last``: the class weights and bias."""
+        return {"features": list(self.features.parameters()),
+                "add_on": list(self.feature_projection.parameters()) + list(self.occurrence_module.parameters()),
+                "prototypes": [self.prototype_vectors], "last": [self.class_weight, self.class_bias]}
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor, coefs: Any, use_l1: bool = True,
+                      pos_weight: torch.Tensor | None = None, augmentation: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        """:func:`~protomdm.models.losses.xprotonet_loss` with the batch's affine transforms ``augmentation``."""
+        return xprotonet_loss(self, x, y, coefs, pos_weight, augmentation)
+
+    def draw_augmentation(self, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+        """The transformation-consistency loss's random affine transforms ``(n, 2, 3)``."""
+        return random_affine(n, generator, device)
+
+    def push_candidates(self, x: torch.Tensor, own: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The occurrence-weighted feature vector (under the prototype's own occurrence map) nearest to each
+        prototype; ``where``'s (h, w) are 0."""
+        feats, occ = self.heads(x)
+        pooled = self.pooled_features(feats, occ)  # (B, P, D)
+        val, b = self.prototype_distances(pooled).masked_fill(~own, float("inf")).min(0)
+        vecs = pooled[b, torch.arange(self.num_prototypes, device=x.device)]
+        return val, vecs, torch.stack([b, torch.zeros_like(b), torch.zeros_like(b)], 1)
+
+    def class_connections(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each class's weights on its own prototypes, zero elsewhere."""
+        weight = torch.zeros(self.num_classes, self.num_prototypes, device=self.class_weight.device)
+        for c in range(self.num_classes):
+            weight[c, self.prototypes_of_class(c)] = self.class_weight[c].detach()
+        return weight, self.class_bias.detach()

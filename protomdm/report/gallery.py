@@ -174,8 +174,7 @@ def _fmt_box(box: tuple[int, int, int, int] | None) -> str:
 def gallery_html(model: PrototypeModel, gallery: Gallery, panels: dict[int, np.ndarray], method: str,
                  percentile: float, ckpt_name: str) -> str:
     """The gallery page: one section per class, a table of its prototypes (sortable by weight)."""
-    arch = model.config.architecture
-    own = "similarity map" if arch == "protopnet" else "occurrence map"
+    arch, own = model.config.architecture, model.localization_map_name
     body = [f"<h1>Prototypes of {esc(ckpt_name)}</h1>",
             f'<p class="lead">{esc(arch)} ({esc(model.config.backbone)}), {model.num_prototypes} prototypes of '
             f"{model.num_classes} classes. Each prototype is a part of a training image: the network says "

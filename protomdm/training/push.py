@@ -9,7 +9,7 @@ import torch
 from ..distributed import DistEnv
 from ..explain import PrototypeSelector, UpsampleLocalizer
 from ..explain.localization import eval_mode
-from ..models import ProtoPNet, PrototypeModel, XProtoNet
+from ..models import PrototypeModel
 
 # (model-ready images (B, C, H, W), targets, their dataset indices (B,)), in dataset order
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -42,31 +42,13 @@ def add_provenance(records: list[dict[str, Any]], dataset: Any, dataset_name: st
     return records
 
 
-def receptive_field_box(model: ProtoPNet, x: torch.Tensor, cell: tuple[int, int]) -> list[int]:
-    """Input-pixel box (x0, y0, x1, y1; exclusive ends) that latent cell ``(h, w)`` of image ``x: (1, C, H, W)``
-    depends on, read off the gradient (exact for the network as built, padding and strides included). Where every
-    ReLU on the way is off for this image (a flat image), the gradient is zero: it is read on noise instead, and the
-    whole image is the box if that fails too."""
-    for probe in (x.detach(), torch.rand_like(x)):
-        probe = probe.clone().requires_grad_()
-        z = model.conv_features(probe)
-        (g,) = torch.autograd.grad(z[0, :, cell[0], cell[1]].sum(), probe)
-        nz = g.abs().sum((0, 1)) > 0
-        if nz.any():
-            ys, xs = torch.nonzero(nz.any(1)).flatten(), torch.nonzero(nz.any(0)).flatten()
-            return [int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1]
-    return [0, 0, int(x.shape[-1]), int(x.shape[-2])]
-
-
 @torch.no_grad()
 def push_prototypes(model: PrototypeModel, batches: Batches, get_image: Callable[[int], torch.Tensor],
                     multilabel: bool = False, percentile: float = 95.0, dist: DistEnv = DistEnv()
                     ) -> list[dict[str, Any]]:
-    """Project each prototype onto its nearest latent vector among training images of its own class.
-
-    ProtoPNet: the latent patch with the smallest squared distance. XProtoNet: the occurrence-weighted feature
-    vector (under the prototype's own occurrence map) with the highest similarity, among images positive for the
-    prototype's class.
+    """Project each prototype onto its nearest latent vector among training images of its own class (the model's
+    :meth:`~protomdm.models.PrototypeModel.push_candidates`: ProtoPNet's nearest latent patch, XProtoNet's
+    occurrence-weighted feature vector, among images positive for the prototype's class).
 
     Args:
         batches: the training set (under torchrun: this rank's shard of it) in a fixed order, as model inputs,
@@ -78,8 +60,9 @@ def push_prototypes(model: PrototypeModel, batches: Batches, get_image: Callable
     Returns:
         One record per prototype: ``image`` (dataset index), ``patch`` (h, w) for ProtoPNet, ``distance`` (of the
         prototype before the push to the vector it moved onto), ``similarity`` (its score on that image after the
-        push), ``receptive_field_box`` (ProtoPNet) and ``activation_box`` (the top-``percentile`` box of the
-        upsampled activation / occurrence map on that image), in input pixels.
+        push), ``activation_box`` (the top-``percentile`` box of the upsampled activation / occurrence map on that
+        image, in input pixels) and the model's :meth:`~protomdm.models.PrototypeModel.push_details` (ProtoPNet:
+        ``patch`` and ``receptive_field_box``).
     """
     with eval_mode(model):
         return _push(model, batches, get_image, multilabel, percentile, dist)
@@ -96,22 +79,7 @@ def _push(model: PrototypeModel, batches: Batches, get_image: Callable[[int], to
     for x, y, idx in batches:
         x, y = x.to(device), y.to(device)
         own = (y.float().nan_to_num(0) @ identity.t() if multilabel else identity[:, y].t()) > 0  # (B, P)
-        if isinstance(model, ProtoPNet):
-            z, d = model.push_forward(x)
-            d = d.masked_fill(~own[..., None, None], float("inf"))
-            h, w = d.shape[-2:]
-            val, flat = d.permute(1, 0, 2, 3).reshape(p, -1).min(1)
-            b, rest = flat // (h * w), flat % (h * w)
-            vecs = z.permute(0, 2, 3, 1)[b, rest // w, rest % w]  # (P, D)
-            loc = torch.stack([b, rest // w, rest % w], 1)
-        elif isinstance(model, XProtoNet):
-            feats, occ = model.heads(x)
-            pooled = model.pooled_features(feats, occ)  # (B, P, D)
-            val, b = model.prototype_distances(pooled).masked_fill(~own, float("inf")).min(0)
-            vecs = pooled[b, torch.arange(p, device=device)]
-            loc = torch.stack([b, torch.zeros_like(b), torch.zeros_like(b)], 1)
-        else:  # pragma: no cover
-            raise TypeError(type(model).__name__)
+        val, vecs, loc = model.push_candidates(x, own)  # (P,), (P, D), (P, 3): image in the batch, h, w
         better = val < best
         best = torch.where(better, val, best)
         best_vec[better] = vecs[better]
@@ -138,9 +106,6 @@ def _push(model: PrototypeModel, batches: Batches, get_image: Callable[[int], to
             rec["activation_box"] = list(box) if box else None
             # the prototype now lies on its source: its score there, as the model computes it from now on
             rec.update(distance=float(best[j]), similarity=float(model.prototype_scores(xi, [j])[0, 0]))
-            if isinstance(model, ProtoPNet):
-                rec["patch"] = [hh, ww]
-                with torch.enable_grad():
-                    rec["receptive_field_box"] = receptive_field_box(model, xi, (hh, ww))
+            rec.update(model.push_details(xi, (hh, ww)))
         records.append(rec)
     return records

@@ -22,10 +22,9 @@ from ..data.sources import dataset_source
 from ..distributed import DistEnv, init_distributed
 from ..errors import UserError
 from ..evaluation.metrics import auroc
-from ..models import ProtoPNet, PrototypeModel, build_model, read_checkpoint, save_checkpoint
+from ..models import PrototypeModel, architecture_class, create_model, read_checkpoint, save_checkpoint
 from ..runfolder import run_lock
 from ..files import check_writable, write_csv
-from .losses import protopnet_loss, random_affine, xprotonet_loss
 from .push import add_provenance, push_prototypes
 
 LOG_NAME, LAST_NAME, BEST_NAME = "log.csv", "last.pt", "best.pt"
@@ -37,18 +36,6 @@ def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, bool]:
     return dataset_source(cfg.data).training(cfg.model)
 
 
-def _groups(model: PrototypeModel) -> dict[str, list[torch.nn.Parameter]]:
-    """Parameter groups: features, add-on (ProtoPNet add-on / XProtoNet heads), prototypes, last layer."""
-    if isinstance(model, ProtoPNet):
-        add_on = list(model.add_on_layers.parameters())
-        last = list(model.last_layer.parameters())
-    else:
-        add_on = list(model.feature_projection.parameters()) + list(model.occurrence_module.parameters())
-        last = [model.class_weight, model.class_bias]
-    return {"features": list(model.features.parameters()), "add_on": add_on,
-            "prototypes": [model.prototype_vectors], "last": last}
-
-
 def _set_trainable(model: PrototypeModel, groups: dict[str, list], which: set[str]) -> None:
     for name, params in groups.items():
         for p in params:
@@ -56,15 +43,15 @@ def _set_trainable(model: PrototypeModel, groups: dict[str, list], which: set[st
 
 
 class _LossStep(nn.Module):
-    """``forward(x, y, ...) -> loss_fn(model, x, y, ...)``: the training step as a module, so that
+    """``forward(x, y, ...) -> model.training_loss(x, y, ...)``: the training step as a module, so that
     DistributedDataParallel sees the forward pass and averages the gradients."""
 
-    def __init__(self, model: PrototypeModel, loss_fn) -> None:
+    def __init__(self, model: PrototypeModel) -> None:
         super().__init__()
-        self.model, self.loss_fn = model, loss_fn
+        self.model = model
 
     def forward(self, *args):
-        return self.loss_fn(self.model, *args)
+        return self.model.training_loss(*args)
 
 
 @dataclass
@@ -83,13 +70,16 @@ class Trainer:
                  dist: DistEnv = DistEnv()) -> None:
         self.cfg, self.out, self.dist = cfg, Path(out_dir), dist
         self.device, self.progress = dist.device(device), progress and dist.is_main
+        arch = architecture_class(cfg.model.architecture)  # an unknown name is said before any data is read
+        if arch.multilabel_only:
+            cfg.model = dataclasses.replace(cfg.model, multilabel=True)
         self.train_set, self.test_set, self.multilabel = build_datasets(cfg)
-        if cfg.model.architecture == "xprotonet" and not self.multilabel:
-            raise UserError("XProtoNet trains on multi-label data (a 0/1 target per finding); this data is "
-                            "single-label: set data.multilabel, or train a ProtoPNet")
+        if arch.multilabel_only and not self.multilabel:
+            raise UserError(f"{cfg.model.architecture} trains on multi-label data (a 0/1 target per finding); this "
+                            "data is single-label: set data.multilabel, or train a ProtoPNet")
         cfg.model = dataclasses.replace(cfg.model, multilabel=self.multilabel)  # recorded in every checkpoint
         torch.manual_seed(cfg.seed)
-        model = build_model(cfg.model)
+        model = create_model(cfg.model)
         has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
         if dist.active and has_bn:
             if self.device.type == "cuda":
@@ -100,13 +90,13 @@ class Trainer:
                               stacklevel=2)
         self.model = model.to(self.device)
         self._ddp: dict[frozenset, nn.Module] = {}
-        self.groups = _groups(self.model)
+        self.groups = self.model.parameter_groups()
         o = cfg.optim
         self.warm_opt = torch.optim.Adam([{"params": self.groups["add_on"], "lr": o.warm_lr, "weight_decay": o.weight_decay},
                                           {"params": self.groups["prototypes"], "lr": o.warm_lr}])
         self.joint_opt = torch.optim.Adam([
             {"params": self.groups["features"], "lr": o.features_lr, "weight_decay": o.weight_decay},
-            {"params": self.groups["add_on"], "lr": o.add_on_lr if isinstance(self.model, ProtoPNet) else o.head_lr,
+            {"params": self.groups["add_on"], "lr": getattr(o, self.model.add_on_lr_field),
              "weight_decay": o.weight_decay},
             {"params": self.groups["prototypes"], "lr": o.prototype_lr}])
         self.joint_sched = torch.optim.lr_scheduler.StepLR(self.joint_opt, o.lr_step_size, o.lr_gamma)
@@ -195,8 +185,7 @@ class Trainer:
         groups, since DDP fixes the parameters it synchronises when it is built)."""
         key = frozenset(trainable)
         if key not in self._ddp:
-            loss_fn = protopnet_loss if isinstance(self.model, ProtoPNet) else xprotonet_loss
-            step = _LossStep(self.model, loss_fn)
+            step = _LossStep(self.model)
             if self.dist.active:
                 step = nn.parallel.DistributedDataParallel(
                     step, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -225,14 +214,11 @@ class Trainer:
                 flip = (torch.rand(global_n, generator=gen) < 0.5)[mine]
                 pixels = torch.where(flip.to(self.device)[:, None, None, None], pixels.flip(-1), pixels)
             x = model_input(pixels, cfg.model)
-            if isinstance(model, ProtoPNet) and self.multilabel:
-                loss, parts, logits = step(x, y.float(), cfg.loss, use_l1, self.pos_weight)
-            elif isinstance(model, ProtoPNet):
-                loss, parts, logits = step(x, y, cfg.loss, use_l1)
+            aug = model.draw_augmentation(global_n, gen, self.device)  # for the global batch, as the flips
+            loss, parts, logits = step(x, y.float() if self.multilabel else y, cfg.loss, use_l1, self.pos_weight,
+                                       None if aug is None else aug[mine])
+            if not self.multilabel:
                 parts["acc"] = float((logits.argmax(1) == y).float().mean())
-            else:
-                theta = random_affine(global_n, gen, self.device)[mine]
-                loss, parts, logits = step(x, y.float(), cfg.loss, self.pos_weight, theta)
             opt.zero_grad(set_to_none=True)
             # DDP averages gradients over ranks: weigh each rank's batch mean by its share of the global batch
             (loss * (len(y) * dist.world_size / global_n)).backward()

@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from ..config import LossConfig
-from ..models import ProtoPNet, XProtoNet
+from .base import PrototypeModel
 
 
-def protopnet_loss(model: ProtoPNet, x: torch.Tensor, y: torch.Tensor, coefs: LossConfig, use_l1: bool = True,
+def protopnet_loss(model: PrototypeModel, x: torch.Tensor, y: torch.Tensor, coefs: LossConfig, use_l1: bool = True,
                    pos_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
     """Cross-entropy (or, for multi-label targets, weighted BCE) + cluster + separation + L1 on wrong-class
     last-layer weights.
@@ -69,7 +69,7 @@ def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
 
 
-def xprotonet_loss(model: XProtoNet, x: torch.Tensor, y: torch.Tensor, coefs: LossConfig,
+def xprotonet_loss(model: PrototypeModel, x: torch.Tensor, y: torch.Tensor, coefs: LossConfig,
                    pos_weight: torch.Tensor | None, theta: torch.Tensor
                    ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
     """Weighted BCE + per-class cluster/separation on occurrence-weighted similarities + occurrence sparsity +
