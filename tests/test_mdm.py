@@ -207,8 +207,8 @@ def test_invalid_settings_are_refused():
         MDMLocalizer(sizes=(4, 5), gamma=5)
     with pytest.raises(ConfigError, match="baseline"):
         MDMLocalizer(baseline="noise")
-    with pytest.raises(UserError, match="localize_many"):
-        MDMLocalizer(steps=1).localize(torch.zeros(2, 3, 64, 64), LogitSelector(BoxOracle(BOX), 0))
+    with pytest.raises(UserError, match=r"pair \(2, 0\) out of range: 2 image"):
+        MDMLocalizer(steps=1).localize(torch.zeros(2, 3, 64, 64), LogitSelector(BoxOracle(BOX), 0), [(2, 0)])
 
 
 def test_shipped_mdm_yaml_is_the_default_config():

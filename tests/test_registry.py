@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from protomdm.cli import main
-from protomdm.explain import Localization, Localizer, list_localizers, register_localizer
+from protomdm.explain import Localizer, Maps, list_localizers, register_localizer
 from protomdm.explain.registry import _LOCALIZERS
 from protomdm.models import save_checkpoint
 
@@ -14,13 +14,15 @@ from conftest import tiny_model
 
 
 class CentreLocalizer(Localizer):
-    """A toy method: the evidence is always in the image's centre."""
+    """A toy method: the evidence is always in the image's centre (one method overridden)."""
 
-    def localize_many(self, images, selector):
-        h, w = images.shape[-2:]
+    method = "centre"
+
+    def compute_maps(self, x, selector, pairs):
+        h, w = x.shape[-2:]
         yy, xx = np.mgrid[:h, :w]
-        heat = np.exp(-((yy - h / 2) ** 2 + (xx - w / 2) ** 2) / (h * w / 16)).astype(np.float32)
-        return [[Localization(heat, "centre", 0.0) for _ in range(selector.num_targets)] for _ in range(len(images))]
+        heat = np.exp(-((yy - h / 2) ** 2 + (xx - w / 2) ** 2) / (h * w / 16))
+        return Maps(np.stack([heat] * len(pairs)))
 
 
 @pytest.fixture

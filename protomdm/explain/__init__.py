@@ -7,10 +7,10 @@ from .upsample import UpsampleLocalizer
 from .rise import RISELocalizer
 from .extremal import ExtremalLocalizer
 from .cam import CAMLocalizer
-from .localization import Localization, Localizer
+from .localization import Localization, Localizer, Maps
 from .perturbation import Perturbation
 from .registry import create_localizer, list_localizers, register_localizer
 from .selectors import LogitSelector, PrototypeSelector, Selector
 
-__all__ = ["CAMLocalizer", "ExtremalLocalizer", "Localization", "Localizer", "LogitSelector", "MDMLocalizer", "Perturbation", "PrototypeSelector", "RISELocalizer", "Selector",
+__all__ = ["CAMLocalizer", "ExtremalLocalizer", "Localization", "Localizer", "LogitSelector", "MDMLocalizer", "Maps", "Perturbation", "PrototypeSelector", "RISELocalizer", "Selector",
            "UpsampleLocalizer", "create_localizer", "list_localizers", "register_localizer"]

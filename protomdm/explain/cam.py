@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
-import time
 from typing import Callable, Sequence
 
 import numpy as np
@@ -19,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .localization import Localization, Localizer, eval_mode, model_device
+from .localization import Localizer, Maps, Pair
 from .registry import register_localizer
 
 CAM_METHODS = {"gradcam": "GradCAM", "gradcampp": "GradCAMPlusPlus", "scorecam": "ScoreCAM",
@@ -99,33 +98,30 @@ class CAMLocalizer(Localizer):
         self.batch_size = batch_size
         _import_cam()  # a missing grad-cam is said now, before any long work starts
 
-    def localize_many(self, images: torch.Tensor, selector) -> list[list[Localization]]:
-        """``images: (B, C, H, W)`` -> ``result[b][k]`` for each of the selector's ``K`` targets."""
+    def compute_maps(self, x: torch.Tensor, selector, pairs: list[Pair]) -> Maps:
+        """One Grad-CAM pass per target asked for, over the images that ask for it; maps in [0, 1] as the package
+        scales them."""
         pgc = _import_cam()
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-        model = selector.model
         layers, reshape = (self.target_layers, self.reshape_transform) if self.target_layers else \
-            default_target_layers(model)
+            default_target_layers(selector.model)
         reshape = self.reshape_transform or reshape
-        wrapper = _SelectorAsClassifier(selector)
         cls = getattr(pgc, CAM_METHODS[self.method])
-        x = images.to(model_device(model))
-        t0 = time.perf_counter()
-        with eval_mode(model):
-            with torch.no_grad():
-                scores = wrapper(x).float().cpu().numpy()
-            with cls(model=wrapper, target_layers=list(layers), reshape_transform=reshape) as cam:
-                if hasattr(cam, "batch_size"):
-                    cam.batch_size = self.batch_size
+        maps: dict[tuple[int, int], np.ndarray] = {}
+        with cls(model=_SelectorAsClassifier(selector), target_layers=list(layers), reshape_transform=reshape) as cam:
+            if hasattr(cam, "batch_size"):
+                cam.batch_size = self.batch_size
+            for k in sorted({k for _, k in pairs}):
+                used = sorted({b for b, kk in pairs if kk == k})
                 with contextlib.redirect_stderr(io.StringIO()):  # Score/Ablation-CAM print their own bars
                     # an input that requires grad keeps a graph even when every weight is frozen (our MDM freezes)
-                    maps = [cam(input_tensor=x.detach().clone().requires_grad_(True), targets=[ClassifierOutputTarget(k)] * len(x))
-                            for k in range(selector.num_targets)]  # each (B, H, W) in [0, 1]
-        seconds = (time.perf_counter() - t0) / max(1, len(x) * selector.num_targets)
-        settings = {"layers": [type(m).__name__ for m in layers]}
-        return [[Localization(np.asarray(maps[k][b], np.float32), self.method, float(scores[b, k]), settings,
-                              seconds, str(x.device)) for k in range(selector.num_targets)] for b in range(len(x))]
+                    out = cam(input_tensor=x[used].detach().clone().requires_grad_(True),
+                              targets=[ClassifierOutputTarget(k)] * len(used))  # (len(used), H, W) in [0, 1]
+                maps.update({(b, k): out[i] for i, b in enumerate(used)})
+        layer_names = {"layers": [type(m).__name__ for m in layers]}
+        return Maps(np.stack([maps[pq] for pq in pairs]).astype(np.float32), normalized=True,
+                    settings=[layer_names] * len(pairs))
 
 
 for _method in CAM_METHODS:  # each Grad-CAM method is a localizer of its own name

@@ -55,17 +55,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..config import BASELINES, check_finite, require
-from .localization import Localization, Localizer, eval_mode, model_device
-from .perturbation import Perturbation, independence_reason, masking_effect
+from .localization import Localizer, Maps, Pair
+from .perturbation import Perturbation, unmoved_reasons
 from .registry import register_localizer
 from .selectors import Selector
 
@@ -206,88 +204,71 @@ class ExtremalLocalizer(Localizer):
         self.config = dataclasses.replace(config or ExtremalConfig(), **overrides)
         self.progress = progress
 
-    def localize_many(self, images: torch.Tensor, selector: Selector) -> list[list[Localization]]:
-        """``result[b][k]`` for every image of ``images: (B, C, H, W)`` and target ``k`` of ``selector``."""
-        k = selector.num_targets
-        flat = self.localize_pairs(images, selector, [(b, j) for b in range(images.shape[0]) for j in range(k)])
-        return [flat[b * k:(b + 1) * k] for b in range(images.shape[0])]
+    method = "extremal"
 
-    def localize_pairs(self, images: torch.Tensor, selector: Selector, pairs: list[tuple[int, int]]
-                       ) -> list[Localization]:
-        """Target ``k`` of ``selector`` in image ``b`` for every ``(b, k)`` of ``pairs``: the (pair, area) masks are
-        learned in batches of at most :data:`MAX_ELEMENTS` smooth-max values (each pair is independent of the others,
-        so the batches give what one batch would)."""
+    def compute_maps(self, x: torch.Tensor, selector: Selector, pairs: list[Pair]) -> Maps:
+        """The (pair, area) masks of every pair, learned in batches of at most :data:`MAX_ELEMENTS` smooth-max
+        values (each pair is independent of the others, so the batches give what one batch would); a pair's map is
+        the mean of its areas' masks."""
         cfg = self.config
-        h, w = images.shape[-2:]
+        h, w = x.shape[-2:]
         scale = 1.0 if cfg.reference_size is None else max(min(h, w) / cfg.reference_size, cfg.min_scale)
-        smooth = SmoothMask((h, w), max(1, round(cfg.stride * scale)), cfg.sigma * scale)
-        per_pair = len(cfg.areas) * smooth.weight.numel()
-        n = max(1, MAX_ELEMENTS // per_pair)
-        return [loc for i in range(0, len(pairs), n)
-                for loc in self._search(images, selector, pairs[i:i + n], smooth, scale)]
+        smooth = SmoothMask((h, w), max(1, round(cfg.stride * scale)), cfg.sigma * scale).to(x.device)
+        n = max(1, MAX_ELEMENTS // (len(cfg.areas) * smooth.weight.numel()))
+        parts = [self._search(x, selector, pairs[i:i + n], smooth, scale) for i in range(0, len(pairs), n)]
+        target, masked = torch.cat([t for _, t, _ in parts]), torch.cat([m for _, _, m in parts])
+        return Maps(torch.cat([heat for heat, _, _ in parts]), scores=target.tolist(), steps=cfg.steps,
+                    reasons=unmoved_reasons(target, masked), normalized=True)
 
-    def _search(self, images: torch.Tensor, selector: Selector, pairs: list[tuple[int, int]], smooth: SmoothMask,
-                scale: float) -> list[Localization]:
-        """One batched search of every (pair, area) mask of ``pairs``."""
+    def _search(self, x: torch.Tensor, selector: Selector, pairs: list[Pair], smooth: SmoothMask, scale: float
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One batched search of every (pair, area) mask of ``pairs``: ``(maps (P, H, W), the activation on the
+        images (P,), on their baselines (P,))``."""
         cfg = self.config
-        device = model_device(selector.model)
-        x = images.to(device)
+        device = x.device
         n_area, h, w = len(cfg.areas), *x.shape[-2:]
-        smooth = smooth.to(device)
         score = lambda t: t.reshape(*t.shape[:2], -1).mean(2)  # (B, K): a map's mean  # noqa: E731
         pair_img, pair_tgt = torch.tensor(pairs, dtype=torch.long, device=device).view(-1, 2).unbind(1)
-        t0 = time.perf_counter()
-        with eval_mode(selector.model):
+        if cfg.baseline == "blur":
+            pyramid = blur_pyramid(x, cfg.blur_sigma * scale, cfg.levels)  # (B, L, C, H, W)
+            base = pyramid[:, 0]
+        else:
+            base = Perturbation(cfg.baseline).baseline(x)
+        with torch.no_grad():
+            both = score(selector.targets(torch.cat([x, base])).float())
+            target, masked = both[:len(x)][pair_img, pair_tgt], both[len(x):][pair_img, pair_tgt]  # (P,)
+        drop = target - masked
+        drop = torch.where(drop.abs() > 0, drop, torch.ones_like(drop))
+        task = torch.arange(len(pairs), device=device).repeat_interleave(n_area)  # (P * A,): pair-major
+        img, tgt = pair_img[task], pair_tgt[task]
+        n_full = smooth.full[0] * smooth.full[1]
+        profile = torch.stack([area_profile(n_full, a, device) for a in cfg.areas]).repeat(len(pairs), 1)
+        p = torch.ones((len(task), 1, *smooth.grid), device=device, requires_grad=True)
+        opt = torch.optim.SGD([p], lr=cfg.lr, momentum=cfg.momentum, dampening=cfg.momentum)
+        weight = cfg.lambda_area
+        bar = tqdm(total=cfg.steps, disable=not self.progress, desc="extremal perturbation", unit="step",
+                   leave=False)
+        for step in range(cfg.steps):
+            m, full = smooth(p)  # (P * A, H, W), (P * A, h, w)
             if cfg.baseline == "blur":
-                pyramid = blur_pyramid(x, cfg.blur_sigma * scale, cfg.levels)  # (B, L, C, H, W)
-                base = pyramid[:, 0]
+                perturbed = pyramid_apply(pyramid[img], m)
             else:
-                base = Perturbation(cfg.baseline).baseline(x)
+                perturbed = Perturbation.apply(x[img], m, base[img])
+            if cfg.jitter and step % 2 == 0:
+                perturbed = perturbed.flip(-1)
+            reward = score(selector.targets(perturbed).float())[torch.arange(len(task), device=device), tgt]
+            if cfg.normalize_reward:
+                reward = (reward - masked[task]) / drop[task]
+            regul = -((full.flatten(1).sort(1).values - profile) ** 2).mean(1) * weight
+            energy = (reward + regul).sum()  # TorchRay's arithmetic: its rounding decides what the clamp cuts
+            opt.zero_grad(set_to_none=True)
+            (-energy).backward()
+            opt.step()
             with torch.no_grad():
-                both = score(selector.targets(torch.cat([x, base])).float())
-                target, masked = both[:len(x)][pair_img, pair_tgt], both[len(x):][pair_img, pair_tgt]  # (P,)
-                effect, independent = masking_effect(target[:, None], masked[:, None])
-            drop = target - masked
-            drop = torch.where(drop.abs() > 0, drop, torch.ones_like(drop))
-            task = torch.arange(len(pairs), device=device).repeat_interleave(n_area)  # (P * A,): pair-major
-            img, tgt = pair_img[task], pair_tgt[task]
-            n_full = smooth.full[0] * smooth.full[1]
-            profile = torch.stack([area_profile(n_full, a, device) for a in cfg.areas]).repeat(len(pairs), 1)
-            p = torch.ones((len(task), 1, *smooth.grid), device=device, requires_grad=True)
-            opt = torch.optim.SGD([p], lr=cfg.lr, momentum=cfg.momentum, dampening=cfg.momentum)
-            weight = cfg.lambda_area
-            bar = tqdm(total=cfg.steps, disable=not self.progress, desc="extremal perturbation", unit="step",
-                       leave=False)
-            for step in range(cfg.steps):
-                m, full = smooth(p)  # (P * A, H, W), (P * A, h, w)
-                if cfg.baseline == "blur":
-                    perturbed = pyramid_apply(pyramid[img], m)
-                else:
-                    perturbed = Perturbation.apply(x[img], m, base[img])
-                if cfg.jitter and step % 2 == 0:
-                    perturbed = perturbed.flip(-1)
-                reward = score(selector.targets(perturbed).float())[torch.arange(len(task), device=device), tgt]
-                if cfg.normalize_reward:
-                    reward = (reward - masked[task]) / drop[task]
-                regul = -((full.flatten(1).sort(1).values - profile) ** 2).mean(1) * weight
-                energy = (reward + regul).sum()  # TorchRay's arithmetic: its rounding decides what the clamp cuts
-                opt.zero_grad(set_to_none=True)
-                (-energy).backward()
-                opt.step()
-                with torch.no_grad():
-                    p.clamp_(0, 1)
-                weight *= cfg.lambda_growth
-                bar.update()
-            bar.close()
-            with torch.no_grad():
-                heat = smooth(p)[0].view(len(pairs), n_area, h, w).mean(1).cpu().numpy()
-        seconds = (time.perf_counter() - t0) / len(pairs)
-        out = []
-        for i, (_, k) in enumerate(pairs):
-            empty = bool(independent[i])
-            out.append(Localization(
-                heat[i].astype(np.float32), "extremal", float(target[i]),
-                {**dataclasses.asdict(cfg), "selector": selector.single(k).describe()}, seconds, str(device),
-                steps=cfg.steps, status="empty" if empty else "ok",
-                reason=independence_reason(float(effect[i]), target[i:i + 1]) if empty else ""))
-        return out
+                p.clamp_(0, 1)
+            weight *= cfg.lambda_growth
+            bar.update()
+        bar.close()
+        with torch.no_grad():
+            heat = smooth(p)[0].view(len(pairs), n_area, h, w).mean(1)
+        return heat, target, masked

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
+import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -100,30 +102,128 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+Pair = tuple[int, int]  # (image b, target k)
+
+
+@dataclass
+class Maps:
+    """What :meth:`Localizer.compute_maps` returns for ``P`` (image, target) pairs; the base class turns it into
+    :class:`Localization` objects.
+
+    Attributes:
+        heatmaps: ``(P, H, W)``, any scale: min-max scaled to [0, 1] unless ``normalized``.
+        scores: the explained activation on each unmasked image (a map's mean), when the method computed it anyway;
+            else the base class computes it.
+        steps: optimisation steps per pair (or one number for all).
+        reasons: per pair, why there is nothing to show (status ``empty``: e.g. masking the whole image does not move
+            the activation), or ``""``.
+        settings: per pair, settings or figures beside the method's own (merged into ``Localization.settings``).
+        time_share: the share of the call's wall time that these pairs cost (a search that computed more than was
+            asked, as RISE's pass over every target, charges only the pairs asked for).
+        normalized: the heatmaps are already in [0, 1] as the method defines them.
+    """
+
+    heatmaps: torch.Tensor | np.ndarray
+    scores: Sequence[float] | torch.Tensor | None = None
+    steps: Sequence[int] | int = 0
+    reasons: Sequence[str] | None = None
+    settings: Sequence[dict[str, Any]] | None = None
+    time_share: float = 1.0
+    normalized: bool = False
+
+
+def unit_scale(heatmap: np.ndarray) -> np.ndarray:
+    """``heatmap`` min-max scaled to [0, 1] in float32 (zeros if flat)."""
+    h = np.asarray(heatmap, np.float64)
+    lo, hi = h.min(), h.max()
+    return ((h - lo) / (hi - lo) if hi > lo else np.zeros_like(h)).astype(np.float32)
+
+
 class Localizer(abc.ABC):
-    """Base class of every localizer: subclasses implement :meth:`localize_many`; register one with
-    :func:`protomdm.explain.registry.register_localizer` to make it a method of every command."""
+    """Base class of every localizer (as pytorch-grad-cam's ``BaseCAM``): a subclass overrides
+    :meth:`compute_maps`; the base class moves the images to the model's device, runs the model in eval mode, times
+    the call, scales the maps, sets the ``empty`` status and builds each :class:`Localization`. Register a
+    subclass with :func:`protomdm.explain.registry.register_localizer` to make it a method of every command.
+
+    Attributes:
+        method: the name written into each :class:`Localization` (the registered name).
+        config: the method's settings dataclass, if it has one (written into ``Localization.settings``).
+    """
+
+    method: str = ""
+    config: Any = None
 
     @abc.abstractmethod
-    def localize_many(self, images: torch.Tensor, selector) -> list[list[Localization]]:
-        """``result[b][k]``: the localisation of the selector's target ``k`` in image ``b`` of ``(B, C, H, W)``."""
+    def compute_maps(self, x: torch.Tensor, selector, pairs: list[Pair]) -> Maps:
+        """Maps of target ``k`` of ``selector`` in image ``b`` of ``x: (B, C, H, W)`` (on the model's device, the
+        model in eval mode) for every ``(b, k)`` of ``pairs``, in that order."""
 
-    def localize_pairs(self, images: torch.Tensor, selector, pairs: list[tuple[int, int]]) -> list[Localization]:
-        """Localize target ``k`` of ``selector`` in image ``b`` for every ``(b, k)`` of ``pairs``, in that order.
+    def empty_hint(self) -> str:
+        """What to try when a heatmap comes out zero everywhere (appended to the reason)."""
+        return ""
 
-        The default localizes each image's targets together; a localizer that can put all pairs into one search
-        (MDM) overrides it.
+    def settings(self) -> dict[str, Any]:
+        """The method's settings as a plain dict."""
+        return dataclasses.asdict(self.config) if dataclasses.is_dataclass(self.config) else {}
+
+    def localize(self, images: torch.Tensor, selector, pairs: list[Pair] | None = None):
+        """Where the selector's targets find their evidence in ``images``.
+
+        Args:
+            images: ``(B, C, H, W)``, or one ``(C, H, W)``, normalised for the model.
+            selector: what is explained (its ``K`` targets).
+            pairs: ``(image b, target k)`` pairs to localize; default every pair, image-major.
+
+        Returns:
+            one :class:`Localization` for one image and one target without ``pairs`` (``localize(x, selector)``);
+            otherwise a list, one per pair, in the order of ``pairs``.
         """
-        out: dict[tuple[int, int], Localization] = {}
-        for b in sorted({b for b, _ in pairs}):
-            ks = sorted({k for bb, k in pairs if bb == b})
-            for k, loc in zip(ks, self.localize_many(images[b:b + 1], selector.subset(ks))[0]):
-                out[(b, k)] = loc
-        return [out[pair] for pair in pairs]
+        x = images[None] if images.dim() == 3 else images
+        if pairs is None:
+            pairs = [(b, k) for b in range(x.shape[0]) for k in range(selector.num_targets)]
+            if len(pairs) == 1:
+                return self.localize_pairs(x, selector, pairs)[0]
+        return self.localize_pairs(x, selector, pairs)
 
-    def localize(self, image: torch.Tensor, selector) -> Localization:
-        """Localize ``selector``'s single target in one ``image: (C, H, W)`` or ``(1, C, H, W)``."""
-        x = image[None] if image.dim() == 3 else image
-        if x.shape[0] != 1 or selector.num_targets != 1:
-            raise UserError("localize() takes one image and one target; use localize_many() for batches")
-        return self.localize_many(x, selector)[0][0]
+    def localize_many(self, images: torch.Tensor, selector) -> list[list[Localization]]:
+        """``result[b][k]``: the localization of the selector's target ``k`` in image ``b`` of ``(B, C, H, W)``."""
+        k = selector.num_targets
+        flat = self.localize_pairs(images, selector, [(b, j) for b in range(images.shape[0]) for j in range(k)])
+        return [flat[b * k:(b + 1) * k] for b in range(images.shape[0])]
+
+    def localize_pairs(self, images: torch.Tensor, selector, pairs: list[Pair]) -> list[Localization]:
+        """Target ``k`` of ``selector`` in image ``b`` for every ``(b, k)`` of ``pairs``, in that order (the
+        template: see the class docstring)."""
+        if not pairs:
+            return []
+        n_img, n_tgt = images.shape[0], selector.num_targets
+        bad = [pq for pq in pairs if not (0 <= pq[0] < n_img and 0 <= pq[1] < n_tgt)]
+        if bad:
+            raise UserError(f"pair {bad[0]} out of range: {n_img} image(s), {n_tgt} target(s)")
+        device = model_device(selector.model)
+        x = images.to(device)
+        t0 = time.perf_counter()
+        with eval_mode(selector.model):
+            maps = self.compute_maps(x, selector, pairs)
+            scores = maps.scores
+            if scores is None:
+                with torch.no_grad():
+                    t = selector.targets(x).float()
+                    mean = t.reshape(*t.shape[:2], -1).mean(2)
+                scores = [float(mean[b, k]) for b, k in pairs]
+        seconds = (time.perf_counter() - t0) * maps.time_share / len(pairs)
+        heat = maps.heatmaps.detach().float().cpu().numpy() if isinstance(maps.heatmaps, torch.Tensor) \
+            else np.asarray(maps.heatmaps)
+        steps = [maps.steps] * len(pairs) if isinstance(maps.steps, int) else list(maps.steps)
+        own = self.settings()
+        out = []
+        for i, (_, k) in enumerate(pairs):
+            h = heat[i].astype(np.float32) if maps.normalized else unit_scale(heat[i])
+            reason = maps.reasons[i] if maps.reasons is not None else ""
+            if not reason and (hint := self.empty_hint()) and h.max() <= 0:
+                reason = f"{heatmap_problem(h)}{hint}"
+            extra = maps.settings[i] if maps.settings is not None else {}
+            out.append(Localization(h, self.method, float(scores[i]),
+                                    {**own, **extra, "selector": selector.single(k).describe()}, seconds, str(device),
+                                    int(steps[i]), "empty" if reason else "ok", reason))
+        return out

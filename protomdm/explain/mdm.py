@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from ..config import MDMConfig
 from ..errors import UserError
 from ..runtime import keep_freed_memory
-from .localization import Localization, Localizer, eval_mode, heatmap_problem, model_device
+from .localization import Localization, Localizer, Maps, Pair, eval_mode, model_device
 from .perturbation import Perturbation, independence_reason, masking_effect
 from .registry import register_localizer
 from .selectors import Selector
@@ -206,6 +206,8 @@ class MDMLocalizer(Localizer):
     Args:
         config: an :class:`~protomdm.config.MDMConfig` (defaults: the paper's masks and optimiser).
         progress: show a progress bar over the optimisation steps.
+        schedule: ``"batched"`` (every mask of every pair in one search, our schedule) or ``"sequential"`` (the
+            paper's: each mask alone, with ``torch.optim.Adam``, for the full ``steps``; the reference).
         **overrides: any :class:`MDMConfig` field, e.g. ``steps=500``.
 
     Example:
@@ -213,70 +215,80 @@ class MDMLocalizer(Localizer):
         >>> loc.heatmap.shape, loc.box(90)
     """
 
-    def __init__(self, config: MDMConfig | None = None, progress: bool = False, **overrides) -> None:
+    def __init__(self, config: MDMConfig | None = None, progress: bool = False, schedule: str = "batched",
+                 **overrides) -> None:
+        if schedule not in ("batched", "sequential"):
+            raise UserError(f"schedule must be batched or sequential, got {schedule!r}")
         self.config = dataclasses.replace(config or MDMConfig(), **overrides)
-        self.progress = progress
+        self.progress, self.schedule = progress, schedule
 
-    # ------------------------------------------------------------------ public API
-    def localize_many(self, images: torch.Tensor, selector: Selector) -> list[list[Localization]]:
-        """Localize every target of ``selector`` in every image of ``images: (B, C, H, W)``, all in one search.
+    method = "mdm"
 
-        Returns:
-            ``result[b][k]``: the localization of target ``k`` in image ``b``. Each one's ``seconds`` is its share
-            of the batched search's wall time.
-        """
-        fit = self.fit_masks(images, selector)
-        k = selector.num_targets
-        return [[self._to_localization(fit, b * k + j, selector.single(j)) for j in range(k)]
-                for b in range(images.shape[0])]
+    def compute_maps(self, x: torch.Tensor, selector: Selector, pairs: list[Pair]) -> Maps:
+        """Every pair's masks in one search (:meth:`fit_masks`; the paper's one-mask-at-a-time schedule,
+        :meth:`fit_sequential`, with ``schedule="sequential"``); heatmap = sum of the masks, zero below gamma."""
+        fit = self.fit_sequential(x, selector, pairs) if self.schedule == "sequential" else \
+            self.fit_masks(x, selector, pairs)
+        n = len(pairs)
+        figures = [{"batch_masks_used": fit.batch_masks, "schedule": self.schedule,
+                    "passes": int(fit.steps[t].sum()), "mean_steps": float(fit.steps[t].float().mean()),
+                    "model_seconds": round(fit.model_seconds / n, 4)} for t in range(n)]
+        reasons = [independence_reason(float(fit.effect[t]), fit.targets[t]) if bool(fit.independent[t]) else ""
+                   for t in range(n)]
+        return Maps(np.stack([masks_to_heatmap(fit.masks[t], self.config.gamma) for t in range(n)]),
+                    scores=[float(t.float().mean()) for t in fit.targets], steps=fit.steps.max(1).values.tolist(),
+                    reasons=reasons, settings=figures, normalized=True)
 
-    def localize_pairs(self, images: torch.Tensor, selector: Selector, pairs: list[tuple[int, int]]
-                       ) -> list[Localization]:
-        """Target ``k`` of ``selector`` in image ``b`` for every ``(b, k)`` of ``pairs``, all in one search."""
-        fit = self.fit_masks(images, selector, pairs)
-        return [self._to_localization(fit, t, selector.single(k)) for t, (_, k) in enumerate(pairs)]
+    def empty_hint(self) -> str:
+        return f" (every pixel's mask sum stays below gamma {self.config.gamma:g}); try a smaller lambda_l1"
 
     def localize_sequential(self, image: torch.Tensor, selector: Selector) -> Localization:
-        """The paper's schedule: each mask trained alone with ``torch.optim.Adam`` for the full ``steps``.
+        """The paper's schedule: each mask trained alone with ``torch.optim.Adam`` for the full ``steps`` (the
+        reference for tests and ``protomdm bench``); see :meth:`fit_sequential`."""
+        return MDMLocalizer(self.config, self.progress, schedule="sequential").localize(image, selector)
 
-        The reference for tests and ``protomdm bench``; ignores the schedule's shortcuts (``adam_steps``, ``tol``,
-        ``extrapolate_after``), ``batch_masks`` and ``precision``.
-        """
+    def fit_sequential(self, x: torch.Tensor, selector: Selector, pairs: list[Pair]) -> MaskFit:
+        """The paper's schedule for each pair: each mask trained alone with ``torch.optim.Adam`` for the full
+        ``steps``, ignoring the schedule's shortcuts (``adam_steps``, ``tol``, ``extrapolate_after``),
+        ``batch_masks`` and ``precision``."""
         cfg = self.config
-        x = (image[None] if image.dim() == 3 else image).to(model_device(selector.model))
         h, w = x.shape[-2:]
         t0 = time.perf_counter()
-        with eval_mode(selector.model), frozen(selector.model):
-            pert = Perturbation(cfg.baseline, cfg.blur_sigma)
-            base = pert.baseline(x)
-            with torch.no_grad():
-                target, masked = selector(torch.cat([x, base])).split(1)
-                effect, independent = masking_effect(target, masked)
-            rec_w, l1_w = MDMLoss.of(cfg).weights(float(effect))
-            masks = []
-            bar = tqdm(total=len(cfg.sizes) * cfg.steps, disable=not self.progress, desc="MDM (sequential)",
-                       unit="step", leave=False)
-            kwargs = {"align_corners": False} if cfg.upsample == "bilinear" else {}
-            up = lambda d: F.interpolate(d, size=(h, w), mode=cfg.upsample, **kwargs).clamp(0, 1)  # noqa: E731
-            for a in cfg.sizes:
-                d = torch.full((1, 1, a, a), cfg.init, device=x.device, requires_grad=True)
-                opt = torch.optim.Adam([d], lr=cfg.lr, betas=ADAM_BETAS, eps=ADAM_EPS)
-                for _ in range(cfg.steps):
-                    out = selector(pert.apply(x, up(d), base))
-                    loss = rec_w * ((out - target) ** 2).sum() + l1_w * d.abs().mean()
-                    (d.grad,) = torch.autograd.grad(loss, d)
-                    opt.step()
-                    with torch.no_grad():
-                        d.clamp_(0, 1)
-                    bar.update()
-                masks.append(up(d.detach())[0, 0])
-            bar.close()
-        steps = torch.full((1, len(cfg.sizes)), cfg.steps)
-        fit = MaskFit(torch.stack(masks)[None], steps, [target[0]], time.perf_counter() - t0, 1, effect.cpu(),
-                      independent.cpu())
-        loc = self._to_localization(fit, 0, selector)
-        loc.settings["schedule"] = "sequential"
-        return loc
+        pert = Perturbation(cfg.baseline, cfg.blur_sigma)
+        kwargs = {"align_corners": False} if cfg.upsample == "bilinear" else {}
+        up = lambda d: F.interpolate(d, size=(h, w), mode=cfg.upsample, **kwargs).clamp(0, 1)  # noqa: E731
+        bar = tqdm(total=len(pairs) * len(cfg.sizes) * cfg.steps, disable=not self.progress,
+                   desc="MDM (sequential)", unit="step", leave=False)
+        all_masks, targets, effects, independents = [], [], [], []
+        with frozen(selector.model):
+            for b, k in pairs:
+                one, xb = selector.single(k), x[b:b + 1]
+                base = pert.baseline(xb)
+                with torch.no_grad():
+                    target, masked = one(torch.cat([xb, base])).split(1)
+                    effect, independent = masking_effect(target, masked)
+                rec_w, l1_w = MDMLoss.of(cfg).weights(float(effect))
+                masks = []
+                for a in cfg.sizes:
+                    d = torch.full((1, 1, a, a), cfg.init, device=x.device, requires_grad=True)
+                    opt = torch.optim.Adam([d], lr=cfg.lr, betas=ADAM_BETAS, eps=ADAM_EPS)
+                    for _ in range(cfg.steps):
+                        out = one(pert.apply(xb, up(d), base))
+                        loss = rec_w * ((out - target) ** 2).sum() + l1_w * d.abs().mean()
+                        (d.grad,) = torch.autograd.grad(loss, d)
+                        opt.step()
+                        with torch.no_grad():
+                            d.clamp_(0, 1)
+                        bar.update()
+                    masks.append(up(d.detach())[0, 0])
+                all_masks.append(torch.stack(masks))
+                targets.append(target[0])
+                effects.append(effect.cpu())
+                independents.append(independent.cpu())
+        bar.close()
+        steps = torch.full((len(pairs), len(cfg.sizes)), cfg.steps)
+        return MaskFit(torch.stack(all_masks), steps, targets, time.perf_counter() - t0, 1, torch.cat(effects),
+                       torch.cat(independents))
 
     # ------------------------------------------------------------------ engine
     def _autocast(self, device: torch.device):
@@ -403,32 +415,6 @@ class MDMLocalizer(Localizer):
         heat = torch.where(heat < self.config.gamma, torch.zeros_like(heat), heat)
         thr = torch.quantile(heat, self.config.stop_percentile / 100, dim=1, keepdim=True)
         return (heat >= thr) & (heat > heat.min(1, keepdim=True).values)
-
-    def _to_localization(self, fit: MaskFit, task: int, selector: Selector) -> Localization:
-        target = fit.targets[task]
-        heatmap = masks_to_heatmap(fit.masks[task], self.config.gamma)
-        status, reason = "ok", heatmap_problem(heatmap)
-        if bool(fit.independent[task]):
-            status, reason = "empty", independence_reason(float(fit.effect[task]), target)
-        elif reason:
-            status = "empty"
-            if heatmap.max() <= 0:
-                reason += f" (every pixel's mask sum stays below gamma {self.config.gamma:g}); try a smaller lambda_l1"
-        n = len(fit.targets)
-        return Localization(
-            heatmap=heatmap,
-            method="mdm",
-            score=float(target.float().mean()),
-            settings={**dataclasses.asdict(self.config), "batch_masks_used": fit.batch_masks,
-                      "selector": selector.describe(), "schedule": "batched",
-                      "passes": int(fit.steps[task].sum()), "mean_steps": float(fit.steps[task].float().mean()),
-                      "model_seconds": round(fit.model_seconds / n, 4)},
-            seconds=fit.seconds / n,
-            device=str(model_device(selector.model)),
-            steps=int(fit.steps[task].max()),
-            status=status,
-            reason=reason,
-        )
 
     def _masked_grads(self, masks, act, x, base, targets, rec_w, task_img, task_out, selector, n_masks, batch, device):
         """d(sum of weighted reconstruction losses)/d(mask) ``(n, H, W)`` for the active entries ``act`` and their

@@ -41,6 +41,13 @@ def independence_reason(effect: float, target: torch.Tensor) -> str:
             "baseline (blur)")
 
 
+def unmoved_reasons(target: torch.Tensor, masked: torch.Tensor) -> list[str]:
+    """Per task, the ``empty`` status's reason when masking the whole image does not move the activation
+    (``target``/``masked``: ``(T, ...)`` on the images and on their baselines), else ``""``."""
+    effect, independent = masking_effect(target.reshape(len(target), -1), masked.reshape(len(masked), -1))
+    return [independence_reason(float(e), t) if bool(ind) else "" for e, ind, t in zip(effect, independent, target)]
+
+
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of ``x: (B, C, H, W)`` with reflect padding."""
     radius = max(1, int(math.ceil(3 * sigma)))

@@ -5,7 +5,8 @@ all read this registry, so a new localizer is one module with one decorator::
 
     @register_localizer("mine")
     class MyLocalizer(Localizer):
-        def localize_many(self, images, selector): ...
+        method = "mine"
+        def compute_maps(self, x, selector, pairs): ...  # -> Maps((P, H, W))
 """
 
 from __future__ import annotations

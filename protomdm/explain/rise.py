@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..config import BASELINES, check_finite, require
-from .localization import Localization, Localizer, eval_mode, model_device
-from .perturbation import Perturbation, independence_reason, masking_effect
+from .localization import Localizer, Maps, Pair
+from .perturbation import Perturbation, unmoved_reasons
 from .registry import register_localizer
 from .selectors import Selector
 
@@ -77,56 +75,32 @@ class RISELocalizer(Localizer):
         self.config = dataclasses.replace(config or RISEConfig(), **overrides)
         self.progress = progress
 
-    def localize_pairs(self, images: torch.Tensor, selector: Selector, pairs: list[tuple[int, int]]
-                       ) -> list[Localization]:
-        """Target ``k`` in image ``b`` for every ``(b, k)`` of ``pairs``: the images in one pass over the masks."""
-        used = sorted({b for b, _ in pairs})
-        res = self.localize_many(images[used], selector)
-        out = [res[used.index(b)][k] for b, k in pairs]
-        for loc in out:  # the pass served every target of every image: share its time among those asked for
-            loc.seconds *= len(used) * selector.num_targets / len(pairs)
-        return out
+    method = "rise"
 
-    def localize_many(self, images: torch.Tensor, selector: Selector) -> list[list[Localization]]:
-        """``result[b][k]`` for every image of ``images: (B, C, H, W)`` and target ``k`` of ``selector``."""
+    def compute_maps(self, x: torch.Tensor, selector: Selector, pairs: list[Pair]) -> Maps:
+        """The images asked for in one pass over the masks, every target scored on each masked batch."""
         cfg = self.config
-        device = model_device(selector.model)
-        x = images.to(device)
-        n_img, k = x.shape[0], selector.num_targets
-        h, w = x.shape[-2:]
+        used = sorted({b for b, _ in pairs})
+        xs = x[used]
+        n_img, k = xs.shape[0], selector.num_targets
+        h, w = xs.shape[-2:]
         gen = torch.Generator().manual_seed(cfg.seed)
         pert = Perturbation(cfg.baseline, cfg.blur_sigma)
-        t0 = time.perf_counter()
-        with eval_mode(selector.model), torch.no_grad():
-            base = pert.baseline(x)
-            both = selector.targets(torch.cat([x, base])).float()
-            score = lambda t: t.reshape(*t.shape[:2], -1).mean(2)  # (B, K): a map's mean  # noqa: E731
-            target, masked = score(both[:n_img]), score(both[n_img:])
-            effect, independent = masking_effect(target.reshape(-1, 1), masked.reshape(-1, 1))
-            sal = torch.zeros(n_img, k, h, w, device=device)
-            per_pass = cfg.batch  # the same draws whatever the number of images: the same masks
+        score = lambda t: t.reshape(*t.shape[:2], -1).mean(2)  # (B, K): a map's mean  # noqa: E731
+        with torch.no_grad():
+            base = pert.baseline(xs)
+            both = score(selector.targets(torch.cat([xs, base])).float())
+            target, masked = both[:n_img], both[n_img:]
+            sal = torch.zeros(n_img, k, h, w, device=x.device)
             bar = tqdm(total=cfg.masks, disable=not self.progress, desc="RISE", unit="mask", leave=False)
-            for start in range(0, cfg.masks, per_pass):
-                m = rise_masks(min(per_pass, cfg.masks - start), (h, w), cfg.cells, cfg.p_keep, gen, device)
-                xm = Perturbation.apply(x[:, None], m[None, :, None], base[:, None])  # (B, n, C, H, W)
+            for start in range(0, cfg.masks, cfg.batch):  # the same draws whatever the number of images
+                m = rise_masks(min(cfg.batch, cfg.masks - start), (h, w), cfg.cells, cfg.p_keep, gen, x.device)
+                xm = Perturbation.apply(xs[:, None], m[None, :, None], base[:, None])  # (B, n, C, H, W)
                 s = score(selector.targets(xm.flatten(0, 1)).float()).view(n_img, len(m), k)
                 sal += torch.einsum("bnk,nhw->bkhw", s, m)
                 bar.update(len(m))
             bar.close()
-        sal = (sal / (cfg.masks * cfg.p_keep)).cpu().numpy()
-        seconds = (time.perf_counter() - t0) / (n_img * k)
-        out = []
-        for b in range(n_img):
-            row = []
-            for j in range(k):
-                t = b * k + j
-                s = sal[b, j].astype(np.float64)
-                lo, hi = s.min(), s.max()
-                heat = ((s - lo) / (hi - lo) if hi > lo else np.zeros_like(s)).astype(np.float32)
-                empty = bool(independent[t])
-                row.append(Localization(
-                    heat, "rise", float(target[b, j]), {**dataclasses.asdict(cfg), "selector": selector.single(j).describe()},
-                    seconds, str(device), status="empty" if empty else "ok",
-                    reason=independence_reason(float(effect[t]), target[b, j:j + 1]) if empty else ""))
-            out.append(row)
-        return out
+        rows = [(used.index(b), j) for b, j in pairs]
+        i, j = torch.tensor(rows, dtype=torch.long).unbind(1)
+        reasons = unmoved_reasons(target[i, j], masked[i, j])
+        return Maps(sal[i, j] / (cfg.masks * cfg.p_keep), scores=target[i, j].tolist(), reasons=reasons)
