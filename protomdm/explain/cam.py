@@ -20,6 +20,7 @@ from torch import nn
 from ..errors import UserError
 from .localization import Localizer, Maps, Pair
 from .registry import register_localizer
+from .selectors import SelectorScores
 
 CAM_METHODS = {"gradcam": "GradCAM", "gradcampp": "GradCAMPlusPlus", "scorecam": "ScoreCAM",
                "ablationcam": "AblationCAM", "xgradcam": "XGradCAM", "layercam": "LayerCAM",
@@ -32,19 +33,6 @@ def _import_cam():
     except ImportError:
         raise UserError("the Grad-CAM methods need the grad-cam package: pip install 'protomdm[cam]'") from None
     return pytorch_grad_cam
-
-
-class _SelectorAsClassifier(nn.Module):
-    """``forward(x) -> (B, K)``: the selector's targets, maps averaged, as if they were class logits."""
-
-    def __init__(self, selector) -> None:
-        super().__init__()
-        self.selector = selector
-        self.model = selector.model  # registered, so hooks and .eval() reach it
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = self.selector.targets(x)
-        return t.flatten(2).mean(-1) if t.dim() > 2 else t
 
 
 def vit_reshape(tokens: torch.Tensor) -> torch.Tensor:
@@ -109,7 +97,7 @@ class CAMLocalizer(Localizer):
         reshape = self.reshape_transform or reshape
         cls = getattr(pgc, CAM_METHODS[self.method])
         maps: dict[tuple[int, int], np.ndarray] = {}
-        with cls(model=_SelectorAsClassifier(selector), target_layers=list(layers), reshape_transform=reshape) as cam:
+        with cls(model=SelectorScores(selector), target_layers=list(layers), reshape_transform=reshape) as cam:
             if hasattr(cam, "batch_size"):
                 cam.batch_size = self.batch_size
             for k in sorted({k for _, k in pairs}):

@@ -227,7 +227,6 @@ class ExtremalLocalizer(Localizer):
         cfg = self.config
         device = x.device
         n_area, h, w = len(cfg.areas), *x.shape[-2:]
-        score = lambda t: t.reshape(*t.shape[:2], -1).mean(2)  # (B, K): a map's mean  # noqa: E731
         pair_img, pair_tgt = torch.tensor(pairs, dtype=torch.long, device=device).view(-1, 2).unbind(1)
         if cfg.baseline == "blur":
             pyramid = blur_pyramid(x, cfg.blur_sigma * scale, cfg.levels)  # (B, L, C, H, W)
@@ -235,7 +234,7 @@ class ExtremalLocalizer(Localizer):
         else:
             base = Perturbation(cfg.baseline).baseline(x)
         with torch.no_grad():
-            both = score(selector.targets(torch.cat([x, base])).float())
+            both = selector.scores(torch.cat([x, base])).float()
             target, masked = both[:len(x)][pair_img, pair_tgt], both[len(x):][pair_img, pair_tgt]  # (P,)
         drop = target - masked
         drop = torch.where(drop.abs() > 0, drop, torch.ones_like(drop))
@@ -256,7 +255,7 @@ class ExtremalLocalizer(Localizer):
                 perturbed = Perturbation.apply(x[img], m, base[img])
             if cfg.jitter and step % 2 == 0:
                 perturbed = perturbed.flip(-1)
-            reward = score(selector.targets(perturbed).float())[torch.arange(len(task), device=device), tgt]
+            reward = selector.scores(perturbed).float()[torch.arange(len(task), device=device), tgt]
             if cfg.normalize_reward:
                 reward = (reward - masked[task]) / drop[task]
             regul = -((full.flatten(1).sort(1).values - profile) ** 2).mean(1) * weight

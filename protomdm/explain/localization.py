@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
@@ -97,8 +98,8 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
-    """The device of the model's first parameter (CPU for a model without parameters)."""
-    p = next(iter(model.parameters()), None)
+    """The device of the model's first parameter, else of its first buffer (CPU for a model with neither)."""
+    p = next(itertools.chain(model.parameters(), model.buffers()), None)
     return p.device if p is not None else torch.device("cpu")
 
 
@@ -206,11 +207,10 @@ class Localizer(abc.ABC):
         with eval_mode(selector.model):
             maps = self.compute_maps(x, selector, pairs)
             scores = maps.scores
-            if scores is None:
+            if scores is None:  # image by image: a result never depends on which images share its batch
                 with torch.no_grad():
-                    t = selector.targets(x).float()
-                    mean = t.reshape(*t.shape[:2], -1).mean(2)
-                scores = [float(mean[b, k]) for b, k in pairs]
+                    per_image = {b: selector.scores(x[b:b + 1]).float()[0] for b in sorted({b for b, _ in pairs})}
+                scores = [float(per_image[b][k]) for b, k in pairs]
         seconds = (time.perf_counter() - t0) * maps.time_share / len(pairs)
         heat = maps.heatmaps.detach().float().cpu().numpy() if isinstance(maps.heatmaps, torch.Tensor) \
             else np.asarray(maps.heatmaps)

@@ -86,17 +86,16 @@ class RISELocalizer(Localizer):
         h, w = xs.shape[-2:]
         gen = torch.Generator().manual_seed(cfg.seed)
         pert = Perturbation(cfg.baseline, cfg.blur_sigma)
-        score = lambda t: t.reshape(*t.shape[:2], -1).mean(2)  # (B, K): a map's mean  # noqa: E731
         with torch.no_grad():
             base = pert.baseline(xs)
-            both = score(selector.targets(torch.cat([xs, base])).float())
+            both = selector.scores(torch.cat([xs, base])).float()
             target, masked = both[:n_img], both[n_img:]
             sal = torch.zeros(n_img, k, h, w, device=x.device)
             bar = tqdm(total=cfg.masks, disable=not self.progress, desc="RISE", unit="mask", leave=False)
             for start in range(0, cfg.masks, cfg.batch):  # the same draws whatever the number of images
                 m = rise_masks(min(cfg.batch, cfg.masks - start), (h, w), cfg.cells, cfg.p_keep, gen, x.device)
                 xm = Perturbation.apply(xs[:, None], m[None, :, None], base[:, None])  # (B, n, C, H, W)
-                s = score(selector.targets(xm.flatten(0, 1)).float()).view(n_img, len(m), k)
+                s = selector.scores(xm.flatten(0, 1)).float().view(n_img, len(m), k)
                 sal += torch.einsum("bnk,nhw->bkhw", s, m)
                 bar.update(len(m))
             bar.close()

@@ -41,6 +41,12 @@ class Selector:
         out = self.targets(x)
         return out[:, 0] if self.num_targets == 1 else out
 
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, K)``: each target as one number (a map's mean), as a classifier's logits are (what Grad-CAM,
+        Captum and Quantus explain)."""
+        t = self.targets(x)
+        return t.flatten(2).mean(-1) if t.dim() > 2 else t
+
     def subset(self, ks: Sequence[int]) -> "Selector":
         """A selector for the ``ks``-th of this selector's targets, in that order."""
         raise NotImplementedError
@@ -141,6 +147,21 @@ class LogitSelector(Selector):
         return LogitSelector(self.model, [self.indices[k] for k in ks], self.num_classes)
 
 
+def per_image_targets(model: nn.Module, wanted: Sequence[int], kind: str = "logit", num_classes: int | None = None
+                      ) -> tuple[Selector, list[tuple[int, int]]]:
+    """One target per image, as attribution libraries ask (Captum's ``target``, Quantus's ``targets``, MONAI's
+    ``class_idx``): a selector over the distinct targets and the ``(image, target)`` pairs, image ``b`` explaining
+    ``wanted[b]`` (a class for ``kind="logit"``, a prototype for ``kind="prototype"``)."""
+    distinct = sorted(set(int(t) for t in wanted))
+    if kind == "prototype":
+        selector: Selector = PrototypeSelector(model, distinct)
+    elif kind == "logit":
+        selector = LogitSelector(model, distinct, num_classes=num_classes)
+    else:
+        raise UserError(f"kind must be logit or prototype, got {kind!r}")
+    return selector, [(b, distinct.index(int(t))) for b, t in enumerate(wanted)]
+
+
 def choose_prototype(model: nn.Module, x: torch.Tensor, prototype: int | None, class_name: str | None) -> int:
     """The prototype to explain: ``prototype`` itself; else the most activated prototype of ``class_name``;
     else the most activated prototype of the top-scoring class."""
@@ -156,3 +177,16 @@ def choose_prototype(model: nn.Module, x: torch.Tensor, prototype: int | None, c
             raise UserError(f"class {class_name!r} is not one of this model's classes: {', '.join(model.class_names)}")
     own = model.prototypes_of_class(c)
     return own[int(scores[own].argmax())]
+
+
+class SelectorScores(nn.Module):
+    """``forward(x) -> selector.scores(x)`` ``(B, K)``: a selector as a module whose outputs are its targets, as if
+    they were class logits (for Grad-CAM, Captum and Quantus)."""
+
+    def __init__(self, selector: Selector) -> None:
+        super().__init__()
+        self.selector = selector
+        self.model = selector.model  # registered, so hooks and .eval() reach it
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.selector.scores(x)

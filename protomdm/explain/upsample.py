@@ -34,8 +34,8 @@ class UpsampleLocalizer(Localizer):
         if not hasattr(selector, "localization_map"):
             raise UserError(f"the upsampling search needs a prototype selector, not a {selector.kind} selector; "
                             "use mdm or a Grad-CAM method")
-        b, k = torch.tensor(pairs, dtype=torch.long, device=x.device).unbind(1)
-        with torch.no_grad():
-            maps = selector.localization_map(x).float()[b, k]  # (P, h, w)
+        with torch.no_grad():  # image by image: a map never depends on which images share its batch
+            per_image = {b: selector.localization_map(x[b:b + 1]).float()[0] for b in sorted({b for b, _ in pairs})}
+        maps = torch.stack([per_image[b][k] for b, k in pairs])  # (P, h, w)
         kwargs = {} if self.mode == "nearest" else {"align_corners": False}
         return Maps(F.interpolate(maps[:, None], size=x.shape[-2:], mode=self.mode, **kwargs)[:, 0])

@@ -15,8 +15,9 @@ from torch import nn
 
 from ..config import MDMConfig, from_dict
 from ..errors import UserError
-from ..explain import LogitSelector, MDMLocalizer
+from ..explain import MDMLocalizer
 from ..explain.localization import Localization
+from ..explain.selectors import per_image_targets
 
 
 class MDM:
@@ -53,8 +54,6 @@ class MDM:
             wanted = idx * x.shape[0] if len(idx) == 1 else idx
             if len(wanted) != x.shape[0]:
                 raise UserError(f"class_idx gives {len(idx)} classes for {x.shape[0]} images")
-        classes = sorted(set(wanted))
-        selector = LogitSelector(self.nn_module, classes, num_classes=int(logits.shape[1]))
-        pairs = [(b, classes.index(c)) for b, c in enumerate(wanted)]
-        self.localizations = self.localizer.localize_pairs(x, selector, pairs)
+        selector, pairs = per_image_targets(self.nn_module, wanted, num_classes=int(logits.shape[1]))
+        self.localizations = self.localizer.localize(x, selector, pairs)
         return torch.stack([torch.from_numpy(loc.heatmap) for loc in self.localizations])[:, None].to(x.device)
