@@ -13,7 +13,7 @@ import sys
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -28,6 +28,16 @@ FORMAT = "protomdm-checkpoint"
 VERSION = 2  # 2: XProtoNet's `activation` names its similarity (log, as published, or cosine)
 READABLE_VERSIONS = (1, 2)
 build_model = create_model  # the name the README and older code use
+
+# Other codebases' model files that load_model reads too: (name, detect(path), load(path, device)), registered by
+# their integrations (protomdm.integrations.cabrnet: a CaBRNet model directory).
+_READERS: list[tuple[str, Callable[[Path], bool], Callable[..., PrototypeModel]]] = []
+
+
+def register_checkpoint_reader(name: str, detect: Callable[[Path], bool], load: Callable[..., PrototypeModel]) -> None:
+    """Let :func:`load_model` read another format: ``load(path, device)`` for every path where ``detect(path)``."""
+    if name not in {n for n, _, _ in _READERS}:
+        _READERS.append((name, detect, load))
 
 
 def save_checkpoint(model: PrototypeModel, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -178,6 +188,12 @@ def load_model_and_extra(path: str | Path, device: str | torch.device = "cpu", a
     Raises:
         CheckpointError: missing, truncated, foreign or wrong-kind file.
     """
+    for _, detect, load in _READERS:
+        if detect(Path(path)):
+            model = load(path, device)
+            if architecture is not None and model.config.architecture != architecture:
+                raise CheckpointError(f"{path}: this is a {model.config.architecture} model, not {architecture}")
+            return model, {}
     ckpt = read_checkpoint(path)
     config, extra = _checked_layout(ckpt, path)
     if architecture is not None and config.architecture != architecture:
