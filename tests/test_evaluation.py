@@ -171,24 +171,24 @@ def test_evaluate_writes_tables_plots_and_resumes(capsys, tmp_path, synth_ckpt, 
     dice90 = [float(r["value"]) for r in summary if r["metric"] == "dice" and r["percentile"] == "90"]
     assert len(dice90) == 3 and all(0 <= d <= 1 for d in dice90)
 
-    # interrupt the second image, then resume: every (image, method) exactly once
+    # interrupt the second image (one image per search), then resume: every (image, method) exactly once
     from protomdm.explain import UpsampleLocalizer
 
-    real, calls = UpsampleLocalizer.localize_many, []
+    real, calls = UpsampleLocalizer.compute_maps, []
 
-    def dying(self, x, sel):
+    def dying(self, x, sel, pairs):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(self, x, sel)
+        return real(self, x, sel, pairs)
 
-    monkeypatch.setattr(UpsampleLocalizer, "localize_many", dying)
-    code, text = _cli(capsys, *args[:-3], "--out", tmp_path / "again", "--quiet")
+    monkeypatch.setattr(UpsampleLocalizer, "compute_maps", dying)
+    code, text = _cli(capsys, *args[:-3], "--out", tmp_path / "again", "--quiet", "--batch-images", 1)
     assert code == 130 and "interrupted" in text
-    monkeypatch.setattr(UpsampleLocalizer, "localize_many", real)
-    code, text = _cli(capsys, *args[:-3], "--out", tmp_path / "again", "--quiet")
+    monkeypatch.setattr(UpsampleLocalizer, "compute_maps", real)
+    code, text = _cli(capsys, *args[:-3], "--out", tmp_path / "again", "--quiet", "--batch-images", 1)
     assert code == 2 and "--resume" in text
-    code, _ = _cli(capsys, *args[:-3], "--out", tmp_path / "again", "--quiet", "--resume")
+    code, _ = _cli(capsys, *args[:-3], "--out", tmp_path / "again", "--quiet", "--batch-images", 1, "--resume")
     again = _rows(tmp_path / "again" / "results.csv")
     key = lambda r: (r["image"], r["method"], r["percentile"], r["metric"])  # noqa: E731
     assert code == 0 and sorted(map(key, again)) == sorted(map(key, rows))
