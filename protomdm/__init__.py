@@ -9,8 +9,8 @@ from .errors import UserError
 from .explain import Localization, LogitSelector, MDMLocalizer, PrototypeSelector, UpsampleLocalizer
 from .explain.case import CaseReport, explain_case
 from .localize import localize_prototype
-from .version import __version__
 from .models import ProtoPNet, XProtoNet, build_model, load_model, save_checkpoint
+from .version import __version__
 
 __all__ = ["__version__", "CaseReport", "Localization", "LogitSelector", "MDMConfig", "MDMLocalizer", "ModelConfig", "ProtoPNet",
            "PrototypeSelector", "UpsampleLocalizer", "UserError", "XProtoNet", "build_model", "explain_case", "load_model",

@@ -26,8 +26,8 @@ from .data.synthetic import SHAPES, SyntheticLesions
 from .device import resolve_device
 from .evaluation.metrics import dice
 from .explain import MDMLocalizer, PrototypeSelector
-from .explain.mdm import frozen
 from .explain.localization import eval_mode
+from .explain.mdm import frozen
 from .explain.selectors import Selector, choose_prototype
 from .models import PrototypeModel, architecture_class, build_model, load_model
 

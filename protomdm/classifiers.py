@@ -28,7 +28,7 @@ def _state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # weights_only refuses pickled objects: never runs code
+    except Exception as e:  # noqa: BLE001 - weights_only refuses pickled objects (never runs code), any way
         raise CheckpointError(f"{path}: not a state_dict this loader can open safely ({str(e).splitlines()[0][:120]})"
                               ) from None
     for key in ("state_dict", "model", "model_state_dict"):
@@ -78,9 +78,9 @@ def explain_classifier(model: nn.Module, image_path: str | Path, out_dir: str | 
                        progress: bool = False) -> dict:
     """Explain one class logit of ``model`` in one image with each method; writes ``{stem}_explain.png`` (the
     image and one heatmap per method) and ``{stem}_explain.json``. Returns the JSON record."""
-    from .report.names import output_stem
     from .files import check_writable, write_json
     from .report.figures import resize_map, save_panels
+    from .report.names import output_stem
 
     known = list_localizers(for_logits=True)
     bad = [m for m in methods if m not in known]

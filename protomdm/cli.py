@@ -15,7 +15,6 @@ from typing import Callable, Sequence
 from .errors import UserError
 from .runtime import keep_freed_memory
 
-
 EXAMPLES = """examples:
   protomdm demo                                   # train a small synthetic ProtoPNet and compare MDM with upsampling
   protomdm init-model --model protopnet --backbone resnet18 --classes cat,dog --out model.pt
@@ -191,8 +190,8 @@ def _cmd_localize(args: argparse.Namespace) -> int:
             print(f"wrote {f}")
         return 0 if r["status"] == "ok" else 1
     from .batch import FAILURES, RESULTS, localize_folder
-    from .distributed import init_distributed
     from .device import resolve_device
+    from .distributed import init_distributed
 
     dist = init_distributed(resolve_device(args.device))
     settings["device"] = str(dist.device(resolve_device(args.device)))
@@ -231,9 +230,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .device import resolve_device
     from .distributed import init_distributed
     from .evaluation.runner import EvalSettings, evaluate
-    from .device import resolve_device
 
     dist = init_distributed(resolve_device(args.device))
     methods = args.methods if args.methods is not None or args.maps is None else ""  # --maps alone: only the maps
@@ -376,13 +375,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .version import __version__
     from .config import BASELINES
     from .data import list_datasets
     from .evaluation.runner import EXPORTS, POLICIES, EvalSettings
-    from .models import list_architectures
     from .evaluation.tuning import OBJECTIVES
     from .explain.registry import list_localizers
+    from .models import list_architectures
+    from .version import __version__
 
     methods = list_localizers()
 

@@ -132,7 +132,7 @@ def to_dict(obj: Any) -> dict[str, Any]:
 class _NoAliasLoader(yaml.SafeLoader):
     """YAML without aliases: ``*name`` could make a few hundred bytes stand for billions of values."""
 
-    def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
+    def compose_node(self, parent, index):  # PyYAML's signature
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise ConfigError(f"YAML aliases (*{event.anchor}) are not accepted in config files; write the value out")

@@ -21,16 +21,16 @@ from .data.images import LoadedImage, box_to_original, read_image, to_model_inpu
 from .device import resolve_device
 from .errors import UserError
 from .explain import Localization, PrototypeSelector, create_localizer
+from .explain.case import class_probabilities
 from .explain.localization import model_device
 from .explain.registry import localizer_entry
-from .explain.case import class_probabilities
 from .explain.selectors import choose_prototype
+from .files import check_writable, write_json
 from .geometry import check_percentile
 from .integrations.protopnet import as_prototype_model
 from .models import PrototypeModel, load_model
 from .report.dicom import Finding
 from .report.figures import resize_map, resize_mask, save_mask_png, save_overlay
-from .files import check_writable, write_json
 from .report.names import has_dicom_outputs, is_dicom, output_names, output_stem
 from .runfolder import STAGING
 

@@ -24,17 +24,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from schedule_study import trained_model
 
 from protomdm import LogitSelector, MDMConfig, UpsampleLocalizer
 from protomdm.config import load_train_config
 from protomdm.data.images import model_input
 from protomdm.data.synthetic import SyntheticLesions
 from protomdm.demo import demo_config
-from protomdm.evaluation.metrics import curve_auc
 from protomdm.evaluation.faithfulness import deletion_insertion
+from protomdm.evaluation.metrics import curve_auc
 from protomdm.evaluation.tuning import MDMGrid, Target, default_targets, grid_scores, heatmap_metrics, setting_means
-
-from schedule_study import trained_model
 
 ROOT = Path(__file__).resolve().parents[1]
 HELD_OUT_SEED = 1000  # training uses seeds 0 (train) and 1 (test); the tests use small seeds

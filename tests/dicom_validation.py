@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-
 from dicom_factory import CR_STORAGE, SC_STORAGE, make_dicom
 
 DCIODVFY = shutil.which("dciodvfy")

@@ -10,14 +10,14 @@ import torch
 pytest.importorskip("captum")
 pytest.importorskip("zennit")
 
+from conftest import tiny_model  # noqa: E402
+from oracles import BoxOracle, oracle_image  # noqa: E402
+
+from protomdm.errors import UserError  # noqa: E402
 from protomdm.explain import LogitSelector, PrototypeSelector, create_localizer  # noqa: E402
 from protomdm.explain.attribution import AttributionConfig, attribution_heatmaps  # noqa: E402
 from protomdm.explain.prp import PRPLocalizer  # noqa: E402
-from protomdm.errors import UserError  # noqa: E402
 from protomdm.models.protopnet import receptive_field_box  # noqa: E402
-
-from conftest import tiny_model  # noqa: E402
-from oracles import BoxOracle, oracle_image  # noqa: E402
 
 BOX = (20, 12, 36, 30)
 

@@ -10,10 +10,10 @@ import os
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import tiny_model
 from dicom_factory import PATIENT_ID, PATIENT_NAME, make_dicom
+from PIL import Image
+
 from protomdm import save_checkpoint
 from protomdm.batch import find_inputs, localize_folder
 from protomdm.cli import main
@@ -181,8 +181,8 @@ def _bad_inputs(d):
     for name, attrs in bad.items():
         make_dicom(d / name, px, bits_stored=12, **attrs)
     import pydicom
-    from pydicom.dataelem import RawDataElement
     from pydicom.datadict import tag_for_keyword
+    from pydicom.dataelem import RawDataElement
     from pydicom.tag import Tag
 
     for name, kw, vr in (("frames_abc.dcm", "NumberOfFrames", "IS"), ("slope_abc.dcm", "RescaleSlope", "DS")):

@@ -65,8 +65,8 @@ def test_demo_measures_by_hand():
     """Accuracy over the whole test set, a pushed patch on or off its class's object, a heatmap's maximum on or off
     the object: each measure on cases whose answer is known."""
     from protomdm import build_model
-    from protomdm.data.sources import dataset_source
     from protomdm.data.images import model_input
+    from protomdm.data.sources import dataset_source
     from protomdm.demo import demo_config, demo_measures
     from protomdm.geometry import mask_box
 

@@ -14,6 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_model
+from dicom_factory import PATIENT_ID, PATIENT_NAME, make_dicom
+from dicom_validation import DCIODVFY, dciodvfy_errors
+from test_training import small_config
 
 from protomdm import explain_case, load_model, save_checkpoint
 from protomdm.cli import main
@@ -23,11 +27,6 @@ from protomdm.explain.case import prototype_contributions
 from protomdm.models import read_checkpoint
 from protomdm.report.gallery import make_gallery, push_records, source_pixels
 from protomdm.training import train
-
-from conftest import tiny_model
-from dicom_factory import PATIENT_ID, PATIENT_NAME, make_dicom
-from dicom_validation import DCIODVFY, dciodvfy_errors
-from test_training import small_config
 
 VOID = {"meta", "img", "br", "hr", "input", "link", "col", "area", "base", "source", "wbr", "track", "embed", "param"}
 

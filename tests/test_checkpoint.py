@@ -4,11 +4,10 @@ import zipfile
 
 import pytest
 import torch
+from conftest import tiny_model
 
 from protomdm import load_model, save_checkpoint
 from protomdm.errors import CheckpointError
-
-from conftest import tiny_model
 
 
 def test_round_trip_in_a_new_process(tmp_path, architecture):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_table import data, model_cfg, png
 
 from protomdm.cli import main
 from protomdm.config import LossConfig
@@ -16,8 +17,6 @@ from protomdm.errors import UserError
 from protomdm.evaluation.metrics import auroc
 from protomdm.models import build_model
 from protomdm.models.losses import known_targets, masked_bce, protopnet_loss
-
-from test_table import data, model_cfg, png
 
 CHEXPERT_HEADER = ("Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Enlarged Cardiomediastinum,Cardiomegaly,"
                    "Lung Opacity,Lung Lesion,Edema,Consolidation,Pneumonia,Atelectasis,Pneumothorax,"

@@ -9,15 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
+from test_chest_tables import CHEXPERT_HEADER
+from test_table import model_cfg, png
 
 from protomdm.cli import main
+from protomdm.config import DataConfig
 from protomdm.data import dataset_source
 from protomdm.data.chexlocalize import LOCALIZATION_TASKS, image_id, task_name
 from protomdm.data.sources import EvalOptions
-
-from test_chest_tables import CHEXPERT_HEADER
-from protomdm.config import DataConfig
-from test_table import model_cfg, png
 
 
 def data(root, **kw) -> DataConfig:

@@ -7,10 +7,10 @@ import importlib.util
 
 import numpy as np
 import pytest
+from dicom_factory import PATIENT_ID, PATIENT_NAME, make_dicom
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 
-from dicom_factory import PATIENT_ID, PATIENT_NAME, make_dicom
 from protomdm.data.dicom import read_dicom
 from protomdm.data.images import read_image
 from protomdm.errors import ImageError

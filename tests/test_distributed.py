@@ -7,14 +7,14 @@ import csv
 import dataclasses
 import socket
 
+import dist_workers
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import tiny_model
 from PIL import Image
 
-import dist_workers
-from conftest import tiny_model
 from protomdm import save_checkpoint
 from protomdm.batch import localize_folder
 from protomdm.config import to_dict

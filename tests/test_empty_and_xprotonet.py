@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_model
+from oracles import BoxOracle, oracle_image
 from torch import nn
 
 from protomdm import LogitSelector, MDMLocalizer, PrototypeSelector, load_model, save_checkpoint
@@ -16,9 +18,6 @@ from protomdm.data.images import model_input
 from protomdm.data.synthetic import SyntheticLesions
 from protomdm.evaluation.metrics import dice
 from protomdm.training import train
-
-from conftest import tiny_model
-from oracles import BoxOracle, oracle_image
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BOX = (36, 8, 56, 28)

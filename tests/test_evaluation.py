@@ -8,19 +8,17 @@ import csv
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import shared_data, tiny_model
 from oracles import BoxOracle, oracle_image
+from PIL import Image
+
 from protomdm import LogitSelector, save_checkpoint
 from protomdm.cli import main
-from protomdm.data.cub import read_parts
-from protomdm.data.nih import read_boxes
-from protomdm.errors import UserError
-from protomdm.evaluation.metrics import iou, top_percentile_mask, box_mask
-from protomdm.data.cub import cub_samples
+from protomdm.data.cub import cub_samples, read_parts
 from protomdm.data.groundtruth import Skipped
-from protomdm.data.nih import nih_samples
+from protomdm.data.nih import nih_samples, read_boxes
+from protomdm.errors import UserError
+from protomdm.evaluation.metrics import box_mask, iou, top_percentile_mask
 
 NIH_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,\n"  # the publisher's header, trailing commas included
 

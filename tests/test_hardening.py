@@ -8,14 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_model
 from PIL import Image
 
 from protomdm.cli import main
 from protomdm.data.nih import read_boxes
 from protomdm.errors import UserError
 from protomdm.models import save_checkpoint
-
-from conftest import tiny_model
 
 NIH_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
 BOMB = "".join(f"{k}: &{k} [{', '.join(['*' + p] * 9) if p else ', '.join(['lol'] * 9)}]\n"

@@ -1,12 +1,11 @@
 import numpy as np
 import pytest
 import torch
+from conftest import shared_data, tiny_config
 from PIL import Image
 
 from protomdm.data.images import box_to_original, read_image, to_model_input
 from protomdm.errors import ImageError
-
-from conftest import shared_data, tiny_config
 
 
 def test_png_grey_and_16_bit(tmp_path):

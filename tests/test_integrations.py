@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_model
 from PIL import Image
 
-from conftest import tiny_model
 from protomdm import PrototypeSelector, localize_prototype
 from protomdm.cli import main
 from protomdm.errors import UserError

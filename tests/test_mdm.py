@@ -1,15 +1,14 @@
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_model
+from oracles import BoxOracle, SoftMaxBoxOracle, oracle_image
 
 from protomdm import LogitSelector, MDMConfig, MDMLocalizer, PrototypeSelector
 from protomdm.errors import ConfigError, UserError
 from protomdm.evaluation.metrics import box_mask, dice, iou, top_percentile_mask
 from protomdm.explain.mdm import masks_to_heatmap
-from protomdm.explain.perturbation import gaussian_blur, masking_baseline
-
-from conftest import tiny_model
-from oracles import BoxOracle, SoftMaxBoxOracle, oracle_image
+from protomdm.explain.perturbation import Perturbation, gaussian_blur
 
 BOX = (36, 8, 56, 28)
 ELSEWHERE = (4, 36, 24, 56)
@@ -183,8 +182,8 @@ def test_mixed_precision_path_matches_fp32():
 
 def test_baselines():
     x = torch.randn(2, 3, 20, 24)
-    assert torch.equal(masking_baseline(x, "zero"), torch.zeros_like(x))
-    assert torch.allclose(masking_baseline(x, "mean")[:, :, 3, 5], x.mean((2, 3)))
+    assert torch.equal(Perturbation("zero").baseline(x), torch.zeros_like(x))
+    assert torch.allclose(Perturbation("mean").baseline(x)[:, :, 3, 5], x.mean((2, 3)))
     blurred = gaussian_blur(x, 2.0)
     assert blurred.shape == x.shape and blurred.std() < x.std()
     const = torch.full((1, 1, 9, 9), 0.7)

@@ -1,8 +1,16 @@
 import numpy as np
 import pytest
 
-from protomdm.evaluation.metrics import (box_mask, dice, iou, localisation_scores, mask_box, ppv, sensitivity,
-                                         top_percentile_mask)
+from protomdm.evaluation.metrics import (
+    box_mask,
+    dice,
+    iou,
+    localisation_scores,
+    mask_box,
+    ppv,
+    sensitivity,
+    top_percentile_mask,
+)
 
 
 def test_top_percentile_mask_keeps_the_top_share():

@@ -10,11 +10,11 @@ from PIL import Image
 
 monai = pytest.importorskip("monai", reason="the monai extra is not installed")
 
+from oracles import BoxOracle, oracle_image  # noqa: E402
+
+from protomdm.evaluation.metrics import iou  # noqa: E402
 from protomdm.geometry import box_mask  # noqa: E402
 from protomdm.integrations.monai import MDM  # noqa: E402
-from protomdm.evaluation.metrics import iou  # noqa: E402
-
-from oracles import BoxOracle, oracle_image  # noqa: E402
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 FAST = dict(sizes=(4, 6, 8), steps=4, gamma=0.0)

@@ -4,6 +4,7 @@ MDM and the faithfulness metrics."""
 import numpy as np
 import pytest
 import torch
+from oracles import BoxOracle, oracle_image
 
 from protomdm import LogitSelector
 from protomdm.errors import UserError
@@ -11,8 +12,6 @@ from protomdm.evaluation.metrics import box_mask, iou
 from protomdm.explain import ExtremalLocalizer, Perturbation, RISELocalizer, create_localizer
 from protomdm.explain.extremal import SmoothMask, area_profile
 from protomdm.explain.rise import rise_masks
-
-from oracles import BoxOracle, oracle_image
 
 BOX = (36, 8, 56, 28)
 ELSEWHERE = (4, 36, 24, 56)

@@ -3,15 +3,14 @@
 import numpy as np
 import pydicom
 import pytest
+from conftest import tiny_model
+from dicom_factory import make_dicom
 from pydicom.datadict import DicomDictionary
 from pydicom.dataset import Dataset
 
 from protomdm.cli import main
 from protomdm.models import save_checkpoint
 from protomdm.report.dicom import EMPTY_KEYWORDS, KEPT_KEYWORDS
-
-from conftest import tiny_model
-from dicom_factory import make_dicom
 
 hd = pytest.importorskip("highdicom")
 

@@ -12,6 +12,9 @@ import torch
 quantus = pytest.importorskip("quantus")
 captum_attr = pytest.importorskip("captum.attr")
 
+from conftest import tiny_model  # noqa: E402
+from oracles import BoxOracle  # noqa: E402
+
 from protomdm.evaluation.faithfulness import deletion_insertion  # noqa: E402
 from protomdm.evaluation.metrics import pointing_game, ppv  # noqa: E402
 from protomdm.evaluation.randomisation import parameter_randomisation  # noqa: E402
@@ -19,9 +22,6 @@ from protomdm.explain import LogitSelector  # noqa: E402
 from protomdm.geometry import top_percentile_mask  # noqa: E402
 from protomdm.integrations.captum import MDM, LocalizerAttribution  # noqa: E402
 from protomdm.integrations.quantus import explain_func  # noqa: E402
-
-from conftest import tiny_model  # noqa: E402
-from oracles import BoxOracle  # noqa: E402
 
 SIZE, BOX = 40, (8, 16, 24, 32)
 warnings.filterwarnings("ignore", module="quantus")

@@ -1,10 +1,9 @@
 import pytest
+from conftest import shared_data
 
 from protomdm.data.cub import CUBDataset
 from protomdm.data.nih import NIHDataset, read_data_entry
 from protomdm.errors import UserError
-
-from conftest import shared_data
 
 
 def test_cub_reader_on_the_publishers_files():

@@ -18,14 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from oracles import TextureOracle
 
 from protomdm import LogitSelector
 from protomdm.evaluation.faithfulness import deletion_insertion
 from protomdm.evaluation.metrics import box_mask, curve_auc, iou, pointing_game, top_percentile_mask
 from protomdm.explain import ExtremalLocalizer, RISELocalizer
 from protomdm.explain.rise import rise_masks
-
-from oracles import TextureOracle
 
 TORCHRAY = "1.0.0.2"
 BOX = (50, 20, 82, 52)  # 32 x 32 in a 96 x 96 noise image: the oracle of issue 30

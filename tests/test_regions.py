@@ -5,12 +5,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from oracles import BoxOracle, oracle_image
 
 from protomdm import LogitSelector, MDMLocalizer
 from protomdm.evaluation.metrics import box_iobb, region_hit_rate
 from protomdm.geometry import box_iou, regions
-
-from oracles import BoxOracle, oracle_image
 
 LEFT, RIGHT = (6, 10, 22, 26), (40, 36, 58, 54)
 
@@ -96,10 +95,10 @@ def test_one_object_gives_one_region():
 
 
 def test_localize_writes_every_region_to_the_json(tmp_path, png_path):
+    from conftest import tiny_model
+
     from protomdm.cli import main
     from protomdm.models import save_checkpoint
-
-    from conftest import tiny_model
 
     ckpt = save_checkpoint(tiny_model("protopnet"), tmp_path / "m.pt")
     out = tmp_path / "out"

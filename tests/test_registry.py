@@ -4,13 +4,12 @@ import csv
 
 import numpy as np
 import pytest
+from conftest import tiny_model
 
 from protomdm.cli import main
 from protomdm.explain import Localizer, Maps, list_localizers, register_localizer
 from protomdm.explain.registry import _LOCALIZERS
 from protomdm.models import save_checkpoint
-
-from conftest import tiny_model
 
 
 class CentreLocalizer(Localizer):

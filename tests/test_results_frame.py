@@ -6,10 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from protomdm.evaluation.results import format_percentile, read_results, results_frame
+from protomdm.evaluation.results import COLUMNS, format_percentile, read_results, results_frame
 from protomdm.evaluation.tables import markdown_tables, summarise
 from protomdm.files import write_csv
-from protomdm.evaluation.results import COLUMNS
 
 
 def _row(image, finding, proto, method, p, metric, value):

@@ -1,11 +1,10 @@
 import pytest
 import torch
 import torchvision
+from conftest import tiny_model
 
 from protomdm import LogitSelector, PrototypeSelector
 from protomdm.errors import UserError
-
-from conftest import tiny_model
 
 
 def test_prototype_selector_map_and_score(architecture):

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-
 from conftest import tiny_model
 from dicom_factory import PATIENT_ID, PATIENT_NAME, make_dicom
+
 from protomdm.localize import LocalizeJob
 from protomdm.models import save_checkpoint
 

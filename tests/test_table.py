@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_model
+from dicom_factory import make_dicom
 from PIL import Image
 
 from protomdm.cli import main
-from protomdm.config import DataConfig, ModelConfig
+from protomdm.config import DataConfig, LossConfig, ModelConfig
 from protomdm.data import dataset_source
 from protomdm.data.cache import ImageCache
 from protomdm.data.sources import EvalOptions
@@ -23,10 +25,6 @@ from protomdm.data.synthetic import write_table
 from protomdm.data.table import read_table
 from protomdm.errors import UserError
 from protomdm.models.losses import protopnet_loss
-from protomdm.config import LossConfig
-
-from conftest import tiny_model
-from dicom_factory import make_dicom
 
 CLASSES = ("disk", "square", "cross")
 

@@ -11,14 +11,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from test_training import small_config
 
 from protomdm.cli import main
 from protomdm.data.synthetic import SyntheticLesions
 from protomdm.models import ProtoPNet, list_architectures, load_model, register_architecture
 from protomdm.models.base import Index
 from protomdm.training import train
-
-from test_training import small_config
 
 
 @register_architecture("cosine_protopnet")

@@ -10,10 +10,10 @@ import yaml
 from protomdm import load_model
 from protomdm.cli import main
 from protomdm.config import TrainConfig, load_train_config, to_dict
+from protomdm.data.images import model_input
 from protomdm.data.synthetic import SyntheticLesions
 from protomdm.errors import ConfigError, UserError
 from protomdm.training import train
-from protomdm.data.images import model_input
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

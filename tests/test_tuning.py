@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import tiny_model
-from protomdm import save_checkpoint
+
+from protomdm import MDMConfig, save_checkpoint
 from protomdm.cli import main
 from protomdm.config import load_mdm_config
 from protomdm.evaluation.tuning import MDMGrid, cross_validate, setting_of, with_setting
 from protomdm.explain.mdm import MDMLoss
-from protomdm import MDMConfig
 
 
 def _setting(lam: float, gamma: float = 5.0) -> dict:

@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_model
 
 from protomdm import LogitSelector, PrototypeSelector, UpsampleLocalizer
 from protomdm.errors import UserError
-
-from conftest import tiny_model
 
 
 def find_high_activation_crop(activation_map: np.ndarray, percentile: float = 95):

@@ -130,7 +130,7 @@ def _decode(ds, p: Path) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return ds.pixel_array
-    except Exception as e:  # pydicom raises RuntimeError/NotImplementedError/ValueError/... by handler
+    except Exception as e:  # noqa: BLE001 - pydicom raises RuntimeError/NotImplementedError/... by handler
         msg = str(e).splitlines()[0][:100] if str(e) else type(e).__name__
         if ts is not None and ts.is_compressed and any(w in str(e).lower() for w in
                                                        ("plugin", "handler", "decoder", "no pixel data decoders",
@@ -161,7 +161,7 @@ def read_dicom(path: str | Path, max_pixels: int = MAX_PIXELS) -> LoadedImage:
         raise ImageError(f"{p}: not a DICOM file (no DICM preamble)") from None
     except FileNotFoundError:
         raise ImageError(f"image not found: {p}") from None
-    except Exception as e:  # truncated or corrupt headers surface as EOFError, OSError, struct.error, ValueError...
+    except Exception as e:  # noqa: BLE001 - a truncated header: EOFError, OSError, struct.error, ValueError...
         raise ImageError(f"{p}: the DICOM file is truncated or corrupt ({type(e).__name__})") from None
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise ImageError(f"{p}: the DICOM object has no pixel data (SOP class "

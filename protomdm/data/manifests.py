@@ -12,7 +12,11 @@ import yaml
 
 from ..errors import UserError
 
-DATASETS = ("nih", "cub")
+
+def manifest_names() -> list[str]:
+    """The datasets that ship a manifest (``protomdm/data/manifests/<name>.yaml``)."""
+    folder = resources.files("protomdm.data").joinpath("manifests")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
 @dataclass
@@ -26,9 +30,10 @@ class Check:
 
 
 def load_manifest(dataset: str) -> dict:
-    if dataset not in DATASETS:
-        raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-    return yaml.safe_load(resources.files("protomdm.data").joinpath("manifests", f"{dataset}.yaml").read_text())
+    names = manifest_names()
+    if dataset not in names:
+        raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(names)}")
+    return yaml.safe_load(resources.files("protomdm.data").joinpath("manifests").joinpath(f"{dataset}.yaml").read_text())
 
 
 def _count_rows(path: Path, columns: list[str] | None, fields: int | None) -> tuple[int, str | None]:

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import csv
-from collections import OrderedDict
 import io
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -26,8 +26,6 @@ from .sources import DatasetSource, EvalOptions, register_dataset
 FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
             "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia")
 BOX_NAME_TO_LABEL = {"Infiltrate": "Infiltration"}  # the box list and the label list spell this one differently
-BOX_FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
-                "Pneumothorax")  # the 8 findings with boxes, in the label list's spelling
 IMAGE_SIZE = (1024, 1024)  # the published PNGs' size, the frame of the boxes
 
 

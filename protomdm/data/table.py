@@ -26,15 +26,14 @@ from ..config import DataConfig, ModelConfig
 from ..errors import UserError
 from ..geometry import Box, box_mask
 from .cache import ImageCache, default_cache_dir, load_pixels, to_channels
-from .groundtruth import EvalSample, Finding, Shard, Skipped, resize_mask
 from .dicom import is_dicom_file
+from .groundtruth import EvalSample, Finding, Shard, Skipped, resize_mask
 from .images import IMAGE_SUFFIXES, load_npy, pixels_to_tensor, read_image
 from .manifests import Check
 from .rle import decode_siim_rle
 from .sources import DatasetSource, EvalOptions, register_dataset
 
 TABLE_COLUMNS = ("path", "labels", "split", "patient")
-BOX_COLUMNS = ("image", "label", "x0", "y0", "x1", "y1", "x", "y", "w", "h")
 MASK_COLUMNS = ("image", "label", "mask")
 SPLITS = ("train", "val", "test")  # val: what training selects its best model on (test where there is none)
 NO_FINDING = {"no finding", "nofinding", "normal", "none"}  # labels that mean "none of the classes"

@@ -77,16 +77,18 @@ def area_scores(heatmap: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Area under the ROC curve per column of ``scores (N, C)`` against 0/1 ``labels (N, C)`` (ties count half;
-    NaN labels, unknown, are left out); NaN for a column with only one label value."""
+    """Area under the ROC curve per column of ``scores (N, C)`` against 0/1 ``labels (N, C)`` (scikit-learn's
+    ``roc_auc_score``: ties count half; NaN labels, unknown, are left out); NaN for a column with only one label
+    value."""
+    from sklearn.metrics import roc_auc_score
+
     scores = np.asarray(scores, dtype=np.float64).reshape(len(scores), -1)
     labels = np.asarray(labels, dtype=np.float64).reshape(len(labels), -1)
     out = np.full(scores.shape[1], np.nan)
     for c in range(scores.shape[1]):
-        pos, neg = scores[labels[:, c] == 1, c], scores[labels[:, c] == 0, c]
-        if len(pos) and len(neg):
-            greater = (pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()
-            out[c] = greater / (len(pos) * len(neg))
+        known = np.isin(labels[:, c], (0, 1))
+        if len(np.unique(labels[known, c])) == 2:
+            out[c] = roc_auc_score(labels[known, c], scores[known, c])
     return out
 
 
@@ -130,7 +132,7 @@ def curve_auc(curve: np.ndarray) -> np.ndarray | float:
     """Area under deletion/insertion curve(s) ``(..., S + 1)`` sampled at fractions ``0, 1/S, ..., 1`` of the
     pixels (trapezoid rule, x from 0 to 1). Deletion: lower is better; insertion: higher is better."""
     c = np.asarray(curve, np.float64)
-    out = (c[..., 1:] + c[..., :-1]).sum(-1) / (2 * (c.shape[-1] - 1))
+    out = np.trapezoid(c, dx=1 / (c.shape[-1] - 1), axis=-1)
     return out if out.ndim else float(out)
 
 

@@ -60,10 +60,15 @@ from ..runfolder import run_folder
 from . import metrics as M
 from .faithfulness import deletion_insertion, heatmap_masked_scores
 from .plots import plot_curves, plot_metrics
-from .results import (COLUMNS, CURVE_COLUMNS, TIMING_COLUMNS, format_percentile, read_curves, read_results,
-                      read_timings)
-from .tables import (DIFFERENCE_COLUMNS, SUMMARY_COLUMNS, headline_percentile, markdown_tables, paired_differences,
-                     summarise)
+from .results import COLUMNS, CURVE_COLUMNS, TIMING_COLUMNS, format_percentile, read_curves, read_results, read_timings
+from .tables import (
+    DIFFERENCE_COLUMNS,
+    SUMMARY_COLUMNS,
+    headline_percentile,
+    markdown_tables,
+    paired_differences,
+    summarise,
+)
 
 POLICIES = ("first", "best-dice", "all-of-class")
 MASK_METRICS = tuple(M.MASK_METRICS)

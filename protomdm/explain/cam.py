@@ -52,7 +52,7 @@ def default_target_layers(model: nn.Module) -> tuple[list[nn.Module], Callable |
     from torchvision import models as tvm
 
     if hasattr(model, "prototype_class_identity") and hasattr(model, "features"):
-        return [model.features], None  # our prototype networks: the backbone's output
+        return [getattr(model, "features")], None  # our prototype networks: the backbone's output
     if isinstance(model, tvm.ResNet):
         return [model.layer4[-1]], None
     if isinstance(model, (tvm.DenseNet, tvm.VGG, tvm.EfficientNet, tvm.MobileNetV2, tvm.MobileNetV3,

@@ -67,6 +67,7 @@ from .perturbation import Perturbation, unmoved_reasons
 from .registry import register_localizer
 from .selectors import Selector
 
+
 @dataclass
 class ExtremalConfig:
     """Settings of extremal perturbation (TorchRay's defaults; pixel sizes for a ``reference_size`` input, scaled to
@@ -112,6 +113,8 @@ class SmoothMask(torch.nn.Module):
     The mask is computed on the image grown by a margin (``sigma`` pixels before it, up to ``sigma`` after:
     :attr:`full`, what the area constraint counts); cell ``(i, j)`` is centred on image pixel ``(stride i, stride j)``.
     """
+
+    weight: torch.Tensor  # (1, K, h, w) kernel weights of the cells around each pixel, a buffer
 
     def __init__(self, size: tuple[int, int], stride: int, sigma: float, coldness: float = 20.0) -> None:
         super().__init__()
@@ -214,7 +217,7 @@ class ExtremalLocalizer(Localizer):
         h, w = x.shape[-2:]
         scale = 1.0 if cfg.reference_size is None else max(min(h, w) / cfg.reference_size, cfg.min_scale)
         smooth = SmoothMask((h, w), max(1, round(cfg.stride * scale)), cfg.sigma * scale).to(x.device)
-        n = max(1, MAX_ELEMENTS // (len(cfg.areas) * smooth.weight.numel()))
+        n = max(1, MAX_ELEMENTS // (len(cfg.areas) * int(smooth.weight.numel())))
         parts = [self._search(x, selector, pairs[i:i + n], smooth, scale) for i in range(0, len(pairs), n)]
         target, masked = torch.cat([t for _, t, _ in parts]), torch.cat([m for _, _, m in parts])
         return Maps(torch.cat([heat for heat, _, _ in parts]), scores=target.tolist(), steps=cfg.steps,

@@ -165,7 +165,8 @@ class Localizer(abc.ABC):
 
     def settings(self) -> dict[str, Any]:
         """The method's settings as a plain dict."""
-        return dataclasses.asdict(self.config) if dataclasses.is_dataclass(self.config) else {}
+        cfg = self.config
+        return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type) else {}
 
     def localize(self, images: torch.Tensor, selector, pairs: list[Pair] | None = None):
         """Where the selector's targets find their evidence in ``images``.

@@ -15,11 +15,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+import torchvision.transforms.functional as TF
 
 from ..config import BASELINES
 from ..errors import UserError
-
 
 MIN_EFFECT = 1e-3  # masking everything must move the activation by this share of its size (at least 1e-3 of 1)
 
@@ -49,19 +48,13 @@ def unmoved_reasons(target: torch.Tensor, masked: torch.Tensor) -> list[str]:
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``x: (B, C, H, W)`` with reflect padding."""
+    """Gaussian blur of ``x: (B, C, H, W)`` with reflect padding (torchvision's), the kernel reaching 3 sigma, cut
+    to the image on tiny images (reflect padding needs a radius below the side)."""
     radius = max(1, int(math.ceil(3 * sigma)))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-(t**2) / (2 * sigma**2))
-    c = x.shape[1]
-    y = x
-    for dim, size in ((3, x.shape[3]), (2, x.shape[2])):
-        r = min(radius, size - 1)  # reflect padding needs r < size: truncate the kernel on tiny images
-        kk = k[radius - r:radius + r + 1]
-        kk = (kk / kk.sum()).view(1, 1, *((1, -1) if dim == 3 else (-1, 1))).repeat(c, 1, 1, 1)
-        pad = (r, r, 0, 0) if dim == 3 else (0, 0, r, r)
-        y = F.conv2d(F.pad(y, pad, mode="reflect") if r else y, kk, groups=c)
-    return y
+    ry, rx = min(radius, x.shape[2] - 1), min(radius, x.shape[3] - 1)
+    if rx < 1 or ry < 1:
+        return x
+    return TF.gaussian_blur(x, [2 * rx + 1, 2 * ry + 1], [sigma, sigma])
 
 
 @dataclass(frozen=True)
@@ -100,7 +93,3 @@ class Perturbation:
             return torch.where(m, x, baseline)
         return m * x + (1 - m) * baseline
 
-
-def masking_baseline(x: torch.Tensor, kind: str, blur_sigma: float = 10.0) -> torch.Tensor:
-    """``Perturbation(kind, blur_sigma).baseline(x)``: what masked-out pixels of ``x: (B, C, H, W)`` become."""
-    return Perturbation(kind, blur_sigma).baseline(x)

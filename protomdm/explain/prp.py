@@ -87,7 +87,7 @@ class _Latent(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.conv_features(x)
+        return getattr(self.model, "conv_features")(x)
 
 
 @register_localizer("prp", settings=PRPConfig, needs_prototypes=True)

@@ -68,5 +68,5 @@ def create_localizer(name: str, config: Any = None, *, progress: bool = False, *
     unknown = sorted(set(settings) - fields)
     if unknown:
         raise UserError(f"unknown {name.upper()} setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
-    base = config if isinstance(config, entry.settings) else entry.settings()
+    base: Any = config if isinstance(config, entry.settings) else entry.settings()
     return entry.factory(dataclasses.replace(base, **settings), progress=progress)

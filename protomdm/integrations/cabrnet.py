@@ -72,7 +72,7 @@ class CaBRNetAdapter(PrototypeModel):
         names = tuple(class_names) if class_names else tuple(str(c) for c in range(n_classes))
         if len(names) != n_classes:
             raise UserError(f"{len(names)} class names given for a model with {n_classes} classes")
-        size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        size = (img_size, img_size) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[1]))
         protos = getattr(getattr(model, "classifier", None), "prototypes", None)
         dim = int(protos.shape[1]) if isinstance(protos, torch.Tensor) and protos.dim() >= 2 else 1
         super().__init__(ModelConfig(
@@ -80,7 +80,8 @@ class CaBRNetAdapter(PrototypeModel):
             prototypes_per_class=max(1, n_protos // n_classes), prototype_dim=dim, img_size=size,
             in_channels=len(mean), mean=tuple(mean), std=tuple(std)))
         self.prototype_class_identity = mapping.to(self.prototype_class_identity.device)
-        self.wrapped, self._num_prototypes = model, n_protos
+        self.wrapped: Any = model
+        self._num_prototypes = n_protos
 
     @property
     def num_prototypes(self) -> int:
@@ -124,9 +125,9 @@ def _input_settings(dataset_file: Path) -> dict[str, Any]:
             kind, params = t.get("type"), t.get("params") or {}
             if kind == "Normalize" and "mean" not in found:
                 found.update(mean=tuple(params["mean"]), std=tuple(params["std"]))
-            elif kind in ("Resize", "CenterCrop", "RandomCrop", "RandomResizedCrop") and "img_size" not in found:
-                size = params.get("size")
-                found["img_size"] = (size, size) if isinstance(size, int) else tuple(size)
+            elif kind in ("Resize", "CenterCrop", "RandomCrop", "RandomResizedCrop") and "img_size" not in found \
+                    and (size := params.get("size")) is not None:
+                found["img_size"] = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     return found
 
 
@@ -176,7 +177,8 @@ def attribution_function(method: str = "mdm") -> Callable[..., np.ndarray]:
         if location not in (None, "max"):
             raise UserError(f"protomdm's {method} explains a prototype's score (location 'max'), not {location!r}")
         x = img_tensor[None] if img_tensor.dim() == 3 else img_tensor
-        net = model if isinstance(model, PrototypeModel) else CaBRNetAdapter(model, img_size=tuple(x.shape[-2:]))
+        size = (int(x.shape[-2]), int(x.shape[-1]))
+        net = model if isinstance(model, PrototypeModel) else CaBRNetAdapter(model, img_size=size)
         net = net.to(device).eval()
         loc = create_localizer(method, **params).localize(x.to(device), PrototypeSelector(net, int(proto_idx)))
         height, width = (img.height, img.width) if hasattr(img, "height") else x.shape[-2:]

@@ -17,13 +17,15 @@ from torch import nn
 
 from ..errors import UserError
 from ..explain import create_localizer
-from ..explain.attribution import import_captum
 from ..explain.localization import Localization
 from ..explain.selectors import per_image_targets
 
 Target = int | Sequence[int] | torch.Tensor | None
 
-_captum = import_captum()
+try:
+    from captum.attr import PerturbationAttribution
+except ImportError:
+    raise UserError("protomdm.integrations.captum needs Captum: pip install 'protomdm[attribution]'") from None
 
 
 class _Forward(nn.Module):
@@ -34,10 +36,9 @@ class _Forward(nn.Module):
                  additional_forward_args: Any = None) -> None:
         super().__init__()
         self.forward_func = forward_func
-        if isinstance(forward_func, nn.Module):
-            self.module = forward_func
-        elif isinstance(getattr(forward_func, "__self__", None), nn.Module):
-            self.module = forward_func.__self__  # a bound method, e.g. model.forward
+        owner = forward_func if isinstance(forward_func, nn.Module) else getattr(forward_func, "__self__", None)
+        if isinstance(owner, nn.Module):  # the model, or a bound method such as model.forward
+            self.module = owner
         else:
             self.register_buffer("_device", torch.empty(0, device=device))
         self.extra = () if additional_forward_args is None else (
@@ -50,7 +51,7 @@ class _Forward(nn.Module):
         return out[:, None] if out.dim() == 1 else out
 
 
-class LocalizerAttribution(_captum.PerturbationAttribution):
+class LocalizerAttribution(PerturbationAttribution):
     """Any registered protomdm localizer as a Captum attribution.
 
     Args:

@@ -27,6 +27,8 @@ class PrototypeModel(nn.Module):
     and :meth:`push_details`, :meth:`class_connections`, and the class attributes below.
     """
 
+    prototype_class_identity: torch.Tensor  # (P, C) 0/1, a buffer
+
     #: the ``activation`` values (similarity functions) its config may name; the first is the default
     activations: ClassVar[tuple[str, ...]] = ("log",)
     #: it only trains on multi-label targets (XProtoNet), whatever ``config.multilabel`` says

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import pickle
-import pickletools
 import sys
 import warnings
 import zipfile
@@ -59,7 +58,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
                               "file, or a whole model saved by PyTorch < 1.6, which only --trust-pickle loads)")
     try:
         refs = pickle_globals(p)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:  # a bad CRC, central directory, ...
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, pickle.UnpicklingError) as e:  # corrupt
         raise CheckpointError(f"{p}: not a readable PyTorch checkpoint (truncated or corrupt?): "
                               f"{str(e).splitlines()[0][:160] if str(e) else type(e).__name__}") from None
     foreign = sorted({g.split(".")[0] for g in refs} - SAFE_MODULES
@@ -95,32 +94,10 @@ SAFE_MODULES = {"torch", "collections", "builtins", "__builtin__", "copyreg", "_
 
 
 def pickle_globals(path: str | Path) -> set[str]:
-    """``module.name`` of every class or function a ``torch.save`` file's pickle refers to, read from its opcodes
-    without unpickling anything (so without running any of its code)."""
-    with zipfile.ZipFile(path) as z:
-        name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
-        if name is None:
-            return set()
-        data = z.read(name)
-    found, strings, memo = set(), [], {}
-    try:
-        for op, arg, _ in pickletools.genops(data):
-            if op.name == "GLOBAL":
-                found.add(arg.replace(" ", "."))
-            elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8", "SHORT_BINSTRING",
-                             "BINSTRING", "STRING"):
-                strings.append(arg)
-            elif op.name in ("BINGET", "LONG_BINGET", "GET"):
-                strings.append(memo.get(arg, ""))
-            elif op.name == "MEMOIZE" and strings:
-                memo[len(memo)] = strings[-1]
-            elif op.name in ("BINPUT", "LONG_BINPUT", "PUT") and strings:
-                memo[arg] = strings[-1]
-            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                found.add(f"{strings[-2]}.{strings[-1]}")
-    except ValueError:  # a truncated pickle: torch.load reports it below
-        pass
-    return found
+    """``module.name`` of every class or function a ``torch.save`` file's pickle refers to beyond what
+    ``torch.load(..., weights_only=True)`` allows, read without unpickling anything (so without running any of its
+    code): ``torch.serialization.get_unsafe_globals_in_checkpoint``."""
+    return set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
 
 
 @contextlib.contextmanager

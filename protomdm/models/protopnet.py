@@ -38,7 +38,8 @@ def add_on_layers(kind: str, in_channels: int, out_channels: int) -> nn.Sequenti
     for m in seq.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
     return seq
 
 
@@ -73,6 +74,8 @@ class ProtoPNet(PrototypeModel):
     """
 
     activations = ("log", "linear")
+    features: nn.Module
+    add_on_layers: nn.Sequential
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)

@@ -21,7 +21,8 @@ def _projection(in_channels: int, out_channels: int, final: nn.Module) -> nn.Seq
     for m in seq.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
     return seq
 
 
@@ -61,7 +62,7 @@ class XProtoNet(PrototypeModel):
 
     @property
     def prototype_shape(self) -> tuple[int, int, int, int]:
-        return (*self.prototype_vectors.shape, 1, 1)  # type: ignore[return-value]
+        return (*self.prototype_vectors.shape, 1, 1)
 
     def heads(self, x: torch.Tensor, idx: Index = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Projected features ``(B, D, h, w)`` and the selected occurrence maps ``(B, K, h, w)``."""
@@ -133,7 +134,10 @@ class XProtoNet(PrototypeModel):
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, coefs: Any, use_l1: bool = True,
                       pos_weight: torch.Tensor | None = None, augmentation: torch.Tensor | None = None
                       ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
-        """:func:`~protomdm.models.losses.xprotonet_loss` with the batch's affine transforms ``augmentation``."""
+        """:func:`~protomdm.models.losses.xprotonet_loss` with the batch's affine transforms ``augmentation``
+        (none: the identity, which leaves the consistency term at 0)."""
+        if augmentation is None:
+            augmentation = torch.eye(2, 3, device=x.device).expand(len(x), 2, 3)
         return xprotonet_loss(self, x, y, coefs, pos_weight, augmentation)
 
     def draw_augmentation(self, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:

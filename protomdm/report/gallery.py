@@ -21,8 +21,8 @@ from ..explain import PrototypeSelector, create_localizer
 from ..explain.case import last_layer_weights
 from ..explain.localization import Localization, model_device
 from ..explain.mdm import images_per_search
-from ..models import PrototypeModel, load_model_and_extra
 from ..files import atomic_write, check_writable, write_csv
+from ..models import PrototypeModel, load_model_and_extra
 from .html import esc, hstack, img_tag, overlay_rgb, page, png_bytes
 
 INDEX_COLUMNS = ("prototype", "class_name", "weight", "similarity", "dataset", "source", "network_box", "method_box",

@@ -47,8 +47,8 @@ def finding_code(name: str):
     """The coded concept of a class name: SNOMED CT where a code is known (:data:`CHEST_FINDINGS`, then pydicom's
     dictionary by the name in CamelCase: "Pleural effusion" -> ``codes.SCT.PleuralEffusion``), else a local code
     of scheme :data:`LOCAL_SCHEME` whose meaning is the name."""
-    from pydicom.sr.coding import Code
     from pydicom.sr.codedict import codes
+    from pydicom.sr.coding import Code
 
     key = re.sub(r"[^a-z0-9]", "", name.lower())
     if key in CHEST_FINDINGS:

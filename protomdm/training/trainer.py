@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from contextlib import nullcontext
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,12 +22,13 @@ from ..data.sources import dataset_source
 from ..distributed import DistEnv, init_distributed
 from ..errors import UserError
 from ..evaluation.metrics import auroc
+from ..files import check_writable, write_csv
 from ..models import PrototypeModel, architecture_class, create_model, read_checkpoint, save_checkpoint
 from ..runfolder import run_lock
-from ..files import check_writable, write_csv
 from .push import add_provenance, push_prototypes
 
 LOG_NAME, LAST_NAME, BEST_NAME = "log.csv", "last.pt", "best.pt"
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, bool]:
@@ -80,7 +81,7 @@ class Trainer:
         cfg.model = dataclasses.replace(cfg.model, multilabel=self.multilabel)  # recorded in every checkpoint
         torch.manual_seed(cfg.seed)
         model = create_model(cfg.model)
-        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        has_bn = any(isinstance(m, BATCH_NORMS) for m in model.modules())
         if dist.active and has_bn:
             if self.device.type == "cuda":
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -200,7 +201,7 @@ class Trainer:
         model.train()
         if trainable == {"last"}:  # after a push: the features keep their normalisation statistics too, so that
             for m in model.modules():  # every prototype stays on the training patch it was pushed to
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                if isinstance(m, BATCH_NORMS):
                     m.eval()
         sums: dict[str, float] = {}
         n = 0
