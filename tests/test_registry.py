@@ -54,3 +54,32 @@ def test_an_unknown_method_lists_the_registered_ones(tmp_path, png_path, capsys)
 def test_the_localizer_base_is_abstract():
     with pytest.raises(TypeError):
         Localizer()
+
+
+FAST = {"mdm": {"steps": 10, "sizes": (4, 8), "gamma": 0.5}, "rise": {"masks": 40, "batch": 20},
+        "extremal": {"steps": 5}, "smoothgrad": {"samples": 2}}
+
+
+@pytest.mark.parametrize("name", list_localizers())
+def test_every_registered_localizer_keeps_the_template_contract(name):
+    """One Localization per (image, target) pair, in the pairs' order, named for the method, a heatmap in [0, 1] at
+    the input size that does not depend on which other pairs share the call; one image and target give one."""
+    import torch
+
+    from protomdm.explain import PrototypeSelector, create_localizer
+
+    model = tiny_model()
+    x = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    sel = PrototypeSelector(model, [1, 4])
+    loc = create_localizer(name, **FAST.get(name, {}))
+    pairs = [(1, 0), (0, 1), (1, 1)]
+    together = loc.localize(x, sel, pairs)
+    assert len(together) == 3
+    for (b, k), got in zip(pairs, together):
+        assert got.method == name and got.heatmap.shape == (48, 48) and got.heatmap.dtype == np.float32
+        assert np.isfinite(got.heatmap).all() and 0 <= got.heatmap.min() and got.heatmap.max() <= 1 + 1e-6
+        assert got.settings["selector"]["indices"] == [sel.indices[k]] and got.seconds >= 0
+        alone = loc.localize(x[b], sel.single(k))
+        tol = 1e-3 if name == "ablationcam" else 1e-4  # grad-cam's ablations run in batches: float rounding
+        assert np.allclose(alone.heatmap, got.heatmap, atol=tol) and alone.score == pytest.approx(got.score, abs=1e-5)
+    assert loc.localize(x[:1], sel.single(0), []) == []
