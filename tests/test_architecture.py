@@ -16,7 +16,8 @@ PACKAGE = Path(protomdm.__file__).parent
 # Layers, lowest first; a module may import its own layer and those below. The key is the module's first name
 # under protomdm (a subpackage or a top-level module); the package root re-exports the public API, so it is on top.
 LAYERS = [
-    {"errors", "version", "config", "files", "geometry", "device", "distributed", "runtime", "runfolder"},  # shared foundations
+    {"errors", "version", "config", "files", "geometry", "device", "distributed", "runtime", "runfolder",
+     "registry"},  # shared foundations
     {"data"},  # image
     {"models"},  # model
     {"explain"},  # selector -> localizer -> heatmap

@@ -79,7 +79,7 @@ def test_grey_input_backbone():
 def test_bad_model_configs_are_one_clear_error():
     with pytest.raises(ConfigError, match="unknown backbone"):
         build_model(ModelConfig(backbone="resnet9000"))
-    with pytest.raises(ConfigError, match="architecture must be one of protopnet, xprotonet"):
+    with pytest.raises(ConfigError, match="unknown architecture 'protonet'; choose one of protopnet, xprotonet"):
         build_model(ModelConfig(architecture="protonet"))  # checked against the registry when built
     with pytest.raises(ConfigError, match="activation of a xprotonet"):
         build_model(ModelConfig(architecture="xprotonet", activation="linear"))

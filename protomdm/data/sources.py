@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from ..config import DataConfig, ModelConfig
 from ..errors import UserError
+from ..registry import Registry
 from .groundtruth import EvalSample, Shard, Skipped
 from .manifests import Check
 
@@ -68,28 +69,19 @@ class DatasetSource(abc.ABC):
         return [Check(self.data.dataset, "ok", "nothing to check: the data is generated")]
 
 
-_DATASETS: dict[str, Callable[[DataConfig], DatasetSource]] = {}
+_DATASETS: Registry[Callable[[DataConfig], DatasetSource]] = Registry("dataset")
 
 
 def register_dataset(name: str):
     """Decorator: register a :class:`DatasetSource` subclass under ``name``."""
-
-    def deco(cls):
-        if name in _DATASETS and _DATASETS[name] is not cls:
-            raise ValueError(f"a dataset named {name!r} is already registered")
-        _DATASETS[name] = cls
-        return cls
-
-    return deco
+    return _DATASETS.register(name)
 
 
 def list_datasets() -> list[str]:
     """The registered dataset names, in registration order."""
-    return list(_DATASETS)
+    return _DATASETS.names()
 
 
 def dataset_source(data: DataConfig) -> DatasetSource:
     """The source of ``data.dataset``; an unknown name is a UserError listing the registered ones."""
-    if data.dataset not in _DATASETS:
-        raise UserError(f"unknown dataset {data.dataset!r}; choose one of {', '.join(_DATASETS)}")
     return _DATASETS[data.dataset](data)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import UserError
+from ..registry import Registry
 from .localization import Localizer
 
 
@@ -31,16 +32,14 @@ class LocalizerEntry:
     needs_prototypes: bool = False
 
 
-_LOCALIZERS: dict[str, LocalizerEntry] = {}
+_LOCALIZERS: Registry[LocalizerEntry] = Registry("method")
 
 
 def register_localizer(name: str, settings: type | None = None, *, needs_prototypes: bool = False):
     """Decorator: register a localizer class (or a factory returning one) under ``name``."""
 
     def deco(factory):
-        if name in _LOCALIZERS and _LOCALIZERS[name].factory is not factory:
-            raise ValueError(f"a localizer named {name!r} is already registered")
-        _LOCALIZERS[name] = LocalizerEntry(name, factory, settings, needs_prototypes)
+        _LOCALIZERS.add(name, LocalizerEntry(name, factory, settings, needs_prototypes), same=lambda e: e.factory)
         return factory
 
     return deco
@@ -48,13 +47,11 @@ def register_localizer(name: str, settings: type | None = None, *, needs_prototy
 
 def list_localizers(for_logits: bool = False) -> list[str]:
     """The registered names, in registration order; ``for_logits``: only those that explain any classifier."""
-    return [n for n, e in _LOCALIZERS.items() if not (for_logits and e.needs_prototypes)]
+    return [n for n in _LOCALIZERS if not (for_logits and _LOCALIZERS[n].needs_prototypes)]
 
 
 def localizer_entry(name: str) -> LocalizerEntry:
     """The entry of ``name``; an unknown name is a :class:`UserError` listing the registered ones."""
-    if name not in _LOCALIZERS:
-        raise UserError(f"unknown method {name!r}; choose one of {', '.join(_LOCALIZERS)}")
     return _LOCALIZERS[name]
 
 

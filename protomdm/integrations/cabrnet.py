@@ -40,6 +40,7 @@ from ..explain import PrototypeSelector, create_localizer, list_localizers
 from ..explain.localization import unit_scale
 from ..models.base import Index, PrototypeModel
 from ..models.checkpoint import register_checkpoint_reader
+from .protopnet import WrappedModel
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 ARCH_FILE, STATE_FILE, DATASET_FILE = "model_arch.yml", "model_state.pth", "dataset.yml"
@@ -55,7 +56,7 @@ def import_cabrnet() -> Any:
     return CaBRNet
 
 
-class CaBRNetAdapter(PrototypeModel):
+class CaBRNetAdapter(WrappedModel):
     """A CaBRNet model as a protomdm prototype network (the wrapped model is used as is).
 
     Args:
@@ -63,6 +64,8 @@ class CaBRNetAdapter(PrototypeModel):
         class_names: names for the classes (default ``"0"``, ``"1"``, ...).
         img_size, mean, std: the input the model expects (default 224 and ImageNet's normalisation).
     """
+
+    wrapped: Any  # a CaBRNet model: similarities(x) -> (B, P, h, w), prototype_class_mapping (P, C)
 
     def __init__(self, model: nn.Module, class_names: Sequence[str] | None = None,
                  img_size: int | tuple[int, int] = 224, mean: Sequence[float] = IMAGENET[0],
@@ -80,8 +83,7 @@ class CaBRNetAdapter(PrototypeModel):
             prototypes_per_class=max(1, n_protos // n_classes), prototype_dim=dim, img_size=size,
             in_channels=len(mean), mean=tuple(mean), std=tuple(std)))
         self.prototype_class_identity = mapping.to(self.prototype_class_identity.device)
-        self.wrapped: Any = model
-        self._num_prototypes = n_protos
+        self.wrapped, self._num_prototypes = model, n_protos
 
     @property
     def num_prototypes(self) -> int:
@@ -97,15 +99,8 @@ class CaBRNetAdapter(PrototypeModel):
         return self.prototype_similarity_maps(x, idx)
 
     def class_connections(self) -> tuple[torch.Tensor, torch.Tensor]:
-        last = getattr(getattr(self.wrapped, "classifier", None), "last_layer", None)
-        if not isinstance(last, nn.Linear):
-            raise NotImplementedError(f"{type(self.wrapped).__name__} has no linear last layer")
-        bias = last.bias if last.bias is not None else torch.zeros(last.out_features, device=last.weight.device)
-        return last.weight.detach(), bias.detach()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.wrapped(x)
-        return out[0] if isinstance(out, (tuple, list)) else out
+        """The classifier's ``last_layer`` weights ``(C, P)`` and bias."""
+        return self.linear_connections(getattr(getattr(self.wrapped, "classifier", None), "last_layer", None))
 
 
 def is_cabrnet_dir(path: str | Path) -> bool:

@@ -33,7 +33,24 @@ def missing_interface(model: object) -> list[str]:
     return missing
 
 
-class ProtoPNetAdapter(PrototypeModel):
+class WrappedModel(PrototypeModel):
+    """Base of the adapters: a foreign model held as ``wrapped`` (used as is), its first output the logits."""
+
+    wrapped: nn.Module
+
+    def linear_connections(self, last: object) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(weights (C, P), bias (C,))`` of the wrapped model's last layer ``last`` (zeros for no bias)."""
+        if not isinstance(last, nn.Linear):
+            raise NotImplementedError(f"{type(self.wrapped).__name__} has no linear last layer")
+        bias = last.bias if last.bias is not None else torch.zeros(last.out_features, device=last.weight.device)
+        return last.weight.detach(), bias.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.wrapped(x)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+
+class ProtoPNetAdapter(WrappedModel):
     """Wrap an original-interface ProtoPNet so that :class:`~protomdm.PrototypeSelector`, MDM and the upsampling
     search work on it unchanged. The wrapped model is used as is (its weights are not copied).
 
@@ -105,15 +122,7 @@ class ProtoPNetAdapter(PrototypeModel):
 
     def class_connections(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The wrapped model's ``last_layer`` weights ``(C, P)`` and bias (zeros if it has none)."""
-        last = getattr(self.wrapped, "last_layer", None)
-        if not isinstance(last, nn.Linear):
-            raise NotImplementedError(f"{type(self.wrapped).__name__} has no last_layer")
-        bias = last.bias if last.bias is not None else torch.zeros(last.out_features, device=last.weight.device)
-        return last.weight.detach(), bias.detach()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.wrapped(x)
-        return out[0] if isinstance(out, (tuple, list)) else out
+        return self.linear_connections(getattr(self.wrapped, "last_layer", None))
 
 
 def as_prototype_model(model: nn.Module, **kwargs) -> PrototypeModel:

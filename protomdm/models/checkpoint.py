@@ -20,6 +20,7 @@ import torch
 from ..config import ModelConfig, from_dict, to_dict
 from ..errors import CheckpointError, ConfigError, UserError
 from ..files import atomic_write
+from ..registry import Registry
 from .base import PrototypeModel
 from .registry import check_model_config, create_model
 
@@ -30,13 +31,12 @@ build_model = create_model  # the name the README and older code use
 
 # Other codebases' model files that load_model reads too: (name, detect(path), load(path, device)), registered by
 # their integrations (protomdm.integrations.cabrnet: a CaBRNet model directory).
-_READERS: list[tuple[str, Callable[[Path], bool], Callable[..., PrototypeModel]]] = []
+_READERS: Registry[tuple[Callable[[Path], bool], Callable[..., PrototypeModel]]] = Registry("checkpoint format")
 
 
 def register_checkpoint_reader(name: str, detect: Callable[[Path], bool], load: Callable[..., PrototypeModel]) -> None:
     """Let :func:`load_model` read another format: ``load(path, device)`` for every path where ``detect(path)``."""
-    if name not in {n for n, _, _ in _READERS}:
-        _READERS.append((name, detect, load))
+    _READERS.add(name, (detect, load), same=lambda entry: entry[1])
 
 
 def save_checkpoint(model: PrototypeModel, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -165,7 +165,7 @@ def load_model_and_extra(path: str | Path, device: str | torch.device = "cpu", a
     Raises:
         CheckpointError: missing, truncated, foreign or wrong-kind file.
     """
-    for _, detect, load in _READERS:
+    for detect, load in map(_READERS.__getitem__, _READERS):
         if detect(Path(path)):
             model = load(path, device)
             if architecture is not None and model.config.architecture != architecture:

@@ -17,34 +17,26 @@ from typing import Any, Callable, TypeVar
 
 from ..config import ModelConfig, from_dict
 from ..errors import ConfigError
+from ..registry import Registry
 from .base import PrototypeModel
 
 M = TypeVar("M", bound=type[PrototypeModel])
-_ARCHITECTURES: dict[str, type[PrototypeModel]] = {}
+_ARCHITECTURES: Registry[type[PrototypeModel]] = Registry("architecture", ConfigError)
 
 
 def register_architecture(name: str) -> Callable[[M], M]:
     """Decorator: register a :class:`PrototypeModel` subclass as architecture ``name`` (its config's
     ``architecture``)."""
-
-    def deco(cls: M) -> M:
-        if name in _ARCHITECTURES and _ARCHITECTURES[name] is not cls:
-            raise ValueError(f"an architecture named {name!r} is already registered")
-        _ARCHITECTURES[name] = cls
-        return cls
-
-    return deco
+    return lambda cls: _ARCHITECTURES.add(name, cls)  # type: ignore[return-value]
 
 
 def list_architectures() -> list[str]:
     """The registered names, in registration order."""
-    return list(_ARCHITECTURES)
+    return _ARCHITECTURES.names()
 
 
 def architecture_class(name: str) -> type[PrototypeModel]:
     """The class registered as ``name``; an unknown name is a :class:`ConfigError` listing the registered ones."""
-    if name not in _ARCHITECTURES:
-        raise ConfigError(f"architecture must be one of {', '.join(_ARCHITECTURES)}, got {name!r}")
     return _ARCHITECTURES[name]
 
 
