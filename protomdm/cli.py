@@ -155,11 +155,9 @@ def _cmd_prototypes(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .case_report import case_reports
 
-    if args.resume:
-        raise UserError("--resume does not apply to --report")
     run = case_reports(args.ckpt, args.out, image=args.image, input_dir=args.input, top_k=args.top_k,
                        method=args.method or "mdm", mdm=_mdm_config(args), class_name=args.class_name,
-                       device=args.device, overwrite=args.overwrite, progress=not args.quiet)
+                       device=args.device, overwrite=args.overwrite, resume=args.resume, progress=not args.quiet)
     for r in run.reports:
         for note in r["notes"]:
             print(f"note: {note}")
@@ -414,8 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "for the --top-k prototypes that contribute most, each one's region in the scan beside the "
                    "training image region it stands for (HTML, PNG, JSON; with --input one per image and an index)")
     p.add_argument("--top-k", type=int, default=5, help="--report: prototypes shown (default 5)")
-    _add_job_options(p, resume="--input runs: skip images already done in --out's results.csv, retry the failed "
-                     "ones")
+    _add_job_options(p, resume="--input runs: skip images already done in --out's results.csv (reports.csv with "
+                     "--report), retry the failed ones")
     p.set_defaults(func=_cmd_localize)
 
     p = sub.add_parser("serve", help="a DICOM node: receive images by C-STORE, localize each, send SEG + SR on",

@@ -3,6 +3,7 @@ logit, self-contained HTML without patient data) and what a browser renders of t
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import re
@@ -17,6 +18,7 @@ import torch
 from conftest import tiny_model
 from dicom_factory import PATIENT_ID, PATIENT_NAME, make_dicom
 from dicom_validation import DCIODVFY, dciodvfy_errors
+from PIL import Image
 from test_training import small_config
 
 from protomdm import explain_case, load_model, save_checkpoint
@@ -128,7 +130,6 @@ def test_gallery_and_case_report_are_self_contained_and_readable(trained, tmp_pa
 
     scan = tmp_path / "scan.png"
     sample = SyntheticLesions(cfg.model.class_names, n=1, size=32, seed=5).sample(0)
-    from PIL import Image
 
     Image.fromarray((sample.image.transpose(1, 2, 0) * 255).astype(np.uint8)).save(scan)
     assert main(["localize", "--ckpt", str(ckpt), "--image", str(scan), "--report", "--top-k", "99", "--steps", "60",
@@ -165,6 +166,7 @@ def test_case_reports_of_a_dicom_folder_carry_no_patient_data(tmp_path, capsys):
     check_self_contained_html(tmp_path / "r" / "index.html")
     reports = list((tmp_path / "r").rglob("*_report*.*"))
     assert len(reports) == 4 and all(p.name.startswith("dcm-") for p in reports)
+    assert "Doe" not in (tmp_path / "r" / "reports.csv").read_text()  # its resume table keys paths by a hash
     for p in reports:
         data = p.read_bytes()
         assert PATIENT_NAME.encode() not in data and PATIENT_ID.encode() not in data and b"Doe^Jane" not in data
@@ -189,6 +191,39 @@ def test_case_reports_of_a_dicom_folder_carry_no_patient_data(tmp_path, capsys):
         assert dciodvfy_errors(sr_path) == []
 
 
+def test_a_folder_of_case_reports_resumes_after_an_interruption(tmp_path, capsys, monkeypatch):
+    import protomdm.case_report as case_report
+
+    ckpt = save_checkpoint(tiny_model(), tmp_path / "m.pt")
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray((rng.random((40, 40, 3)) * 255).astype(np.uint8)).save(folder / f"img{i}.png")
+    args = ["localize", "--ckpt", str(ckpt), "--input", str(folder), "--report", "--method", "upsample", "--top-k",
+            "2", "--out", str(tmp_path / "r"), "--quiet"]
+    real, calls = case_report.explain_case, []
+
+    def counted(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(case_report, "explain_case", counted)
+    assert main(args) == 130
+    assert main(args) == 2 and "--resume" in capsys.readouterr().err  # an earlier run's table is not overwritten
+    assert main([*args[:-3], "--top-k", "3", "--out", str(tmp_path / "r"), "--quiet", "--resume"]) == 2
+    assert "top_k was 2, now 3" in capsys.readouterr().err  # nor mixed with other settings
+    assert main([*args, "--resume"]) == 0
+    assert len(calls) == 2 + 2  # the interrupted run's two calls, then only the two images left
+    with open(tmp_path / "r" / "reports.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["input"] for r in rows) == ["img0.png", "img1.png", "img2.png"]
+    assert all(r["status"] == "ok" and (tmp_path / "r" / r["html"]).is_file() for r in rows)
+    assert check_self_contained_html(tmp_path / "r" / "index.html").count("<tr><td><a") == 3
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="headless Chromium (Debian's chromium package) is not "
                     "installed here")
 def test_a_browser_renders_the_gallery_and_a_case_report(trained, tmp_path):
@@ -209,7 +244,6 @@ def test_a_browser_renders_the_gallery_and_a_case_report(trained, tmp_path):
         subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                         f"--screenshot={shot}", "--window-size=1200,1400", html.as_uri()], check=True,
                        capture_output=True, timeout=120)
-        from PIL import Image
 
         img = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
         assert img.shape == (1400, 1200) and img.std() > 10  # something was drawn, not a blank page
