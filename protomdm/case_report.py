@@ -14,13 +14,13 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .batch import find_inputs, folder_name, path_hash
-from .config import MDMConfig, to_dict
+from .config import to_dict
 from .data.images import read_image, to_model_input
 from .device import resolve_device
 from .errors import UserError
 from .explain.case import explain_case
 from .explain.localization import model_device
-from .explain.registry import localizer_entry
+from .explain.registry import MethodConfigs, method_settings, with_mdm
 from .files import append_csv, atomic_write, check_writable, read_csv, write_csv
 from .models import load_model_and_extra
 from .report.case import report_names, write_case_report
@@ -44,16 +44,18 @@ class CaseReportRun:
 
 def case_reports(ckpt: str | Path, out_dir: str | Path, *, image: str | Path | None = None,
                  input_dir: str | Path | None = None, top_k: int = 5, method: str = "mdm",
-                 mdm: MDMConfig | None = None, class_name: str | None = None, device: str = "auto",
-                 overwrite: bool = False, resume: bool = False, progress: bool = False) -> CaseReportRun:
+                 method_configs: MethodConfigs | None = None, class_name: str | None = None, device: str = "auto",
+                 overwrite: bool = False, resume: bool = False, progress: bool = False, mdm: Any = None
+                 ) -> CaseReportRun:
     """Write a case report (``{stem}_report.html/.png/.json``) for ``image``, or for every image under
     ``input_dir`` (one subfolder each, ``reports.csv`` and ``index.html``); a bad image in a folder fails alone and
-    is listed. ``resume`` finishes an interrupted folder run with the same settings."""
+    is listed. ``resume`` finishes an interrupted folder run with the same settings. ``method_configs``: the
+    method's settings by name (``mdm=`` is the older name of its ``"mdm"`` entry)."""
     if (image is None) == (input_dir is None):
         raise UserError("give one `image` or an `input` folder")
     if resume and input_dir is None:
         raise UserError("`resume` applies to a folder of images (`input`), not to one image")
-    localizer_entry(method)
+    config = method_settings(method, with_mdm(method_configs, mdm).get(method))  # unknown or bad: said now
     if top_k < 1:
         raise UserError(f"`top_k` must be at least 1, got {top_k}")
     model, extra = load_model_and_extra(ckpt, resolve_device(device))
@@ -67,7 +69,7 @@ def case_reports(ckpt: str | Path, out_dir: str | Path, *, image: str | Path | N
         dest = check_writable(base / folder, report_names(stem, is_dicom(img)).values(), overwrite)
         x = to_model_input(img, model.config).to(model_device(model))
         report = explain_case(model, x, top_k, method, class_name, records, progress=progress and rel is None,
-                              config=mdm)
+                              config=config)
         shown = stem if is_dicom(img) else (rel or path.name)  # a DICOM's path may name the patient
         files = write_case_report(report, img, dest, stem, f"Case report: {shown}")
         best = report.classes[0]
@@ -84,7 +86,7 @@ def case_reports(ckpt: str | Path, out_dir: str | Path, *, image: str | Path | N
         raise UserError(f"no images under `input` {root}")
     base = check_writable(out_dir, [INDEX, FAILURES], overwrite or resume)
     settings = {"checkpoint": str(ckpt), "method": method, "top_k": top_k, "class_name": class_name,
-                "mdm": to_dict(mdm or MDMConfig())}
+                "method_settings": None if config is None else to_dict(config)}
     with run_folder(base, [REPORTS], settings, resume=resume, overwrite=overwrite):
         earlier = [r for r in read_csv(base / REPORTS) if r.get("status") == "ok" and (base / r["html"]).is_file()]
         write_csv(base / REPORTS, REPORT_COLUMNS, earlier)  # the finished reports; failed ones are retried

@@ -4,17 +4,17 @@ Grad-CAM family, in one figure like the MDM paper's Figure 9."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from .config import MDMConfig
 from .data.images import InputSpec, read_image, to_model_input
 from .errors import CheckpointError, UserError
 from .explain import LogitSelector, create_localizer, list_localizers
 from .explain.localization import model_device
+from .explain.registry import MethodConfigs, with_mdm
 
 
 def classifier_names() -> list[str]:
@@ -74,10 +74,11 @@ def build_classifier(arch: str, ckpt: str | Path | None = None, pretrained: bool
 
 def explain_classifier(model: nn.Module, image_path: str | Path, out_dir: str | Path, *, class_index: int | None = None,
                        methods: Sequence[str] = ("mdm", "gradcam", "gradcampp", "scorecam"), img_size: int = 224,
-                       mdm: MDMConfig | None = None, title: str = "", overwrite: bool = False,
-                       progress: bool = False) -> dict:
+                       method_configs: MethodConfigs | None = None, title: str = "", overwrite: bool = False,
+                       progress: bool = False, mdm: Any = None) -> dict:
     """Explain one class logit of ``model`` in one image with each method; writes ``{stem}_explain.png`` (the
-    image and one heatmap per method) and ``{stem}_explain.json``. Returns the JSON record."""
+    image and one heatmap per method) and ``{stem}_explain.json``. Returns the JSON record. ``method_configs``: the
+    methods' settings by name (``mdm=`` is the older name of its ``"mdm"`` entry)."""
     from .files import check_writable, write_json
     from .report.figures import resize_map, save_panels
     from .report.names import output_stem
@@ -86,7 +87,8 @@ def explain_classifier(model: nn.Module, image_path: str | Path, out_dir: str | 
     bad = [m for m in methods if m not in known]
     if bad or not methods:
         raise UserError(f"unknown method(s) {', '.join(bad) or '(none)'}; choose from {', '.join(known)}")
-    localizers = {m: create_localizer(m, mdm, progress=progress) for m in methods}
+    configs = with_mdm(method_configs, mdm)
+    localizers = {m: create_localizer(m, configs.get(m), progress=progress) for m in methods}
     image = read_image(image_path)
     stem = output_stem(image)
     out = check_writable(out_dir, [f"{stem}_explain.png", f"{stem}_explain.json"], overwrite)

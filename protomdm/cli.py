@@ -37,9 +37,13 @@ def _parse_classes(text: str) -> list[str]:
 
 
 def _add_mdm_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method-config", metavar="[METHOD=]YAML", action="append", help="a method's settings from a "
+                   "YAML file (the fields of its settings, e.g. masks: 2000 for rise); METHOD= names the method when "
+                   "it is not --method (evaluate: rise=rise.yaml); repeatable")
     g = p.add_argument_group("MDM settings (defaults: configs/mdm.yaml; the paper's masks, optimiser and 2000-step "
                              "schedule, in 400 Adam steps)")
-    g.add_argument("--mdm-config", metavar="YAML", help="read MDM settings from a YAML file; flags below override it")
+    g.add_argument("--mdm-config", metavar="YAML", help="read MDM settings from a YAML file; flags below override it "
+                   "(the same as --method-config mdm=YAML)")
     g.add_argument("--steps", type=int, help="schedule length per mask (default 2000, the paper's)")
     g.add_argument("--adam-steps", type=int, metavar="N", help="Adam steps per mask, each standing for --steps / N "
                    "of the schedule's (default 400; 0: one per schedule step)")
@@ -85,7 +89,8 @@ def _add_explained_options(p: argparse.ArgumentParser, methods: list[str]) -> No
 def _job_settings(args: argparse.Namespace, **more) -> dict:
     """The LocalizeJob settings given on the command line (what was not given keeps the job's default)."""
     given = dict(architecture=args.model, method=args.method, prototype=args.prototype, class_name=args.class_name,
-                 percentile=args.percentile, mdm=_mdm_config(args), device=args.device, keep_phi=args.keep_phi,
+                 percentile=args.percentile, method_configs=_method_configs(args), device=args.device,
+                 keep_phi=args.keep_phi,
                  **more)
     return {k: v for k, v in given.items() if v is not None}
 
@@ -102,10 +107,25 @@ def _add_job_options(p: argparse.ArgumentParser, resume: str | None = None) -> N
     _add_mdm_options(p)
 
 
-def _mdm_config(args: argparse.Namespace):
+def _method_configs(args: argparse.Namespace) -> dict:
+    """Each method's settings from --method-config (a method without METHOD= is --method's, else MDM's), MDM's
+    with its own flags applied."""
+    from .explain.registry import list_localizers, method_settings
+
+    configs = {}
+    for spec in args.method_config or []:
+        name, sep, path = spec.partition("=")
+        if not sep or name not in list_localizers():
+            name, path = getattr(args, "method", None) or "mdm", spec
+        configs[name] = method_settings(name, path)
+    configs["mdm"] = _mdm_config(args, configs.get("mdm"))
+    return configs
+
+
+def _mdm_config(args: argparse.Namespace, base=None):
     from .config import MDMConfig, load_mdm_config
 
-    cfg = load_mdm_config(args.mdm_config) if args.mdm_config else MDMConfig()
+    cfg = load_mdm_config(args.mdm_config) if args.mdm_config else (base or MDMConfig())
     overrides = {k: getattr(args, k) for k in ("steps", "loss", "lambda_l1", "lambda1", "lambda2", "time_scale", "gamma",
                                                 "lr", "baseline", "batch_masks", "precision")
                  if getattr(args, k) is not None}
@@ -143,7 +163,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_prototypes(args: argparse.Namespace) -> int:
     from .report.gallery import make_gallery
 
-    g = make_gallery(args.ckpt, args.out, method=args.method, mdm=_mdm_config(args), device=args.device,
+    g = make_gallery(args.ckpt, args.out, method=args.method, method_configs=_method_configs(args), device=args.device,
                      percentile=args.percentile, overwrite=args.overwrite, progress=not args.quiet)
     for note in g.notes:
         print(f"note: {note}")
@@ -156,7 +176,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from .case_report import case_reports
 
     run = case_reports(args.ckpt, args.out, image=args.image, input_dir=args.input, top_k=args.top_k,
-                       method=args.method or "mdm", mdm=_mdm_config(args), class_name=args.class_name,
+                       method=args.method or "mdm", method_configs=_method_configs(args), class_name=args.class_name,
                        device=args.device, overwrite=args.overwrite, resume=args.resume, progress=not args.quiet)
     for r in run.reports:
         for note in r["notes"]:
@@ -218,7 +238,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     model = build_classifier(args.arch, args.ckpt, args.pretrained, args.img_size).to(resolve_device(args.device))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     rec = explain_classifier(model, args.image, args.out, class_index=args.class_index, methods=methods,
-                             img_size=args.img_size, mdm=_mdm_config(args), title=f"{args.arch}",
+                             img_size=args.img_size, method_configs=_method_configs(args), title=f"{args.arch}",
                              overwrite=args.overwrite, progress=not args.quiet)
     print(f"{args.arch}: class {rec['class_index']} (logit {rec['logit']:.4g}); "
           + ", ".join(f"{m} {v['seconds']:.1f}s" for m, v in rec["methods"].items()))
@@ -237,7 +257,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     given = {"data": _data_config(args), "methods": methods, "percentiles": args.percentiles,
              "limit": args.limit, "prototype_policy": args.prototype_policy, "seed": args.seed, "truth": args.truth,
              "part_half_width": args.part_half_width, "deletion_steps": args.deletion_steps,
-             "baseline": args.faithfulness_baseline, "batch_images": args.batch_images, "mdm": _mdm_config(args),
+             "baseline": args.faithfulness_baseline, "batch_images": args.batch_images,
+             "method_configs": _method_configs(args),
              "maps": args.maps, "export": args.export and [args.export]}
     settings = EvalSettings(**{k: v for k, v in given.items() if v is not None},
                             faithfulness=not args.no_faithfulness)

@@ -3,12 +3,11 @@ j)``), and the job behind ``protomdm localize`` (:class:`LocalizeJob`: load once
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +15,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import MDMConfig
 from .data.images import LoadedImage, box_to_original, read_image, to_model_input
 from .device import resolve_device
 from .errors import UserError
 from .explain import Localization, PrototypeSelector, create_localizer
 from .explain.case import class_probabilities
 from .explain.localization import model_device
-from .explain.registry import localizer_entry
+from .explain.registry import MethodConfigs, method_settings, settings_record, with_mdm
 from .explain.selectors import choose_prototype
 from .files import check_writable, write_json
 from .geometry import check_percentile
@@ -80,7 +78,7 @@ class LocalizeJob:
     prototype: int | None = None
     class_name: str | None = None
     percentile: float = 90.0
-    mdm: MDMConfig | None = None
+    method_configs: MethodConfigs = field(default_factory=dict)  # each method's settings by name
     keep_phi: bool = False
     progress: bool = False
 
@@ -90,9 +88,10 @@ class LocalizeJob:
              **kw) -> "LocalizeJob":
         """Check the settings and load the checkpoint (before any image is touched). ``trust_pickle`` loads a
         whole pickled model with the original ProtoPNet interface (this runs code from the file), importing its
-        classes from ``code_dir``."""
+        classes from ``code_dir``. ``mdm=`` is the older name of ``method_configs={"mdm": ...}``."""
         check_percentile(percentile)
-        localizer_entry(method)  # an unknown name is refused before the checkpoint is read
+        kw["method_configs"] = with_mdm(kw.get("method_configs"), kw.pop("mdm", None))
+        method_settings(method, kw["method_configs"].get(method))  # an unknown method or bad settings: said now
         if code_dir is not None and not trust_pickle:
             raise UserError("`code_dir` is only used with `trust_pickle`")
         if trust_pickle:
@@ -109,7 +108,7 @@ class LocalizeJob:
         """What decides a result: recorded by folder runs, which ``--resume`` only with the same settings."""
         return {"checkpoint": self.checkpoint, "method": self.method, "prototype": self.prototype,
                 "class": self.class_name, "percentile": self.percentile, "keep_phi": self.keep_phi,
-                "mdm": dataclasses.asdict(self.mdm or MDMConfig()) if self.method == "mdm" else None}
+                "mdm" if self.method == "mdm" else "method_settings": settings_record(self.method, self.method_configs)}
 
     def localize_images(self, images: list[LoadedImage]) -> list[tuple[int, Localization, float]]:
         """Choose each image's prototype and localize them all in one search: ``(prototype, localization,
@@ -121,7 +120,8 @@ class LocalizeJob:
             probs = class_probabilities(model, model(x).float())
         sel = PrototypeSelector(model, sorted(set(protos)))
         pairs = [(i, sel.indices.index(j)) for i, j in enumerate(protos)]
-        locs = create_localizer(self.method, self.mdm, progress=self.progress).localize_pairs(x, sel, pairs)
+        locs = create_localizer(self.method, self.method_configs.get(self.method), progress=self.progress
+                                ).localize(x, sel, pairs)
         return [(j, loc, float(probs[i, model.prototype_class(j)])) for i, (j, loc) in enumerate(zip(protos, locs))]
 
     def run(self, image: LoadedImage, out: Path, stem: str) -> LocalizeResult:
@@ -192,15 +192,17 @@ def write_dicom(image: LoadedImage, mask: np.ndarray, heatmap: np.ndarray, files
 
 def localize_file(ckpt: str | Path, image_path: str | Path, out_dir: str | Path, *, architecture: str | None = None,
                   method: str = "mdm", prototype: int | None = None, class_name: str | None = None,
-                  percentile: float = 90.0, mdm: MDMConfig | None = None, device: str = "cpu",
+                  percentile: float = 90.0, method_configs: MethodConfigs | None = None, device: str = "cpu",
                   overwrite: bool = False, progress: bool = False, keep_phi: bool = False,
-                  trust_pickle: bool = False, code_dir: str | Path | None = None) -> LocalizeResult:
+                  trust_pickle: bool = False, code_dir: str | Path | None = None, mdm: Any = None) -> LocalizeResult:
     """Localize one prototype in one image file and write ``{stem}_overlay.png``, ``{stem}_mask.png`` and
     ``{stem}_localization.json`` (box in the original image's pixels) to ``out_dir``; for a DICOM input also
     ``{stem}_seg.dcm`` (the mask), ``{stem}_heatmap.dcm`` (a fractional SEG) and ``{stem}_sr.dcm`` (the
-    structured report), and ``stem`` is a hash of its SOP Instance UID."""
+    structured report), and ``stem`` is a hash of its SOP Instance UID. ``method_configs``: the method's settings
+    by name (``{"rise": RISEConfig(masks=2000)}``; ``mdm=`` is the older name of its ``"mdm"`` entry)."""
     job = LocalizeJob.load(ckpt, architecture=architecture, device=device, method=method, percentile=percentile,
-                           prototype=prototype, class_name=class_name, mdm=mdm, keep_phi=keep_phi,
+                           prototype=prototype, class_name=class_name, method_configs=with_mdm(method_configs, mdm),
+                           keep_phi=keep_phi,
                            progress=progress, trust_pickle=trust_pickle, code_dir=code_dir)
     image = read_image(image_path)
     stem = output_stem(image)

@@ -83,3 +83,28 @@ def test_every_registered_localizer_keeps_the_template_contract(name):
         tol = 1e-3 if name == "ablationcam" else 1e-4  # grad-cam's ablations run in batches: float rounding
         assert np.allclose(alone.heatmap, got.heatmap, atol=tol) and alone.score == pytest.approx(got.score, abs=1e-5)
     assert loc.localize(x[:1], sel.single(0), []) == []
+
+
+def test_any_method_takes_its_settings_from_a_yaml_file(tmp_path, png_path, capsys):
+    """A method is a name plus its registered settings: --method-config builds them for any method."""
+    import json
+
+    ckpt = save_checkpoint(tiny_model(class_names=("disk", "square", "cross"), img_size=(48, 48)), tmp_path / "m.pt")
+    (tmp_path / "rise.yaml").write_text("masks: 60\ncells: 4\n")
+    assert main(["localize", "--ckpt", str(ckpt), "--image", str(png_path), "--method", "rise", "--method-config",
+                 str(tmp_path / "rise.yaml"), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    record = json.loads(next((tmp_path / "o").glob("*_localization.json")).read_text())
+    assert record["settings"]["masks"] == 60 and record["settings"]["cells"] == 4
+    assert main(["evaluate", "--dataset", "synthetic", "--ckpt", str(ckpt), "--limit", "1", "--methods",
+                 "upsample,rise", "--method-config", f"rise={tmp_path / 'rise.yaml'}", "--no-faithfulness",
+                 "--out", str(tmp_path / "e"), "--quiet"]) == 0
+    run = json.loads((tmp_path / "e" / "run.json").read_text())
+    assert run["method_settings"] == {"rise": {**run["method_settings"]["rise"], "masks": 60, "cells": 4}}
+    (tmp_path / "bad.yaml").write_text("maskz: 60\n")
+    assert main(["localize", "--ckpt", str(ckpt), "--image", str(png_path), "--method", "rise", "--method-config",
+                 str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "o2"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "maskz" in err
+    assert main(["localize", "--ckpt", str(ckpt), "--image", str(png_path), "--method", "gradcam", "--method-config",
+                 str(tmp_path / "rise.yaml"), "--out", str(tmp_path / "o3"), "--quiet"]) == 2
+    assert "method 'gradcam' has no settings" in capsys.readouterr().err

@@ -51,7 +51,14 @@ from ..explain.case import class_probabilities
 from ..explain.localization import heatmap_problem, model_device
 from ..explain.mdm import images_per_search
 from ..explain.perturbation import Perturbation
-from ..explain.registry import create_localizer, list_localizers
+from ..explain.registry import (
+    create_localizer,
+    list_localizers,
+    localizer_entry,
+    method_settings,
+    settings_record,
+    with_mdm,
+)
 from ..files import append_csv, atomic_write, read_csv, write_csv
 from ..geometry import regions, resize_heatmap
 from ..models import PrototypeModel, load_model
@@ -127,7 +134,9 @@ class EvalSettings:
         prototype_policy: ``first`` (the first prototype of the finding's class, as the MDM paper does on CUB),
             ``best-dice`` (the class's prototype with the best mean Dice, as it does on NIH) or ``all-of-class``;
             default ``best-dice`` on NIH, else ``first``.
-        mdm: MDM's settings. ``truth``/``part_half_width``: CUB's ground truth (``segmentation`` or ``parts``).
+        method_configs: each method's settings by name (an instance of its settings class, a dict or a YAML
+            path; the defaults for the others); ``mdm``: the older name of its ``"mdm"`` entry.
+        ``truth``/``part_half_width``: CUB's ground truth (``segmentation`` or ``parts``).
         faithfulness: also score deletion/insertion (``deletion_steps`` steps) and Average Drop/Increase,
             masking with ``baseline``. ``stability_noise``: CUB's part stability noise.
         batch_images: images sharing one localizer search (MDM trains their masks together); default 8 on a GPU
@@ -145,6 +154,7 @@ class EvalSettings:
     limit: int | None = None
     prototype_policy: str | None = None
     seed: int = 1
+    method_configs: dict[str, Any] | None = None
     mdm: MDMConfig | None = None
     truth: str = "segmentation"
     part_half_width: int = 16
@@ -168,6 +178,9 @@ class EvalSettings:
         if self.dataset not in list_datasets():
             raise UserError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(list_datasets())}")
         self.methods = parse_methods(self.methods, maps=self.maps is not None)
+        configs = with_mdm(self.method_configs, self.mdm)
+        self.method_configs = {m: method_settings(m, configs.get(m)) for m in self.methods if m != MAPS}
+        self.mdm = None  # now method_configs["mdm"]
         self.export = list(dict.fromkeys([self.export] if isinstance(self.export, str) else self.export))
         bad = [e for e in self.export if e not in EXPORTS]
         if bad:
@@ -192,7 +205,11 @@ class EvalSettings:
                 "policy": self.prototype_policy, "seed": self.seed, "truth": self.truth,
                 "part_half_width": self.part_half_width, "faithfulness": self.faithfulness,
                 "deletion_steps": self.deletion_steps, "baseline": self.baseline,
-                "mdm": dataclasses.asdict(self.mdm or MDMConfig()) if "mdm" in self.methods else None,
+                "mdm": settings_record("mdm", self.method_configs) if "mdm" in self.methods else None,
+                **({"method_settings": others} if (others := {m: settings_record(m, self.method_configs)
+                                                               for m in self.methods
+                                                               if m not in ("mdm", MAPS)
+                                                               and localizer_entry(m).settings}) else {}),
                 **({"maps": str(self.maps)} if self.maps is not None else {}),
                 **({"export": self.export} if self.export else {})}
 
@@ -351,7 +368,7 @@ def _evaluate_in(out: Path, cfg: EvalSettings, model: PrototypeModel, samples: I
             write_csv(path, cols, [])
     parts = dataset == "cub"
     scorer = _Scorer(model, percentiles, cfg.faithfulness, cfg.deletion_steps, cfg.baseline, parts)
-    localizers = {m: create_localizer(m, cfg.mdm) for m in methods if m != MAPS}
+    localizers = {m: create_localizer(m, (cfg.method_configs or {}).get(m)) for m in methods if m != MAPS}
     res = EvalResult(out)
     gen = torch.Generator().manual_seed(cfg.seed)
     device = model_device(model)

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
+from ..config import from_dict, load_yaml
 from ..errors import UserError
 from ..registry import Registry
 from .localization import Localizer
@@ -55,9 +57,44 @@ def localizer_entry(name: str) -> LocalizerEntry:
     return _LOCALIZERS[name]
 
 
+MethodConfigs = Mapping[str, Any]  # each method's settings by name: an instance of its settings class, a dict, a YAML
+
+
+def method_settings(name: str, value: Any = None) -> Any:
+    """Method ``name``'s settings as an instance of its registered settings class: ``value`` itself, or read from a
+    mapping or a YAML file (keys at the top level, or under the method's name), or the defaults when None. A
+    method without a settings class has None (and takes no ``value``)."""
+    entry = localizer_entry(name)
+    if entry.settings is None:
+        if value not in (None, {}):
+            raise UserError(f"method {name!r} has no settings to configure")
+        return None
+    if isinstance(value, entry.settings):
+        return value
+    where = f"{name} settings"
+    if isinstance(value, (str, Path)):
+        where, value = str(value), load_yaml(value)
+        if isinstance(value, dict) and set(value) == {name}:
+            value = value[name]
+    return from_dict(entry.settings, value or {}, where=where)
+
+
+def with_mdm(configs: MethodConfigs | None, mdm: Any = None) -> dict[str, Any]:
+    """``configs`` as a dict, with ``mdm`` (the older keyword for MDM's settings) as its ``"mdm"`` entry if given."""
+    return {**(configs or {}), **({"mdm": mdm} if mdm is not None else {})}
+
+
+def settings_record(name: str, configs: MethodConfigs | None) -> dict[str, Any] | None:
+    """What a run records of method ``name``'s settings (``run.json``): its effective settings as a dict, or None
+    for a method without settings."""
+    cfg = method_settings(name, (configs or {}).get(name))
+    return None if cfg is None else dataclasses.asdict(cfg)
+
+
 def create_localizer(name: str, config: Any = None, *, progress: bool = False, **settings) -> Localizer:
-    """A localizer by name. ``config``: an instance of its settings dataclass (else the defaults), with
-    ``settings`` overriding single fields; a method without a settings dataclass takes ``settings`` as keywords."""
+    """A localizer by name. ``config``: its settings (see :func:`method_settings`; else the defaults; another
+    method's settings are ignored), with ``settings`` overriding single fields; a method without a settings
+    dataclass takes ``settings`` as keywords."""
     entry = localizer_entry(name)
     if entry.settings is None:
         return entry.factory(**settings)
@@ -65,5 +102,5 @@ def create_localizer(name: str, config: Any = None, *, progress: bool = False, *
     unknown = sorted(set(settings) - fields)
     if unknown:
         raise UserError(f"unknown {name.upper()} setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
-    base: Any = config if isinstance(config, entry.settings) else entry.settings()
+    base: Any = method_settings(name, config if isinstance(config, (entry.settings, dict, str, Path)) else None)
     return entry.factory(dataclasses.replace(base, **settings), progress=progress)

@@ -15,12 +15,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import MDMConfig
 from ..data.images import box_to_original, to_model_input
 from ..explain import PrototypeSelector, create_localizer
 from ..explain.case import last_layer_weights
 from ..explain.localization import Localization, model_device
 from ..explain.mdm import images_per_search
+from ..explain.registry import MethodConfigs, with_mdm
 from ..files import atomic_write, check_writable, write_csv
 from ..models import PrototypeModel, load_model_and_extra
 from .html import esc, hstack, img_tag, overlay_rgb, page, png_bytes
@@ -67,15 +67,16 @@ class Gallery:
     files: dict[str, Path] = field(default_factory=dict)
 
 
-def localize_sources(model: PrototypeModel, entries: list[GalleryEntry], method: str, mdm: MDMConfig | None,
+def localize_sources(model: PrototypeModel, entries: list[GalleryEntry], method: str, config: Any,
                      progress: bool) -> None:
     """Localize every entry's prototype in its own source image with the upsampling search and ``method``; the
-    sources go through the localizer in chunks of several images (MDM: one search per chunk)."""
+    sources go through the localizer in chunks of several images (MDM: one search per chunk). ``config``:
+    ``method``'s settings."""
     todo = [e for e in entries if e.pixels is not None]
     device = model_device(model)
     chunk = images_per_search(None, device)
     bar = tqdm(total=len(todo), desc=f"gallery ({method})", unit="prototype", disable=not progress)
-    localizers = {"upsample": create_localizer("upsample"), method: create_localizer(method, mdm)}
+    localizers = {"upsample": create_localizer("upsample"), method: create_localizer(method, config)}
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
         x = torch.cat([to_model_input(e.pixels, model.config) for e in part]).to(device)
@@ -105,9 +106,9 @@ def entry_panels(e: GalleryEntry, method: str, percentile: float, side: int = 20
     return hstack(panels)
 
 
-def make_gallery(ckpt: str | Path, out_dir: str | Path, *, method: str = "mdm", mdm: MDMConfig | None = None,
-                 device: str = "auto", percentile: float = 95.0, overwrite: bool = False,
-                 progress: bool = False) -> Gallery:
+def make_gallery(ckpt: str | Path, out_dir: str | Path, *, method: str = "mdm",
+                 method_configs: MethodConfigs | None = None, device: str = "auto", percentile: float = 95.0,
+                 overwrite: bool = False, progress: bool = False, mdm: Any = None) -> Gallery:
     """Write the gallery of ``ckpt``'s prototypes into ``out_dir``; see the module docstring.
 
     ``percentile``: the region drawn as a box (95: ProtoPNet's own choice for its prototype crops).
@@ -136,7 +137,7 @@ def make_gallery(ckpt: str | Path, out_dir: str | Path, *, method: str = "mdm", 
     names = ["gallery.html", "index.csv"] + [f"prototype_{e.prototype:04d}.png" for e in gallery.entries
                                              if e.pixels is not None]
     out = check_writable(out_dir, names, overwrite)
-    localize_sources(model, gallery.entries, method, mdm, progress)
+    localize_sources(model, gallery.entries, method, with_mdm(method_configs, mdm).get(method), progress)
     rows, html_png = [], {}
     for e in gallery.entries:
         png = None
