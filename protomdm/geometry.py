@@ -115,12 +115,12 @@ class Region:
                 "mass": round(self.mass, 4)}
 
 
-def regions(heatmap: np.ndarray, percentile: float) -> list[Region]:
-    """Every connected region of ``heatmap``'s top-percentile mask, largest heat mass first (scikit-image's
-    ``measure.label`` and ``regionprops``, 8-connectivity)."""
+def regions(heatmap: np.ndarray, percentile: float, mask: np.ndarray | None = None) -> list[Region]:
+    """Every connected region of ``heatmap``'s top-percentile mask (``mask``, when already computed), largest heat
+    mass first (scikit-image's ``measure.label`` and ``regionprops``, 8-connectivity)."""
     from skimage.measure import label, regionprops
 
-    mask = top_percentile_mask(heatmap, percentile)
+    mask = top_percentile_mask(heatmap, percentile) if mask is None else mask
     found = []
     for r in regionprops(label(mask, connectivity=2), intensity_image=np.asarray(heatmap, dtype=np.float64)):
         y0, x0, y1, x1 = r.bbox

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.images import LoadedImage, box_to_original, read_image, to_model_input
+from .data.images import LoadedImage, read_image, to_model_input
 from .device import resolve_device
 from .errors import UserError
 from .explain import Localization, PrototypeSelector, create_localizer
@@ -136,10 +136,8 @@ class LocalizeJob:
         model = self.model
         size = image.size
         mask = resize_mask(loc.binary(self.percentile), size)
-        box_in = loc.box(self.percentile)
-        box = box_to_original(box_in, loc.heatmap.shape, size) if box_in else None
-        regions = [{**r.as_dict(), "box": list(box_to_original(r.box, loc.heatmap.shape, size)),
-                    "box_input": list(r.box)} for r in loc.regions(self.percentile)]
+        where = loc.in_original(size, self.percentile)  # box, box_input, regions
+        box, regions = where["box"], where["regions"]
         c = model.prototype_class(j)
         dicom = is_dicom(image)
         record = {
@@ -149,8 +147,7 @@ class LocalizeJob:
                       "checkpoint": self.checkpoint},
             "prototype": j, "class_index": c, "class_name": model.class_names[c], "class_probability": probability,
             "score": loc.score, "percentile": self.percentile,
-            "box": list(box) if box else None, "box_input": list(box_in) if box_in else None,
-            "regions": regions,
+            **where,
             "pixel_spacing": list(image.pixel_spacing) if image.pixel_spacing else None,
             **loc.summary(),
         }

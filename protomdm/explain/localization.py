@@ -13,6 +13,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from ..data.images import box_to_original
 from ..errors import UserError
 from ..geometry import Box, Region, mask_box, regions, top_percentile_mask
 
@@ -43,6 +44,7 @@ class Localization:
     steps: int = 0
     status: str = "ok"
     reason: str = ""
+    _masks: dict[float, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.status == "ok":
@@ -55,8 +57,11 @@ class Localization:
         return self.status == "ok"
 
     def binary(self, percentile: float = 90) -> np.ndarray:
-        """``(H, W)`` bool mask of the top ``(100 - percentile)%`` of the heatmap."""
-        return top_percentile_mask(self.heatmap, percentile)
+        """``(H, W)`` bool mask of the top ``(100 - percentile)%`` of the heatmap (thresholded once per percentile:
+        :meth:`box` and :meth:`regions` read the same mask; a copy is returned)."""
+        if percentile not in self._masks:
+            self._masks[percentile] = top_percentile_mask(self.heatmap, percentile)
+        return self._masks[percentile].copy()
 
     def box(self, percentile: float = 90) -> Box | None:
         """Bounding box ``(x0, y0, x1, y1)`` (input pixels, exclusive ends) of :meth:`binary`; None if empty."""
@@ -65,7 +70,17 @@ class Localization:
     def regions(self, percentile: float = 90) -> list[Region]:
         """Every connected region of :meth:`binary` (box, area, peak and mean heat), largest heat mass first: two
         separate findings give two regions, where :meth:`box` spans both. Empty for an ``empty`` status."""
-        return regions(self.heatmap, percentile) if self.ok else []
+        return regions(self.heatmap, percentile, self.binary(percentile)) if self.ok else []
+
+    def in_original(self, size: tuple[int, int], percentile: float = 90) -> dict[str, Any]:
+        """:meth:`box` and :meth:`regions` mapped to an original image of ``size (H, W)``: ``box`` and
+        ``box_input`` (None if empty), ``regions`` (each with ``box`` in original and ``box_input`` in input
+        pixels)."""
+        box_in = self.box(percentile)
+        to_original = lambda b: list(box_to_original(b, self.heatmap.shape, size))  # noqa: E731
+        return {"box": to_original(box_in) if box_in else None, "box_input": list(box_in) if box_in else None,
+                "regions": [{**r.as_dict(), "box": to_original(r.box), "box_input": list(r.box)}
+                            for r in self.regions(percentile)]}
 
     def summary(self) -> dict[str, Any]:
         """JSON-safe metadata (everything but the heatmap)."""

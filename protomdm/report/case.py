@@ -29,7 +29,7 @@ def report_names(stem: str, dicom: bool = False) -> dict[str, str]:
 
 def _scan_panel(image: LoadedImage, row: CaseRow, percentile: float) -> np.ndarray:
     loc = row.localization
-    boxes = [box_to_original(r.box, loc.heatmap.shape, image.size) for r in loc.regions(percentile)[:3]]
+    boxes = [r["box"] for r in loc.in_original(image.size, percentile)["regions"][:3]]
     return overlay_rgb(image.pixels, loc.heatmap, boxes, side=SIDE)
 
 
@@ -87,10 +87,9 @@ def case_finding(report: CaseReport, image: LoadedImage, percentile: float = 90.
     prob = next(c["probability"] for c in report.classes if c["name"] == report.explained_class)
     protos = []
     for r in report.rows:
-        box = r.localization.box(percentile)
         protos.append({"prototype": r.prototype, "class_name": r.class_name, "similarity": r.similarity,
                        "weight": r.weight, "contribution": r.contribution,
-                       "box": list(box_to_original(box, r.localization.heatmap.shape, image.size)) if box else None})
+                       "box": r.localization.in_original(image.size, percentile)["box"]})
     first = report.rows[0].localization if report.rows else None
     return Finding(f"case report: {report.explained_class}", report.explained_class, prob,
                    first.method if first else "none", (first.settings or {}) if first else {}, [],

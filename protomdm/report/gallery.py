@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.images import box_to_original, to_model_input
+from ..data.images import to_model_input
 from ..explain import PrototypeSelector, create_localizer
 from ..explain.case import last_layer_weights
 from ..explain.localization import Localization, model_device
@@ -90,10 +90,9 @@ def localize_sources(model: PrototypeModel, entries: list[GalleryEntry], method:
     bar.close()
 
 
-def _box_in(loc: Localization | None, size: tuple[int, int], percentile: float) -> tuple[int, int, int, int] | None:
+def _box_in(loc: Localization | None, size: tuple[int, int], percentile: float) -> list[int] | None:
     """``loc``'s box mapped from the model input to an image of ``size`` (H, W)."""
-    box = loc.box(percentile) if loc is not None else None
-    return box_to_original(box, loc.heatmap.shape, size) if box is not None else None
+    return loc.in_original(size, percentile)["box"] if loc is not None else None
 
 
 def entry_panels(e: GalleryEntry, method: str, percentile: float, side: int = 200) -> np.ndarray:
