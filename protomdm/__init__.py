@@ -8,7 +8,7 @@ from .config import MDMConfig, ModelConfig
 from .errors import UserError
 from .explain import Localization, LogitSelector, MDMLocalizer, PrototypeSelector, UpsampleLocalizer
 from .explain.case import CaseReport, explain_case
-from .localize import localize_prototype
+from .jobs.localize import localize_prototype
 from .models import ProtoPNet, XProtoNet, build_model, load_model, save_checkpoint
 from .version import __version__
 

@@ -71,7 +71,7 @@ def _add_mdm_options(p: argparse.ArgumentParser) -> None:
 
 def _add_explained_options(p: argparse.ArgumentParser, methods: list[str]) -> None:
     """--model, --ckpt, --prototype | --class, --method and --percentile: what a LocalizeJob explains and how."""
-    from .localize import LocalizeJob
+    from .jobs.localize import LocalizeJob
     from .models import list_architectures
 
     p.add_argument("--model", choices=list_architectures(), help="refuse a checkpoint of another architecture")
@@ -144,8 +144,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 
-    from .localize import LocalizeJob
-    from .serve import Destination, NodeSettings, serve
+    from .jobs.localize import LocalizeJob
+    from .jobs.serve import Destination, NodeSettings, serve
 
     settings = NodeSettings(
         queue_dir=Path(args.queue), port=args.port, host=args.host, ae_title=args.ae_title,
@@ -173,7 +173,7 @@ def _cmd_prototypes(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .case_report import case_reports
+    from .jobs.case_report import case_reports
 
     run = case_reports(args.ckpt, args.out, image=args.image, input_dir=args.input, top_k=args.top_k,
                        method=args.method or "mdm", method_configs=_method_configs(args), class_name=args.class_name,
@@ -190,7 +190,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_localize(args: argparse.Namespace) -> int:
-    from .localize import LocalizeJob, localize_file
+    from .jobs.localize import LocalizeJob, localize_file
 
     if args.report:
         return _cmd_report(args)
@@ -207,9 +207,9 @@ def _cmd_localize(args: argparse.Namespace) -> int:
         for f in res.files.values():
             print(f"wrote {f}")
         return 0 if r["status"] == "ok" else 1
-    from .batch import FAILURES, RESULTS, localize_folder
     from .device import resolve_device
     from .distributed import init_distributed
+    from .jobs.folder import FAILURES, RESULTS, localize_folder
 
     dist = init_distributed(resolve_device(args.device))
     settings["device"] = str(dist.device(resolve_device(args.device)))
@@ -232,8 +232,8 @@ def _cmd_localize(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from .classifiers import build_classifier, explain_classifier
     from .device import resolve_device
+    from .jobs.explain_classifier import build_classifier, explain_classifier
 
     model = build_classifier(args.arch, args.ckpt, args.pretrained, args.img_size).to(resolve_device(args.device))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -357,7 +357,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .jobs.demo import run_demo
 
     res = run_demo(args.out, args.images, _mdm_config(args), progress=not args.quiet, overwrite=args.overwrite)
     print("\nmethod     mean Dice  mean IoU  s/image   (top 10% of the heatmap vs the planted object)")
@@ -373,7 +373,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import format_table, rows_record, run_bench
+    from .jobs.bench import format_table, rows_record, run_bench
 
     mdm = _mdm_config(args)
     rows, what = run_bench(args.model, args.backbone, args.img_size, args.device, args.images, args.ref_steps, mdm,

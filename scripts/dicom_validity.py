@@ -22,7 +22,7 @@ from dicom_validation import dciodvfy_errors, validation_sources  # noqa: E402
 
 from protomdm.config import ModelConfig  # noqa: E402
 from protomdm.data.images import read_image  # noqa: E402
-from protomdm.localize import LocalizeJob  # noqa: E402
+from protomdm.jobs.localize import LocalizeJob  # noqa: E402
 from protomdm.models import build_model  # noqa: E402
 from protomdm.report.names import output_stem  # noqa: E402
 

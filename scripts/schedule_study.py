@@ -29,8 +29,8 @@ from protomdm import LogitSelector, MDMConfig, MDMLocalizer, PrototypeSelector, 
 from protomdm.config import load_train_config
 from protomdm.data.images import model_input
 from protomdm.data.synthetic import SyntheticLesions
-from protomdm.demo import demo_config
 from protomdm.evaluation.metrics import dice, top_percentile_mask
+from protomdm.jobs.demo import demo_config
 from protomdm.models.backbones import build_backbone
 from protomdm.training import train
 

@@ -18,8 +18,8 @@ def _setup(rank: int, world: int, port: int):
 
 def localize(rank, world, port, ckpt, folder, out, resume=False, die_rank=-1, die_after=0):
     dist = _setup(rank, world, port)
-    from protomdm.batch import localize_folder
-    from protomdm.localize import LocalizeJob
+    from protomdm.jobs.folder import localize_folder
+    from protomdm.jobs.localize import LocalizeJob
 
     job = LocalizeJob.load(ckpt, method="upsample")
     if rank == die_rank:

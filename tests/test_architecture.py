@@ -24,7 +24,7 @@ LAYERS = [
     {"report"},  # figures, file names, DICOM outputs
     {"evaluation"},  # metrics and the runner
     {"training", "integrations"},  # training stages (push localizes); other codebases' models
-    {"localize", "classifiers", "batch", "case_report", "serve", "bench", "demo", "cli", ""},  # the jobs behind the commands
+    {"jobs", "cli", ""},  # the jobs behind the commands, the command line, the package's face
 ]
 
 

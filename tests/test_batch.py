@@ -15,9 +15,9 @@ from dicom_factory import PATIENT_ID, PATIENT_NAME, make_dicom
 from PIL import Image
 
 from protomdm import save_checkpoint
-from protomdm.batch import find_inputs, localize_folder
 from protomdm.cli import main
-from protomdm.localize import LocalizeJob
+from protomdm.jobs.folder import find_inputs, localize_folder
+from protomdm.jobs.localize import LocalizeJob
 
 pytest.importorskip("highdicom")
 FAST = ["--steps", "5", "--quiet"]
@@ -236,8 +236,8 @@ def test_no_input_stops_a_folder_run_and_names_never_collide(capsys, tmp_path, g
 HOLDING_RUN = """
 import sys, time
 from pathlib import Path
-from protomdm.batch import localize_folder
-from protomdm.localize import LocalizeJob
+from protomdm.jobs.folder import localize_folder
+from protomdm.jobs.localize import LocalizeJob
 
 ckpt, src, out, marker = sys.argv[1:5]
 real = LocalizeJob.write

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from protomdm.bench import PAPER_PASSES, format_table, run_bench
 from protomdm.cli import main
 from protomdm.config import MDMConfig
+from protomdm.jobs.bench import PAPER_PASSES, format_table, run_bench
 
 
 def test_bench_compares_the_schedules_and_they_agree(tmp_path):
@@ -67,8 +67,8 @@ def test_demo_measures_by_hand():
     from protomdm import build_model
     from protomdm.data.images import model_input
     from protomdm.data.sources import dataset_source
-    from protomdm.demo import demo_config, demo_measures
     from protomdm.geometry import mask_box
+    from protomdm.jobs.demo import demo_config, demo_measures
 
     cfg = demo_config()
     torch.manual_seed(0)

@@ -192,7 +192,7 @@ def test_case_reports_of_a_dicom_folder_carry_no_patient_data(tmp_path, capsys):
 
 
 def test_a_folder_of_case_reports_resumes_after_an_interruption(tmp_path, capsys, monkeypatch):
-    import protomdm.case_report as case_report
+    import protomdm.jobs.case_report as case_report
 
     ckpt = save_checkpoint(tiny_model(), tmp_path / "m.pt")
     rng = np.random.default_rng(1)

@@ -9,7 +9,7 @@ from conftest import tiny_model
 from dicom_validation import DCIODVFY, dciodvfy_errors, validation_sources
 
 from protomdm.data.images import read_image
-from protomdm.localize import LocalizeJob
+from protomdm.jobs.localize import LocalizeJob
 from protomdm.report.names import output_stem
 
 pytest.importorskip("highdicom")

@@ -16,9 +16,9 @@ from conftest import tiny_model
 from PIL import Image
 
 from protomdm import save_checkpoint
-from protomdm.batch import localize_folder
 from protomdm.config import to_dict
-from protomdm.localize import LocalizeJob
+from protomdm.jobs.folder import localize_folder
+from protomdm.jobs.localize import LocalizeJob
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="torch.distributed with Gloo is not available")

@@ -145,7 +145,7 @@ def test_a_dicom_without_uid_is_named_by_its_pixels_never_its_file_name(tmp_path
 
 
 def test_a_failed_single_image_localize_leaves_nothing(tmp_path, capsys, monkeypatch):
-    from protomdm.localize import LocalizeJob
+    from protomdm.jobs.localize import LocalizeJob
 
     rng = np.random.default_rng(0)
     src = make_dicom(tmp_path / "scan.dcm", (rng.random((40, 40)) * 255).astype(np.uint8), bits_stored=8)

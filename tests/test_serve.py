@@ -16,7 +16,7 @@ import pytest
 from conftest import tiny_model
 from dicom_factory import PATIENT_ID, PATIENT_NAME, make_dicom
 
-from protomdm.localize import LocalizeJob
+from protomdm.jobs.localize import LocalizeJob
 from protomdm.models import save_checkpoint
 
 pynetdicom = pytest.importorskip("pynetdicom")
@@ -84,7 +84,7 @@ def _wait_until(cond, timeout: float = 60) -> bool:
 
 
 def test_an_instance_sent_comes_back_as_seg_and_sr_that_reference_it(tmp_path, grey_model):
-    from protomdm.serve import Destination, Node, NodeSettings
+    from protomdm.jobs.serve import Destination, Node, NodeSettings
 
     dest = Receiver()
     node = Node(LocalizeJob(grey_model, "m.pt", method="upsample"),
@@ -122,7 +122,7 @@ def test_an_instance_sent_comes_back_as_seg_and_sr_that_reference_it(tmp_path, g
 
 
 def test_a_destination_that_is_down_keeps_the_instance_queued(tmp_path, grey_model):
-    from protomdm.serve import Destination, Node, NodeSettings
+    from protomdm.jobs.serve import Destination, Node, NodeSettings
 
     dest = Receiver()
     port = dest.port
@@ -183,7 +183,7 @@ def test_a_kill_during_processing_loses_nothing_and_sigterm_stops_cleanly(tmp_pa
 
 @pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK's storescu not installed (apt-get install dcmtk)")
 def test_storescu_from_dcmtk_is_accepted(tmp_path, grey_model):
-    from protomdm.serve import Node, NodeSettings
+    from protomdm.jobs.serve import Node, NodeSettings
 
     node = Node(LocalizeJob(grey_model, "m.pt", method="upsample"),
                 NodeSettings(queue_dir=tmp_path / "q", port=0, out_dir=tmp_path / "out")).start()

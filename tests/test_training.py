@@ -96,7 +96,7 @@ def test_resume_equals_training_straight(tmp_path):
 
 
 def test_shipped_configs_load_and_the_demo_uses_the_synthetic_one():
-    from protomdm.demo import demo_config
+    from protomdm.jobs.demo import demo_config
 
     for name in ("synthetic_protopnet", "synthetic_xprotonet", "cub_protopnet", "nih_xprotonet", "nih_protopnet"):
         load_train_config(CONFIGS / f"{name}.yaml")

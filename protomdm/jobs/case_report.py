@@ -13,21 +13,21 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .batch import find_inputs, folder_name, path_hash
-from .config import to_dict
-from .data.images import read_image, to_model_input
-from .device import resolve_device
-from .errors import UserError
-from .explain.case import explain_case
-from .explain.localization import model_device
-from .explain.registry import MethodConfigs, method_settings, with_mdm
-from .files import append_csv, atomic_write, check_writable, read_csv, write_csv
-from .models import load_model_and_extra
-from .report.case import report_names, write_case_report
-from .report.gallery import push_records
-from .report.html import esc, page
-from .report.names import is_dicom, output_stem
-from .runfolder import item_failure, run_folder
+from ..config import to_dict
+from ..data.images import read_image, to_model_input
+from ..device import resolve_device
+from ..errors import UserError
+from ..explain.case import explain_case
+from ..explain.localization import model_device
+from ..explain.registry import MethodConfigs, method_settings, with_mdm
+from ..files import append_csv, atomic_write, check_writable, read_csv, write_csv
+from ..models import load_model_and_extra
+from ..report.case import report_names, write_case_report
+from ..report.gallery import push_records
+from ..report.html import esc, page
+from ..report.names import is_dicom, output_stem
+from ..runfolder import item_failure, run_folder
+from .folder import find_inputs, folder_name, path_hash
 
 INDEX = "index.html"
 FAILURES = "failures.txt"

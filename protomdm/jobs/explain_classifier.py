@@ -10,11 +10,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.images import InputSpec, read_image, to_model_input
-from .errors import CheckpointError, UserError
-from .explain import LogitSelector, create_localizer, list_localizers
-from .explain.localization import model_device
-from .explain.registry import MethodConfigs, with_mdm
+from ..data.images import InputSpec, read_image, to_model_input
+from ..errors import CheckpointError, UserError
+from ..explain import LogitSelector, create_localizer, list_localizers
+from ..explain.localization import model_device
+from ..explain.registry import MethodConfigs, with_mdm
 
 
 def classifier_names() -> list[str]:
@@ -79,9 +79,9 @@ def explain_classifier(model: nn.Module, image_path: str | Path, out_dir: str | 
     """Explain one class logit of ``model`` in one image with each method; writes ``{stem}_explain.png`` (the
     image and one heatmap per method) and ``{stem}_explain.json``. Returns the JSON record. ``method_configs``: the
     methods' settings by name (``mdm=`` is the older name of its ``"mdm"`` entry)."""
-    from .files import check_writable, write_json
-    from .report.figures import resize_map, save_panels
-    from .report.names import output_stem
+    from ..files import check_writable, write_json
+    from ..report.figures import resize_map, save_panels
+    from ..report.names import output_stem
 
     known = list_localizers(for_logits=True)
     bad = [m for m in methods if m not in known]

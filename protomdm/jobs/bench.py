@@ -20,16 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import MDMConfig, ModelConfig
-from .data.images import model_input
-from .data.synthetic import SHAPES, SyntheticLesions
-from .device import resolve_device
-from .evaluation.metrics import dice
-from .explain import MDMLocalizer, PrototypeSelector
-from .explain.localization import eval_mode
-from .explain.mdm import frozen
-from .explain.selectors import Selector, choose_prototype
-from .models import PrototypeModel, architecture_class, build_model, load_model
+from ..config import MDMConfig, ModelConfig
+from ..data.images import model_input
+from ..data.synthetic import SHAPES, SyntheticLesions
+from ..device import resolve_device
+from ..evaluation.metrics import dice
+from ..explain import MDMLocalizer, PrototypeSelector
+from ..explain.localization import eval_mode
+from ..explain.mdm import frozen
+from ..explain.selectors import Selector, choose_prototype
+from ..models import PrototypeModel, architecture_class, build_model, load_model
 
 DEMO_MODEL = Path("protomdm-demo/model/best.pt")  # where `protomdm demo` leaves its trained model
 PAPER_PASSES = 27 * 2000  # the paper's masks x steps
@@ -67,8 +67,8 @@ def bench_model(architecture: str, backbone: str, img_size: int, ckpt: str | Non
     random weights (timing only)."""
     if ckpt:
         return load_model(ckpt), f"checkpoint {ckpt}"
+    from ..training import train
     from .demo import demo_config
-    from .training import train
 
     cfg = demo_config()
     if (architecture, backbone, img_size) == (cfg.model.architecture, cfg.model.backbone, cfg.model.img_size[0]):

@@ -16,16 +16,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data.dicom import DICOM_SUFFIXES
-from .data.images import IMAGE_SUFFIXES, read_image
-from .distributed import DistEnv, rank_parts
-from .errors import UserError
-from .explain.localization import model_device
-from .explain.mdm import images_per_search
-from .files import append_csv, atomic_write, read_csv, write_csv
+from ..data.dicom import DICOM_SUFFIXES
+from ..data.images import IMAGE_SUFFIXES, read_image
+from ..distributed import DistEnv, rank_parts
+from ..errors import UserError
+from ..explain.localization import model_device
+from ..explain.mdm import images_per_search
+from ..files import append_csv, atomic_write, read_csv, write_csv
+from ..report.names import is_dicom, output_stem, safe_name
+from ..runfolder import STAGING, item_failure, run_folder
 from .localize import LocalizeJob
-from .report.names import is_dicom, output_stem, safe_name
-from .runfolder import STAGING, item_failure, run_folder
 
 COLUMNS = ("input", "output", "model", "method", "prototype", "class_name", "score", "box_x0", "box_y0", "box_x1",
            "box_y1", "seconds", "status", "error")

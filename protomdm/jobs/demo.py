@@ -11,24 +11,24 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import MDMConfig, TrainConfig, from_dict
-from .data.images import model_input
-from .data.loaded import LoadedImage
-from .data.sources import dataset_source
-from .data.synthetic import SyntheticLesions
-from .device import resolve_device
-from .errors import UserError
-from .evaluation.metrics import box_mask, dice, iou, pointing_game
-from .explain import MDMLocalizer, PrototypeSelector, UpsampleLocalizer
-from .explain.case import explain_case
-from .explain.localization import model_device
-from .explain.selectors import choose_prototype
-from .files import check_writable, write_csv
-from .models import build_model, load_model_and_extra
-from .report.case import report_names, write_case_report
-from .report.figures import save_panels
-from .report.gallery import make_gallery, push_records
-from .training import train
+from ..config import MDMConfig, TrainConfig, from_dict
+from ..data.images import model_input
+from ..data.loaded import LoadedImage
+from ..data.sources import dataset_source
+from ..data.synthetic import SyntheticLesions
+from ..device import resolve_device
+from ..errors import UserError
+from ..evaluation.metrics import box_mask, dice, iou, pointing_game
+from ..explain import MDMLocalizer, PrototypeSelector, UpsampleLocalizer
+from ..explain.case import explain_case
+from ..explain.localization import model_device
+from ..explain.selectors import choose_prototype
+from ..files import check_writable, write_csv
+from ..models import build_model, load_model_and_extra
+from ..report.case import report_names, write_case_report
+from ..report.figures import save_panels
+from ..report.gallery import make_gallery, push_records
+from ..training import train
 
 CASE_STEM = "synthetic-test-0"
 

@@ -15,22 +15,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.images import LoadedImage, read_image, to_model_input
-from .device import resolve_device
-from .errors import UserError
-from .explain import Localization, PrototypeSelector, create_localizer
-from .explain.case import class_probabilities
-from .explain.localization import model_device
-from .explain.registry import MethodConfigs, method_settings, settings_record, with_mdm
-from .explain.selectors import choose_prototype
-from .files import check_writable, write_json
-from .geometry import check_percentile
-from .integrations.protopnet import as_prototype_model
-from .models import PrototypeModel, load_model
-from .report.dicom import Finding
-from .report.figures import resize_map, resize_mask, save_mask_png, save_overlay
-from .report.names import has_dicom_outputs, is_dicom, output_names, output_stem
-from .runfolder import STAGING
+from ..data.images import LoadedImage, read_image, to_model_input
+from ..device import resolve_device
+from ..errors import UserError
+from ..explain import Localization, PrototypeSelector, create_localizer
+from ..explain.case import class_probabilities
+from ..explain.localization import model_device
+from ..explain.registry import MethodConfigs, method_settings, settings_record, with_mdm
+from ..explain.selectors import choose_prototype
+from ..files import check_writable, write_json
+from ..geometry import check_percentile
+from ..integrations.protopnet import as_prototype_model
+from ..models import PrototypeModel, load_model
+from ..report.dicom import Finding
+from ..report.figures import resize_map, resize_mask, save_mask_png, save_overlay
+from ..report.names import has_dicom_outputs, is_dicom, output_names, output_stem
+from ..runfolder import STAGING
 
 
 def localize_prototype(model: nn.Module, image: torch.Tensor, prototype: int, method: str = "mdm",
@@ -95,7 +95,7 @@ class LocalizeJob:
         if code_dir is not None and not trust_pickle:
             raise UserError("`code_dir` is only used with `trust_pickle`")
         if trust_pickle:
-            from .models.checkpoint import load_pickled_model
+            from ..models.checkpoint import load_pickled_model
 
             model = as_prototype_model(load_pickled_model(ckpt, code_dir, resolve_device(device)))
         else:
@@ -178,7 +178,7 @@ def write_dicom(image: LoadedImage, mask: np.ndarray, heatmap: np.ndarray, files
                 keep_phi: bool) -> None:
     """Write the DICOM outputs of ``finding`` for the DICOM ``image`` (``files["seg"]``, ``["heatmap"]``,
     ``["sr"]``); highdicom's refusals of the source's attributes become one :class:`UserError` line."""
-    from .report.dicom import write_dicom_outputs
+    from ..report.dicom import write_dicom_outputs
 
     try:
         write_dicom_outputs(image.source, mask, heatmap, files, finding, keep_phi=keep_phi)

@@ -2,7 +2,7 @@
 
 It listens as a Storage SCP; each received instance is written to a queue on disk *before* the C-STORE is
 answered, so what was acknowledged survives a crash or a kill. One worker localizes the queued single-frame images
-one at a time (bounded memory) with a :class:`~protomdm.localize.LocalizeJob` and sends the SEG, the heatmap's SEG
+one at a time (bounded memory) with a :class:`~protomdm.jobs.localize.LocalizeJob` and sends the SEG, the heatmap's SEG
 and the SR to a destination (C-STORE SCU), or writes them to a folder, or both.
 
 The queue folder::
@@ -30,8 +30,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
-from .files import atomic_write
+from ..errors import UserError
+from ..files import atomic_write
 from .localize import LocalizeJob
 
 LOG = logging.getLogger("protomdm.serve")
@@ -99,7 +99,7 @@ def instance_id(sop_instance_uid: str) -> str:
 def queued_copy(ds, keep_phi: bool):
     """What the queue stores of a received dataset: all of it with ``keep_phi``, else the outputs' whitelist, the
     Image Pixel group (0028: pixel description, rescale, windows, LUTs) and the pixel data."""
-    from .report.dicom import deidentified
+    from ..report.dicom import deidentified
 
     if keep_phi:
         return ds
@@ -210,7 +210,7 @@ class Node:
 
     def _localize(self, item: Path, ident: str) -> dict[str, Path]:
         """The instance's DICOM outputs, in ``out_dir/<id>/`` or (sent, then removed) ``QUEUE/outbox/<id>/``."""
-        from .data.images import read_image
+        from ..data.images import read_image
 
         image = read_image(item)
         base = Path(self.settings.out_dir) if self.settings.out_dir is not None else self.outbox
