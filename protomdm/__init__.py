@@ -4,10 +4,11 @@ ProtoPNet and XProtoNet models, activation selectors, and the Multiple Dynamic M
 networks' own upsampling search.
 """
 
-from .config import MDMConfig, ModelConfig
+from .config import ModelConfig
 from .errors import UserError
 from .explain import Localization, LogitSelector, MDMLocalizer, PrototypeSelector, UpsampleLocalizer
 from .explain.case import CaseReport, explain_case
+from .explain.mdm import MDMConfig
 from .jobs.localize import localize_prototype
 from .models import ProtoPNet, XProtoNet, build_model, load_model, save_checkpoint
 from .version import __version__

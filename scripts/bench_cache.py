@@ -18,8 +18,9 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from protomdm.config import DataConfig, ModelConfig
+from protomdm.config import ModelConfig
 from protomdm.data import dataset_source
+from protomdm.data.config import DataConfig
 from protomdm.data.synthetic import write_table
 
 

@@ -17,7 +17,8 @@ import time
 
 SEARCH = """
 import torch
-from protomdm.config import MDMConfig, ModelConfig
+from protomdm.config import ModelConfig
+from protomdm.explain.mdm import MDMConfig
 from protomdm.explain import MDMLocalizer, PrototypeSelector
 from protomdm.models import build_model
 from protomdm.runtime import keep_freed_memory

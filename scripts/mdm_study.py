@@ -27,13 +27,13 @@ import torch
 from schedule_study import trained_model
 
 from protomdm import LogitSelector, MDMConfig, UpsampleLocalizer
-from protomdm.config import load_train_config
 from protomdm.data.images import model_input
 from protomdm.data.synthetic import SyntheticLesions
 from protomdm.evaluation.faithfulness import deletion_insertion
 from protomdm.evaluation.metrics import curve_auc
 from protomdm.evaluation.tuning import MDMGrid, Target, default_targets, grid_scores, heatmap_metrics, setting_means
 from protomdm.jobs.demo import demo_config
+from protomdm.training.config import load_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 HELD_OUT_SEED = 1000  # training uses seeds 0 (train) and 1 (test); the tests use small seeds

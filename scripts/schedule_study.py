@@ -26,13 +26,13 @@ import torch
 from torch import nn
 
 from protomdm import LogitSelector, MDMConfig, MDMLocalizer, PrototypeSelector, load_model
-from protomdm.config import load_train_config
 from protomdm.data.images import model_input
 from protomdm.data.synthetic import SyntheticLesions
 from protomdm.evaluation.metrics import dice, top_percentile_mask
 from protomdm.jobs.demo import demo_config
 from protomdm.models.backbones import build_backbone
 from protomdm.training import train
+from protomdm.training.config import load_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL = {"time_scale": 1.0}  # the paper's schedule: every one of the 2000 steps taken

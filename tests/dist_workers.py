@@ -38,8 +38,9 @@ def localize(rank, world, port, ckpt, folder, out, resume=False, die_rank=-1, di
 
 def train(rank, world, port, cfg_dict, out):
     _setup(rank, world, port)
-    from protomdm.config import TrainConfig, from_dict
+    from protomdm.config import from_dict
     from protomdm.training import train as run
+    from protomdm.training.config import TrainConfig
 
     run(from_dict(TrainConfig, cfg_dict), out, progress=False)
     torch.distributed.destroy_process_group()

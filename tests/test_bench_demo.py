@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from protomdm.cli import main
-from protomdm.config import MDMConfig
+from protomdm.explain.mdm import MDMConfig
 from protomdm.jobs.bench import PAPER_PASSES, format_table, run_bench
 
 

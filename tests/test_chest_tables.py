@@ -10,13 +10,12 @@ import torch.nn.functional as F
 from test_table import data, model_cfg, png
 
 from protomdm.cli import main
-from protomdm.config import LossConfig
 from protomdm.data import dataset_source
 from protomdm.data.table import TableDataset, read_table
 from protomdm.errors import UserError
 from protomdm.evaluation.metrics import auroc
 from protomdm.models import build_model
-from protomdm.models.losses import known_targets, masked_bce, protopnet_loss
+from protomdm.models.losses import LossConfig, known_targets, masked_bce, protopnet_loss
 
 CHEXPERT_HEADER = ("Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Enlarged Cardiomediastinum,Cardiomegaly,"
                    "Lung Opacity,Lung Lesion,Edema,Consolidation,Pneumonia,Atelectasis,Pneumothorax,"

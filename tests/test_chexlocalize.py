@@ -13,9 +13,9 @@ from test_chest_tables import CHEXPERT_HEADER
 from test_table import model_cfg, png
 
 from protomdm.cli import main
-from protomdm.config import DataConfig
 from protomdm.data import dataset_source
 from protomdm.data.chexlocalize import LOCALIZATION_TASKS, image_id, task_name
+from protomdm.data.config import DataConfig
 from protomdm.data.sources import EvalOptions
 
 

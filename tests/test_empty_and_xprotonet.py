@@ -13,11 +13,11 @@ from torch import nn
 
 from protomdm import LogitSelector, MDMLocalizer, PrototypeSelector, load_model, save_checkpoint
 from protomdm.cli import main
-from protomdm.config import load_train_config
 from protomdm.data.images import model_input
 from protomdm.data.synthetic import SyntheticLesions
 from protomdm.evaluation.metrics import dice
 from protomdm.training import train
+from protomdm.training.config import load_train_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BOX = (36, 8, 56, 28)

@@ -89,7 +89,7 @@ def test_one_line_and_exit_2(case, files, capsys):
 
 
 def test_yaml_numbers_without_a_dot_are_numbers(tmp_path):
-    from protomdm.config import load_mdm_config
+    from protomdm.explain.mdm import load_mdm_config
 
     assert load_mdm_config(_write(tmp_path / "m.yaml", "lr: 1e-3\nlambda_l1: 5e-3\n")).lr == 1e-3
 

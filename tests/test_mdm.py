@@ -213,7 +213,7 @@ def test_invalid_settings_are_refused():
 def test_shipped_mdm_yaml_is_the_default_config():
     from pathlib import Path
 
-    from protomdm.config import load_mdm_config
+    from protomdm.explain.mdm import load_mdm_config
 
     assert load_mdm_config(Path(__file__).parents[1] / "configs" / "mdm.yaml") == MDMConfig()
 

@@ -3,10 +3,10 @@ import torch
 from conftest import tiny_model
 
 from protomdm import ModelConfig, ProtoPNet, XProtoNet, build_model, load_model, save_checkpoint
-from protomdm.config import LossConfig
 from protomdm.errors import ConfigError, UserError
 from protomdm.models import architecture_class, list_architectures
 from protomdm.models.backbones import build_backbone
+from protomdm.models.losses import LossConfig
 from protomdm.models.protopnet import squared_l2_distances
 
 

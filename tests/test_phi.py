@@ -95,7 +95,7 @@ def test_a_table_of_dicoms_keyed_by_mrn_leaves_no_mrn_in_checkpoints_or_gallerie
 
     from test_training import small_config
 
-    from protomdm.config import DataConfig
+    from protomdm.data.config import DataConfig
     from protomdm.training import train
 
     rng = np.random.default_rng(0)

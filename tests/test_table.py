@@ -17,14 +17,15 @@ from dicom_factory import make_dicom
 from PIL import Image
 
 from protomdm.cli import main
-from protomdm.config import DataConfig, LossConfig, ModelConfig
+from protomdm.config import ModelConfig
 from protomdm.data import dataset_source
 from protomdm.data.cache import ImageCache
+from protomdm.data.config import DataConfig
 from protomdm.data.sources import EvalOptions
 from protomdm.data.synthetic import write_table
 from protomdm.data.table import read_table
 from protomdm.errors import UserError
-from protomdm.models.losses import protopnet_loss
+from protomdm.models.losses import LossConfig, protopnet_loss
 
 CLASSES = ("disk", "square", "cross")
 
@@ -260,8 +261,8 @@ def test_train_and_evaluate_a_table_end_to_end(tmp_path, capsys):
 def test_protopnet_trains_on_multilabel_data(tmp_path):
     """ProtoPNet on the synthetic multi-label findings: mean AUROC >= 0.9, and its checkpoint says multi-label."""
     from protomdm import load_model
-    from protomdm.config import load_train_config
     from protomdm.training import train
+    from protomdm.training.config import load_train_config
 
     cfg = load_train_config(Path(__file__).resolve().parents[1] / "configs" / "synthetic_protopnet.yaml")
     cfg.model = dataclasses.replace(cfg.model, img_size=(48, 48), prototype_dim=16)

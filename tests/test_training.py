@@ -9,11 +9,12 @@ import yaml
 
 from protomdm import load_model
 from protomdm.cli import main
-from protomdm.config import TrainConfig, load_train_config, to_dict
+from protomdm.config import to_dict
 from protomdm.data.images import model_input
 from protomdm.data.synthetic import SyntheticLesions
 from protomdm.errors import ConfigError, UserError
 from protomdm.training import train
+from protomdm.training.config import TrainConfig, load_train_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -135,7 +136,7 @@ KILL_AFTER = """
 import os, signal, sys
 import yaml
 import protomdm.training.trainer as trainer
-from protomdm.config import load_train_config
+from protomdm.training.config import load_train_config
 
 name, nth, out, config = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 seen = {}

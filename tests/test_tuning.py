@@ -9,9 +9,8 @@ from conftest import tiny_model
 
 from protomdm import MDMConfig, save_checkpoint
 from protomdm.cli import main
-from protomdm.config import load_mdm_config
 from protomdm.evaluation.tuning import MDMGrid, cross_validate, setting_of, with_setting
-from protomdm.explain.mdm import MDMLoss
+from protomdm.explain.mdm import MDMLoss, load_mdm_config
 
 
 def _setting(lam: float, gamma: float = 5.0) -> dict:

@@ -103,7 +103,7 @@ def method_configs(args: argparse.Namespace) -> dict:
 
 
 def mdm_config(args: argparse.Namespace, base=None):
-    from ..config import MDMConfig, load_mdm_config
+    from ..explain.mdm import MDMConfig, load_mdm_config
 
     cfg = load_mdm_config(args.mdm_config) if args.mdm_config else (base or MDMConfig())
     overrides = {k: getattr(args, k) for k in ("steps", "loss", "lambda_l1", "lambda1", "lambda2", "time_scale", "gamma",
@@ -122,7 +122,8 @@ def mdm_config(args: argparse.Namespace, base=None):
 
 def data_config(args: argparse.Namespace):
     """The data config of --config (its data: section), with --dataset and --root over it."""
-    from ..config import DataConfig, from_dict, load_yaml
+    from ..config import from_dict, load_yaml
+    from ..data.config import DataConfig
 
     section = {}
     if args.config:

@@ -21,8 +21,8 @@ def add_parser(sub, methods: list[str]) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..config import load_train_config
     from ..training import train
+    from ..training.config import load_train_config
 
     cfg = load_train_config(args.config)
     out = args.out or str(Path("runs") / Path(args.config).stem)

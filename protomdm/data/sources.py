@@ -18,9 +18,10 @@ from typing import Callable, Iterable
 
 from torch.utils.data import Dataset
 
-from ..config import DataConfig, ModelConfig
+from ..config import ModelConfig
 from ..errors import UserError
 from ..registry import Registry
+from .config import DataConfig
 from .groundtruth import EvalSample, Shard, Skipped
 from .manifests import Check
 

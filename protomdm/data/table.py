@@ -1,5 +1,5 @@
 """Your own collection: images listed in a table (CSV/TSV, read with pandas), with labels, an optional split and
-optional ground-truth boxes and masks; or an image folder ``root/<class>/*``. See :class:`~protomdm.config.DataConfig`
+optional ground-truth boxes and masks; or an image folder ``root/<class>/*``. See :class:`~protomdm.data.config.DataConfig`
 for the keys, and the README for the RSNA Pneumonia and VinDr-CXR recipes.
 
 Every problem with the files is said in one line with the file and line it is on: a label outside the model's
@@ -22,10 +22,11 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from ..config import DataConfig, ModelConfig
+from ..config import ModelConfig
 from ..errors import UserError
 from ..geometry import Box, box_mask
 from .cache import ImageCache, default_cache_dir, load_pixels, to_channels
+from .config import DataConfig
 from .dicom import is_dicom_file
 from .groundtruth import EvalSample, Finding, Shard, Skipped, resize_mask
 from .images import IMAGE_SUFFIXES, load_npy, pixels_to_tensor, read_image
@@ -244,7 +245,7 @@ def _read_rows(root: Path, data: DataConfig, class_names: tuple[str, ...]) -> Ta
 def _rows_from_frame(frame: pd.DataFrame, name: str, root: Path, data: DataConfig, class_names: tuple[str, ...]
                     ) -> Table:
     """The collection a table ``frame`` (read from the file ``name``, all cells strings) lists: see
-    :class:`~protomdm.config.DataConfig` for its columns and options."""
+    :class:`~protomdm.data.config.DataConfig` for its columns and options."""
     pcol = _column(data, "path")
     if pcol not in frame.columns:
         raise UserError(f"{name} has no {pcol!r} column (the image paths; rename it with data.columns.path); its "

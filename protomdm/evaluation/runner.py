@@ -38,7 +38,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import DataConfig, MDMConfig, to_dict
+from ..config import to_dict
+from ..data.config import DataConfig
 from ..data.groundtruth import Finding, Skipped
 from ..data.images import model_input
 from ..data.maps import MapFolder, map_stem
@@ -49,7 +50,7 @@ from ..errors import UserError
 from ..explain import PrototypeSelector
 from ..explain.case import class_probabilities
 from ..explain.localization import heatmap_problem, model_device
-from ..explain.mdm import images_per_search
+from ..explain.mdm import MDMConfig, images_per_search
 from ..explain.perturbation import Perturbation
 from ..explain.registry import (
     create_localizer,

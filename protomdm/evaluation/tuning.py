@@ -23,13 +23,14 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from ..config import DataConfig, MDMConfig, check_finite, require, to_dict
+from ..config import check_finite, require, to_dict
+from ..data.config import DataConfig
 from ..data.groundtruth import EvalSample
 from ..data.images import model_input
 from ..data.sources import EvalOptions, dataset_source
 from ..device import resolve_device
 from ..explain.localization import model_device
-from ..explain.mdm import MDMLocalizer, MDMLoss, images_per_search, masks_to_heatmap
+from ..explain.mdm import MDMConfig, MDMLocalizer, MDMLoss, images_per_search, masks_to_heatmap
 from ..explain.selectors import Selector
 from ..files import atomic_write, write_csv
 from ..models import load_model

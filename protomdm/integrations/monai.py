@@ -13,10 +13,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..config import MDMConfig, from_dict
+from ..config import from_dict
 from ..errors import UserError
 from ..explain import MDMLocalizer
 from ..explain.localization import Localization
+from ..explain.mdm import MDMConfig
 from ..explain.selectors import per_image_targets
 
 
@@ -27,7 +28,7 @@ class MDM:
         nn_module: the classifier (a MONAI network or any ``nn.Module`` returning logits ``(B, C)``).
         target_layers: ignored (MDM needs no layer); accepted so that ``GradCAM(...)`` can be swapped for ``MDM(...)``.
         progress: show a progress bar over the optimisation steps.
-        **mdm_settings: :class:`~protomdm.config.MDMConfig` fields, e.g. ``steps=500``.
+        **mdm_settings: :class:`~protomdm.explain.mdm.MDMConfig` fields, e.g. ``steps=500``.
 
     After a call, :attr:`localizations` holds the full results (status, steps, seconds, boxes) of the last batch.
     """

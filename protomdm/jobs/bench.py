@@ -20,14 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import MDMConfig, ModelConfig
+from ..config import ModelConfig
 from ..data.images import model_input
 from ..data.synthetic import SHAPES, SyntheticLesions
 from ..device import resolve_device
 from ..evaluation.metrics import dice
 from ..explain import MDMLocalizer, PrototypeSelector
 from ..explain.localization import eval_mode
-from ..explain.mdm import frozen
+from ..explain.mdm import MDMConfig, frozen
 from ..explain.selectors import Selector, choose_prototype
 from ..models import PrototypeModel, architecture_class, build_model, load_model
 

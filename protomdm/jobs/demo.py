@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import MDMConfig, TrainConfig, from_dict
+from ..config import from_dict
 from ..data.images import model_input
 from ..data.loaded import LoadedImage
 from ..data.sources import dataset_source
@@ -22,6 +22,7 @@ from ..evaluation.metrics import box_mask, dice, iou, pointing_game
 from ..explain import MDMLocalizer, PrototypeSelector, UpsampleLocalizer
 from ..explain.case import explain_case
 from ..explain.localization import model_device
+from ..explain.mdm import MDMConfig
 from ..explain.selectors import choose_prototype
 from ..files import check_writable, write_csv
 from ..models import build_model, load_model_and_extra
@@ -29,6 +30,7 @@ from ..report.case import report_names, write_case_report
 from ..report.figures import save_panels
 from ..report.gallery import make_gallery, push_records
 from ..training import train
+from ..training.config import TrainConfig
 
 CASE_STEM = "synthetic-test-0"
 

@@ -35,7 +35,7 @@ class PrototypeModel(nn.Module):
     multilabel_only: ClassVar[bool] = False
     #: what :meth:`localization_maps` is called in figures and reports
     localization_map_name: ClassVar[str] = "similarity map"
-    #: the :class:`~protomdm.config.OptimConfig` field of the ``add_on`` group's learning rate in the joint stage
+    #: the :class:`~protomdm.training.config.OptimConfig` field of the ``add_on`` group's learning rate in the joint stage
     add_on_lr_field: ClassVar[str] = "add_on_lr"
 
     def __init__(self, config: ModelConfig) -> None:
@@ -106,7 +106,7 @@ class PrototypeModel(nn.Module):
                       pos_weight: torch.Tensor | None = None, augmentation: torch.Tensor | None = None
                       ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
         """``(loss, parts, logits)`` of a batch ``x: (B, C, H, W)`` with targets ``y`` (class indices ``(B,)`` or
-        multi-hot ``(B, C)``, NaN where unknown); ``coefs``: a :class:`~protomdm.config.LossConfig`;
+        multi-hot ``(B, C)``, NaN where unknown); ``coefs``: a :class:`~protomdm.models.losses.LossConfig`;
         ``augmentation``: this batch's rows of :meth:`draw_augmentation`."""
         raise NotImplementedError(f"{type(self).__name__} does not train in protomdm")
 

@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from ..config import LossConfig
+from ..config import check_finite
 from .base import PrototypeModel
+
+
+@dataclass
+class LossConfig:
+    """Loss coefficients. ProtoPNet: cross-entropy, cluster, separation, L1 (Chen et al.). XProtoNet: BCE, cluster,
+    separation, occurrence sparsity and transformation consistency (Kim et al.)."""
+
+    crs_ent: float = 1.0
+    clst: float = 0.8
+    sep: float = -0.08
+    l1: float = 1e-4
+    occurrence: float = 1e-3
+    consistency: float = 0.1
+    pos_weight: bool = True  # XProtoNet: weight each finding's positives by negatives / positives
+
+    def __post_init__(self) -> None:
+        check_finite(self)
 
 
 def protopnet_loss(model: PrototypeModel, x: torch.Tensor, y: torch.Tensor, coefs: LossConfig, use_l1: bool = True,

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..config import TrainConfig, from_dict, to_dict
+from ..config import from_dict, to_dict
 from ..data.images import model_input
 from ..data.sources import dataset_source
 from ..distributed import DistEnv, init_distributed
@@ -25,6 +25,7 @@ from ..evaluation.metrics import auroc
 from ..files import check_writable, write_csv
 from ..models import PrototypeModel, architecture_class, create_model, read_checkpoint, save_checkpoint
 from ..runfolder import run_lock
+from .config import TrainConfig
 from .push import add_provenance, push_prototypes
 
 LOG_NAME, LAST_NAME, BEST_NAME = "log.csv", "last.pt", "best.pt"
