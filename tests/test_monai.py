@@ -51,7 +51,7 @@ def test_mdm_refuses_volumes_and_mismatched_classes():
 
     with pytest.raises(UserError, match="2D images"):
         MDM(BoxOracle((0, 0, 4, 4)), **FAST)(torch.zeros(1, 3, 8, 8, 8))
-    with pytest.raises(UserError, match="class_idx gives 2 classes for 1 images"):
+    with pytest.raises(UserError, match="2 targets given for 1 images"):
         MDM(BoxOracle((36, 8, 56, 28)), **FAST)(oracle_image(), class_idx=[0, 1])
 
 

@@ -96,6 +96,11 @@ class AttributionLocalizer(Localizer):
     def __init__(self, config: AttributionConfig | None = None, progress: bool = False, **overrides) -> None:
         self.config = dataclasses.replace(config or self.settings_class(), **overrides)
         self.progress = progress
+        self.check_available()  # a missing package is said before any work starts
+
+    def check_available(self) -> None:
+        """Raise a :class:`UserError` naming the extra to install when the library it stands on is missing."""
+        import_captum()
 
     def attribute(self, x: torch.Tensor, selector: Selector, targets: list[int]) -> torch.Tensor:
         """Attributions ``(n, C, H, W)`` of target ``targets[i]`` in image ``x[i]`` of ``(n, C, H, W)``."""

@@ -98,6 +98,9 @@ class PRPLocalizer(AttributionLocalizer):
     settings_class = PRPConfig
     config: PRPConfig
 
+    def check_available(self) -> None:
+        import_zennit()
+
     def _composite(self, model: nn.Module, x: torch.Tensor):
         zennit = import_zennit()
         from torchvision.models import ResNet

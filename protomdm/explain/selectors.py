@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -147,11 +148,16 @@ class LogitSelector(Selector):
         return LogitSelector(self.model, [self.indices[k] for k in ks], self.num_classes)
 
 
-def per_image_targets(model: nn.Module, wanted: Sequence[int], kind: str = "logit", num_classes: int | None = None
-                      ) -> tuple[Selector, list[tuple[int, int]]]:
+def per_image_targets(model: nn.Module, wanted: Any, images: int, kind: str = "logit",
+                      num_classes: int | None = None) -> tuple[Selector, list[tuple[int, int]]]:
     """One target per image, as attribution libraries ask (Captum's ``target``, Quantus's ``targets``, MONAI's
     ``class_idx``): a selector over the distinct targets and the ``(image, target)`` pairs, image ``b`` explaining
-    ``wanted[b]`` (a class for ``kind="logit"``, a prototype for ``kind="prototype"``)."""
+    ``wanted[b]`` (a class for ``kind="logit"``, a prototype for ``kind="prototype"``). ``wanted``: one index for
+    all ``images``, or one per image (a sequence, array or tensor)."""
+    wanted = torch.as_tensor(np.asarray(wanted) if not isinstance(wanted, torch.Tensor) else wanted).flatten().tolist()
+    wanted = wanted * images if len(wanted) == 1 else wanted
+    if len(wanted) != images:
+        raise UserError(f"{len(wanted)} targets given for {images} images: give one for all, or one per image")
     distinct = sorted(set(int(t) for t in wanted))
     if kind == "prototype":
         selector: Selector = PrototypeSelector(model, distinct)

@@ -79,12 +79,7 @@ class LocalizerAttribution(PerturbationAttribution):
         if inputs.dim() != 4:
             raise UserError(f"protomdm's methods explain 2D images (B, C, H, W); got shape {tuple(inputs.shape)}")
         model = _Forward(self.forward_func, inputs.device, additional_forward_args)
-        n = inputs.shape[0]
-        wanted = [0] * n if target is None else torch.as_tensor(target).flatten().tolist()
-        wanted = wanted * n if len(wanted) == 1 else wanted
-        if len(wanted) != n:
-            raise UserError(f"target gives {len(wanted)} indices for {n} inputs")
-        selector, pairs = per_image_targets(model, wanted)
+        selector, pairs = per_image_targets(model, 0 if target is None else target, inputs.shape[0])
         localizer = create_localizer(self.method, progress=progress, **settings)
         self.localizations = localizer.localize(inputs.detach(), selector, pairs)
         heat = torch.stack([torch.from_numpy(loc.heatmap) for loc in self.localizations])[:, None]

@@ -48,13 +48,7 @@ class MDM:
         with torch.no_grad():
             logits = self.nn_module(x)
         logits = logits[0] if isinstance(logits, (tuple, list)) else logits
-        if class_idx is None:
-            wanted = logits.argmax(1).tolist()
-        else:
-            idx = torch.as_tensor(class_idx).flatten().tolist()
-            wanted = idx * x.shape[0] if len(idx) == 1 else idx
-            if len(wanted) != x.shape[0]:
-                raise UserError(f"class_idx gives {len(idx)} classes for {x.shape[0]} images")
-        selector, pairs = per_image_targets(self.nn_module, wanted, num_classes=int(logits.shape[1]))
+        wanted = logits.argmax(1) if class_idx is None else class_idx
+        selector, pairs = per_image_targets(self.nn_module, wanted, x.shape[0], num_classes=int(logits.shape[1]))
         self.localizations = self.localizer.localize(x, selector, pairs)
         return torch.stack([torch.from_numpy(loc.heatmap) for loc in self.localizations])[:, None].to(x.device)

@@ -35,8 +35,6 @@ def explain_func(model: nn.Module, inputs: np.ndarray | torch.Tensor, targets: A
     x = torch.as_tensor(inputs if isinstance(inputs, torch.Tensor) else np.asarray(inputs)).float()
     if device is not None:
         model = model.to(device)  # the localizer brings the inputs to the model
-    wanted = np.asarray(targets).reshape(-1).tolist()
-    wanted = wanted * len(x) if len(wanted) == 1 else wanted
-    selector, pairs = per_image_targets(model, wanted, kind)
+    selector, pairs = per_image_targets(model, targets, len(x), kind)
     locs = create_localizer(method, **settings).localize(x, selector, pairs)
     return np.stack([loc.heatmap for loc in locs])[:, None].astype(np.float32)
