@@ -66,7 +66,7 @@ def case_reports(ckpt: str | Path, out_dir: str | Path, *, image: str | Path | N
         img = read_image(path)
         stem = output_stem(img)
         folder = "" if rel is None else (f"{stem}-{path_hash(rel)}" if is_dicom(img) else folder_name(rel))
-        dest = check_writable(base / folder, report_names(stem, is_dicom(img)).values(), overwrite)
+        dest = check_writable(base / folder, report_names(stem, is_dicom(img)).values(), overwrite or resume)
         x = to_model_input(img, model.config).to(model_device(model))
         report = explain_case(model, x, top_k, method, class_name, records, progress=progress and rel is None,
                               config=config)
@@ -80,7 +80,7 @@ def case_reports(ckpt: str | Path, out_dir: str | Path, *, image: str | Path | N
     if image is not None:
         one(Path(image), Path(out_dir), None)
         return run
-    root = Path(input_dir)  # type: ignore[arg-type]
+    root = Path(input_dir or "")
     inputs = find_inputs(root)
     if not inputs:
         raise UserError(f"no images under `input` {root}")
