@@ -3,6 +3,8 @@ U-Ignore; Frontal/Lateral; the patient only in the path), MIMIC-CXR-JPG's split 
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -155,7 +157,7 @@ def test_mimic_cxr_split_file_is_the_split(tmp_path):
         read_table(data(tmp_path, table="table.csv", split_file="bad.csv"), ("Edema",))
 
 
-def test_a_kaggle_folder_uses_val_to_select_and_keeps_test(tmp_path, capsys):
+def test_a_kaggle_folder_uses_val_to_select_and_keeps_test(tmp_path, caplog):
     for split, n in (("train", 4), ("val", 2), ("test", 2)):
         for cls in ("NORMAL", "PNEUMONIA"):
             for i in range(n):
@@ -165,9 +167,10 @@ def test_a_kaggle_folder_uses_val_to_select_and_keeps_test(tmp_path, capsys):
     assert {s: sum(r.split == s for r in table.rows) for s in ("train", "val", "test")} == \
         {"train": 8, "val": 4, "test": 4}
     assert "test/PNEUMONIA/pneumonia-0.jpeg" in {r.key for r in table.rows}  # the key boxes.csv names it by
-    train, held, _ = dataset_source(data(tmp_path)).training(cfg)
+    with caplog.at_level(logging.INFO, logger="protomdm.data"):
+        train, held, _ = dataset_source(data(tmp_path)).training(cfg)
     assert len(train) == 8 and len(held) == 4 and all(r.split == "val" for r in held.rows)
-    assert "selected on the val split" in capsys.readouterr().out
+    assert "selected on the val split" in caplog.text
 
 
 @pytest.mark.parametrize("architecture", ["protopnet", "xprotonet"])

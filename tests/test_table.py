@@ -5,6 +5,7 @@ input a table can hold, and ProtoPNet on multi-label data."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from pathlib import Path
@@ -187,15 +188,17 @@ def test_bad_tables_are_one_clear_line(tmp_path):
     assert "b.csv line 2: box (10, 10, 60, 20) lies outside the 50x40 image a.png" in s.reason
 
 
-def test_missing_unreadable_and_duplicate_rows_are_skipped_counted_and_listed(tmp_path, capsys):
+def test_missing_unreadable_and_duplicate_rows_are_skipped_counted_and_listed(tmp_path, caplog):
     for i in range(6):
         png(tmp_path / f"i{i}.png", value=40 * i)
     (tmp_path / "broken.png").write_bytes(b"not a png")
     (tmp_path / "t.csv").write_text("path,labels,split\n" + "".join(f"i{i}.png,disk,{'test' if i > 3 else 'train'}\n"
                                                                    for i in range(6))
                                     + "i1.png,disk,train\nmissing.png,square,train\nbroken.png,cross,train\n")
-    train, test, _ = dataset_source(data(tmp_path, table="t.csv", cache_dir=str(tmp_path / "cache"))).training(model_cfg())
-    out = capsys.readouterr().out
+    with caplog.at_level(logging.INFO, logger="protomdm.data"):
+        train, test, _ = dataset_source(data(tmp_path, table="t.csv", cache_dir=str(tmp_path / "cache"))
+                                        ).training(model_cfg())
+    out = caplog.text
     assert len(train) == 4 and len(test) == 2  # the run goes on with the readable ones
     assert "train: skipped 2 unreadable or missing image(s)" in out and "missing.png" in out and "broken.png" in out
     assert "1 duplicate row(s) dropped (line 8)" in out
@@ -341,3 +344,19 @@ def test_an_npy_mask_whose_header_lies_is_refused_before_allocation(tmp_path):
     (tmp_path / "short.npy").write_bytes((tmp_path / "m.npy").read_bytes().replace(b"(40, 50)", b"(40, 60)"))
     with pytest.raises(UserError, match="short.npy: not a readable mask"):
         read_mask(tmp_path / "short.npy")
+
+
+def test_the_cli_prints_what_training_skipped(tmp_path, capsys):
+    """The data sources log what the user should know (here: an image the table names but the folder lacks); the
+    command line prints it, on stdout, even with --quiet."""
+    for i in range(4):
+        png(tmp_path / f"i{i}.png", value=60 * i, channels=3)
+    (tmp_path / "t.csv").write_text("path,labels,split\n" + "".join(
+        f"i{i}.png,{CLASSES[i % 2]},{'test' if i == 3 else 'train'}\n" for i in range(4)) + "gone.png,disk,train\n")
+    (tmp_path / "c.yaml").write_text(
+        f"model: {{architecture: protopnet, backbone: tiny, class_names: [{CLASSES[0]}, {CLASSES[1]}],"
+        " prototypes_per_class: 1, prototype_dim: 8, img_size: [32, 32]}\n"
+        f"data: {{dataset: table, root: {tmp_path}, table: t.csv, batch_size: 4, cache_dir: none}}\n"
+        "optim: {warm_epochs: 1, joint_epochs: 0, last_layer_epochs: 0}\ndevice: cpu\n")
+    assert main(["train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert "train: skipped 1 unreadable or missing image(s): gone.png" in capsys.readouterr().out

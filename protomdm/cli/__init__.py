@@ -7,6 +7,7 @@ A user mistake (missing file, bad index, invalid setting) prints one line and ex
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import sys
 import warnings
@@ -73,6 +74,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"protomdm {args.command}: error: --{name} is empty", file=sys.stderr)
             return 2
     keep_freed_memory()
+    # what the library logs for the user (protomdm.data: skipped images, notes) goes to stdout, one line each
+    shown = logging.StreamHandler(sys.stdout)
+    shown.setFormatter(logging.Formatter("%(message)s"))
+    data_log = logging.getLogger("protomdm.data")
+    data_log.addHandler(shown)
+    data_log.setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
+    try:
+        return _run(func, args, parser)
+    finally:
+        data_log.removeHandler(shown)
+
+
+def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     # a library's complaint about an input is not a traceback; the filters stay the default ones, so what Python
     # would not have shown (deprecations inside libraries) is not shown either
     with warnings.catch_warnings(record=True) as caught:

@@ -10,6 +10,7 @@ unreadable is skipped, counted and listed, and the run goes on.
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from collections import defaultdict
@@ -33,6 +34,8 @@ from .images import IMAGE_SUFFIXES, load_npy, pixels_to_tensor, read_image
 from .manifests import Check
 from .rle import decode_siim_rle
 from .sources import DatasetSource, EvalOptions, register_dataset
+
+LOG = logging.getLogger(__name__)  # what training should know (skipped images, the split chosen): the CLI prints it
 
 TABLE_COLUMNS = ("path", "labels", "split", "patient")
 MASK_COLUMNS = ("image", "label", "mask")
@@ -613,17 +616,17 @@ class TableSource(DatasetSource):
         single = not table.multilabel and not model.multilabel  # the trainer sets it for multi-label-only models
         held = "val" if any(r.split == "val" for r in table.rows) else "test"
         if held == "val":
-            print("note: the best model is selected on the val split; the test split is kept for evaluation")
+            LOG.info("note: the best model is selected on the val split; the test split is kept for evaluation")
         sets = [TableDataset(table.split(s), model, not single, self.cache_dir()) for s in ("train", held)]
         for ds, s in zip(sets, ("train", held)):
             if ds.skipped:
                 shown = "; ".join(f"{k}: {why}" for k, why in ds.skipped[:5])
-                print(f"{s}: skipped {len(ds.skipped)} unreadable or missing image(s): {shown}"
-                      + (" ..." if len(ds.skipped) > 5 else ""))
+                LOG.warning(f"{s}: skipped {len(ds.skipped)} unreadable or missing image(s): {shown}"
+                            + (" ..." if len(ds.skipped) > 5 else ""))
             if len(ds) == 0:
                 raise UserError(f"the {s} split has no readable image")
         for note in table.notes:
-            print(f"note: {note}")
+            LOG.info(f"note: {note}")
         return sets[0], sets[1], not single
 
     def evaluation(self, model: ModelConfig, options: EvalOptions, shard: Shard = (0, 1)
