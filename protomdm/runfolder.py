@@ -12,11 +12,11 @@ import shutil
 import traceback
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Callable, Hashable, Iterator, Sequence
 
 from .distributed import DistEnv, rank_parts
 from .errors import UserError
-from .files import check_run_settings, check_writable
+from .files import check_run_settings, check_writable, read_csv, write_csv
 
 LOCK_NAME = ".protomdm.lock"
 ERRORS_LOG = "errors.log"  # the traceback of every item's failure that was not a plain user mistake
@@ -85,6 +85,29 @@ def _main_setup(out: Path, tables: Sequence[str], settings: dict, resume: bool, 
             for name in folders:
                 shutil.rmtree(out / name, ignore_errors=True)
         yield out
+
+
+def all_rows(table: Path) -> list[dict[str, str]]:
+    """The rows of a results table and of the per-rank parts a torchrun run left beside it, in that order."""
+    return [r for p in [table, *rank_parts(table)] for r in read_csv(p)]
+
+
+def merge_rank_parts(table: Path, columns: Sequence[str], key: Callable[[dict[str, str]], Hashable],
+                     prefer: Callable[[dict[str, str], dict[str, str]], bool] = lambda old, new: True,
+                     keep: Callable[[dict[str, str]], bool] = lambda row: True,
+                     order: Callable[[dict[str, str]], Any] | None = None) -> list[dict[str, str]]:
+    """Fold the per-rank parts into ``table``: one row per ``key`` (a later row replaces an earlier one when
+    ``prefer(old, new)``; rows failing ``keep`` are dropped), sorted by ``order`` if given; the parts are removed.
+    Returns the rows written."""
+    rows: dict[Hashable, dict[str, str]] = {}
+    for r in all_rows(table):
+        if keep(r) and (key(r) not in rows or prefer(rows[key(r)], r)):
+            rows[key(r)] = r
+    out = sorted(rows.values(), key=order) if order else list(rows.values())
+    write_csv(table, columns, out)
+    for p in rank_parts(table):
+        p.unlink()
+    return out
 
 
 def _one_line(e: BaseException) -> str:

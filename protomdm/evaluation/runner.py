@@ -60,11 +60,11 @@ from ..explain.registry import (
     settings_record,
     with_mdm,
 )
-from ..files import append_csv, atomic_write, read_csv, write_csv
+from ..files import append_csv, atomic_write, write_csv
 from ..geometry import regions, resize_heatmap
 from ..models import PrototypeModel, load_model
 from ..report.chexlocalize import write_map, write_segmentations
-from ..runfolder import run_folder
+from ..runfolder import all_rows, merge_rank_parts, run_folder
 from . import metrics as M
 from .faithfulness import deletion_insertion, heatmap_masked_scores
 from .plots import plot_curves, plot_metrics
@@ -362,7 +362,7 @@ def _evaluate_in(out: Path, cfg: EvalSettings, model: PrototypeModel, samples: I
 
     dataset, methods, percentiles, policy = cfg.dataset, cfg.methods, cfg.percentiles, cfg.prototype_policy
     merged = out / TABLES[0]
-    done = {(r["image"], r["finding"], r["method"]) for p in [merged, *rank_parts(merged)] for r in read_csv(p)}
+    done = {(r["image"], r["finding"], r["method"]) for r in all_rows(merged)}
     results, curves_csv, timings = (dist.part(out / name) for name in TABLES)
     for path, cols in ((results, COLUMNS), (curves_csv, CURVE_COLUMNS), (timings, TIMING_COLUMNS)):
         if not path.exists():
@@ -447,15 +447,9 @@ def _evaluate_in(out: Path, cfg: EvalSettings, model: PrototypeModel, samples: I
 def _merge_parts(out: Path) -> None:
     """Fold the ranks' parts into results.csv, curves.csv and timings.csv (a row seen twice is kept once) and
     remove them."""
-    for kind, cols, key_len in (("results", COLUMNS, 6), ("curves", CURVE_COLUMNS, 5), ("timings", TIMING_COLUMNS, 4)):
-        parts = rank_parts(out / f"{kind}.csv")
-        if not parts:
-            continue
-        rows = {tuple(r[c] for c in cols[:key_len]): r for path in [out / f"{kind}.csv", *parts]
-                for r in read_csv(path)}
-        write_csv(out / f"{kind}.csv", cols, rows.values())
-        for p in parts:
-            p.unlink()
+    for kind, cols, n in (("results", COLUMNS, 6), ("curves", CURVE_COLUMNS, 5), ("timings", TIMING_COLUMNS, 4)):
+        if rank_parts(out / f"{kind}.csv"):
+            merge_rank_parts(out / f"{kind}.csv", cols, key=lambda r, key=cols[:n]: tuple(r[c] for c in key))
 
 
 def write_summary(out: Path, dataset: str, skipped: int = 0, by_finding: bool = False

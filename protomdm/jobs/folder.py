@@ -22,9 +22,9 @@ from ..distributed import DistEnv, rank_parts
 from ..errors import UserError
 from ..explain.localization import model_device
 from ..explain.mdm import images_per_search
-from ..files import append_csv, atomic_write, read_csv, write_csv
+from ..files import append_csv, atomic_write, write_csv
 from ..report.names import is_dicom, output_stem, safe_name
-from ..runfolder import STAGING, item_failure, run_folder
+from ..runfolder import STAGING, all_rows, item_failure, merge_rank_parts, run_folder
 from .localize import LocalizeJob
 
 COLUMNS = ("input", "output", "model", "method", "prototype", "class_name", "score", "box_x0", "box_y0", "box_x1",
@@ -82,25 +82,18 @@ class FolderResult:
         return len(self.failures)
 
 
-def _all_rows(out: Path) -> list[dict[str, str]]:
-    """Every complete row on disk: the merged results, then the per-rank parts a torchrun run left."""
-    return [r for p in [out / RESULTS, *rank_parts(out / RESULTS)] for r in read_csv(p)
-            if r.get("status") in (*FINISHED, "failed") and r.get("input")]
+def _complete(row: dict[str, str]) -> bool:
+    """A row a run finished writing: an input and a status."""
+    return row.get("status") in (*FINISHED, "failed") and bool(row.get("input"))
 
 
 def merge_results(out: Path, order: list[str]) -> list[dict[str, str]]:
     """Write ``results.csv`` with one row per input (finished beats failed, later beats earlier) in ``order``, and
     ``failures.txt``; remove the per-rank parts."""
-    best: dict[str, dict[str, str]] = {}
-    for r in _all_rows(out):
-        old = best.get(r["input"])
-        if old is None or r["status"] in FINISHED or old["status"] not in FINISHED:
-            best[r["input"]] = r
     rank = {rel: i for i, rel in enumerate(order)}
-    rows = sorted(best.values(), key=lambda r: (rank.get(r["input"], len(rank)), r["input"]))
-    write_csv(out / RESULTS, COLUMNS, rows)
-    for p in rank_parts(out / RESULTS):
-        p.unlink()
+    rows = merge_rank_parts(out / RESULTS, COLUMNS, key=lambda r: r["input"], keep=_complete,
+                            prefer=lambda old, new: new["status"] in FINISHED or old["status"] not in FINISHED,
+                            order=lambda r: (rank.get(r["input"], len(rank)), r["input"]))
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
         atomic_write(out / FAILURES, lambda tmp: Path(tmp).write_text(
@@ -146,7 +139,7 @@ def _localize_all(job: LocalizeJob, root: Path, out: Path, files: list[Path], pr
 
     results = out / RESULTS
     rels = {p: _printable(p.relative_to(root).as_posix()) for p in files}
-    on_disk = _all_rows(out)
+    on_disk = [r for r in all_rows(out / RESULTS) if _complete(r)]
     finished = {r["input"] for r in on_disk if r["status"] in FINISHED and (out / r["output"]).is_dir()}
     part = dist.part(results)
     if not dist.active:
