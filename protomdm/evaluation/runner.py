@@ -52,14 +52,7 @@ from ..explain.case import class_probabilities
 from ..explain.localization import heatmap_problem, model_device
 from ..explain.mdm import MDMConfig, images_per_search
 from ..explain.perturbation import Perturbation
-from ..explain.registry import (
-    create_localizer,
-    list_localizers,
-    localizer_entry,
-    method_settings,
-    settings_record,
-    with_mdm,
-)
+from ..explain.registry import create_localizer, list_localizers, method_settings, settings_record, with_mdm
 from ..files import append_csv, atomic_write, write_csv
 from ..geometry import regions, resize_heatmap
 from ..models import PrototypeModel, load_model
@@ -201,16 +194,15 @@ class EvalSettings:
 
     def record(self, ckpt: str | Path) -> dict[str, Any]:
         """The settings that decide the results, as ``run.json`` keeps them."""
+        records = {m: settings_record(m, self.method_configs) for m in self.methods if m != MAPS}
         return {"checkpoint": str(ckpt), "dataset": self.dataset, "data": to_dict(self.data),
                 "methods": self.methods, "percentiles": self.percentiles, "limit": self.limit,
                 "policy": self.prototype_policy, "seed": self.seed, "truth": self.truth,
                 "part_half_width": self.part_half_width, "faithfulness": self.faithfulness,
                 "deletion_steps": self.deletion_steps, "baseline": self.baseline,
-                "mdm": settings_record("mdm", self.method_configs) if "mdm" in self.methods else None,
-                **({"method_settings": others} if (others := {m: settings_record(m, self.method_configs)
-                                                               for m in self.methods
-                                                               if m not in ("mdm", MAPS)
-                                                               and localizer_entry(m).settings}) else {}),
+                "mdm": records.get("mdm"),  # the key earlier runs recorded MDM's settings under
+                **({"method_settings": others} if (others := {m: r for m, r in records.items() if m != "mdm" and r})
+                   else {}),
                 **({"maps": str(self.maps)} if self.maps is not None else {}),
                 **({"export": self.export} if self.export else {})}
 

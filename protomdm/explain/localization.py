@@ -134,8 +134,6 @@ class Maps:
         reasons: per pair, why there is nothing to show (status ``empty``: e.g. masking the whole image does not move
             the activation), or ``""``.
         settings: per pair, settings or figures beside the method's own (merged into ``Localization.settings``).
-        time_share: the share of the call's wall time that these pairs cost (a search that computed more than was
-            asked, as RISE's pass over every target, charges only the pairs asked for).
         normalized: the heatmaps are already in [0, 1] as the method defines them.
     """
 
@@ -144,7 +142,6 @@ class Maps:
     steps: Sequence[int] | int = 0
     reasons: Sequence[str] | None = None
     settings: Sequence[dict[str, Any]] | None = None
-    time_share: float = 1.0
     normalized: bool = False
 
 
@@ -227,7 +224,7 @@ class Localizer(abc.ABC):
                 with torch.no_grad():
                     per_image = {b: selector.scores(x[b:b + 1]).float()[0] for b in sorted({b for b, _ in pairs})}
                 scores = [float(per_image[b][k]) for b, k in pairs]
-        seconds = (time.perf_counter() - t0) * maps.time_share / len(pairs)
+        seconds = (time.perf_counter() - t0) / len(pairs)
         heat = maps.heatmaps.detach().float().cpu().numpy() if isinstance(maps.heatmaps, torch.Tensor) \
             else np.asarray(maps.heatmaps)
         steps = [maps.steps] * len(pairs) if isinstance(maps.steps, int) else list(maps.steps)

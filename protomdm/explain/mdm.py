@@ -37,12 +37,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..config import BASELINES, check_finite, from_dict, load_yaml, require
+from ..config import BASELINES, check_finite, require
 from ..errors import UserError
 from ..runtime import keep_freed_memory
 from .localization import Localization, Localizer, Maps, Pair, eval_mode, model_device
 from .perturbation import Perturbation, independence_reason, masking_effect
-from .registry import register_localizer
+from .registry import method_settings, register_localizer
 from .selectors import Selector
 
 ADAM_BETAS = (0.9, 0.999)
@@ -157,11 +157,9 @@ class MDMConfig:
 
 
 def load_mdm_config(path: str | Path) -> MDMConfig:
-    """Read an :class:`MDMConfig` from YAML (keys at top level, or under ``mdm:``)."""
-    data = load_yaml(path)
-    if set(data) == {"mdm"}:
-        data = data["mdm"]
-    return from_dict(MDMConfig, data, where=str(path))
+    """Read an :class:`MDMConfig` from YAML (keys at top level, or under ``mdm:``), as every method's settings are
+    read (:func:`~protomdm.explain.registry.method_settings`)."""
+    return method_settings("mdm", path)
 
 
 def images_per_search(requested: int | None, device: torch.device) -> int:
