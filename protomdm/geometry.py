@@ -43,9 +43,10 @@ def top_percentile_mask(heatmap: np.ndarray, percentile: float | Sequence[float]
     return masks[0] if np.ndim(percentile) == 0 else masks
 
 
-def resize_heatmap(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``heatmap (h, w)`` as float32 at ``size`` (H, W): bilinear, ``align_corners=False``, as CheXlocalize's evaluator
-    brings a saliency map to its image's size (``F.interpolate``); returned as float32 unchanged when already there."""
+def resize_heatmap(heatmap: np.ndarray, size: tuple[int, int], mode: str = "bilinear") -> np.ndarray:
+    """``heatmap (h, w)`` as float32 at ``size`` (H, W): bilinear (or ``mode``: ``bicubic`` as CaBRNet), with
+    ``align_corners=False``, as CheXlocalize's evaluator brings a saliency map to its image's size
+    (``F.interpolate``); returned as float32 unchanged when already there."""
     import torch
     import torch.nn.functional as F
 
@@ -53,7 +54,7 @@ def resize_heatmap(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if h.shape == tuple(size):
         return h
     t = F.interpolate(torch.from_numpy(np.ascontiguousarray(h))[None, None], size=tuple(int(v) for v in size),
-                      mode="bilinear", align_corners=False)
+                      mode=mode, align_corners=False)
     return t[0, 0].numpy()
 
 

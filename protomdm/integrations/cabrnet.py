@@ -30,7 +30,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from torch import nn
 
@@ -38,6 +37,7 @@ from ..config import ModelConfig
 from ..errors import CheckpointError, UserError
 from ..explain import PrototypeSelector, create_localizer, list_localizers
 from ..explain.localization import unit_scale
+from ..geometry import resize_heatmap
 from ..models.base import Index, PrototypeModel
 from ..models.checkpoint import register_checkpoint_reader
 from .protopnet import WrappedModel
@@ -151,12 +151,6 @@ def load_cabrnet(path: str | Path, device: str | torch.device = "cpu", class_nam
     return CaBRNetAdapter(model, class_names, **settings).to(device).eval()
 
 
-def _resize(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``heatmap (h, w)`` bicubically to ``size (H, W)`` (CaBRNet brings its maps to the raw image's size)."""
-    t = torch.as_tensor(heatmap, dtype=torch.float32)[None, None]
-    return F.interpolate(t, size=size, mode="bicubic", align_corners=False)[0, 0].numpy()
-
-
 def attribution_function(method: str = "mdm") -> Callable[..., np.ndarray]:
     """Registered localizer ``method`` as a CaBRNet attribution function.
 
@@ -177,7 +171,7 @@ def attribution_function(method: str = "mdm") -> Callable[..., np.ndarray]:
         net = net.to(device).eval()
         loc = create_localizer(method, **params).localize(x.to(device), PrototypeSelector(net, int(proto_idx)))
         height, width = (img.height, img.width) if hasattr(img, "height") else x.shape[-2:]
-        heat = _resize(loc.heatmap, (int(height), int(width)))
+        heat = resize_heatmap(loc.heatmap, (int(height), int(width)), mode="bicubic")  # as CaBRNet's maps
         return unit_scale(heat) if normalize else heat
 
     attribution.__name__ = f"protomdm_{method}"

@@ -80,7 +80,8 @@ def explain_classifier(model: nn.Module, image_path: str | Path, out_dir: str | 
     image and one heatmap per method) and ``{stem}_explain.json``. Returns the JSON record. ``method_configs``: the
     methods' settings by name (``mdm=`` is the older name of its ``"mdm"`` entry)."""
     from ..files import check_writable, write_json
-    from ..report.figures import resize_map, save_panels
+    from ..geometry import resize_heatmap
+    from ..report.figures import save_panels
     from ..report.names import output_stem
 
     known = list_localizers(for_logits=True)
@@ -102,7 +103,7 @@ def explain_classifier(model: nn.Module, image_path: str | Path, out_dir: str | 
     panels, record = [("image", rgb, None)], {"class_index": k, "logit": float(logits[0, k]), "methods": {}}
     for method, localizer in localizers.items():
         loc = localizer.localize(x, selector)
-        panels.append((f"{method} ({loc.seconds:.1f}s)", resize_map(loc.heatmap, image.size), "jet"))
+        panels.append((f"{method} ({loc.seconds:.1f}s)", resize_heatmap(loc.heatmap, image.size), "jet"))
         record["methods"][method] = {**loc.summary(), "box_input_p90": loc.box(90)}
     save_panels(out / f"{stem}_explain.png", [panels], title or f"class {k}")
     write_json(out / f"{stem}_explain.json", record)

@@ -24,11 +24,11 @@ from ..explain.localization import model_device
 from ..explain.registry import MethodConfigs, method_settings, settings_record, with_mdm
 from ..explain.selectors import choose_prototype
 from ..files import check_writable, write_json
-from ..geometry import check_percentile
+from ..geometry import check_percentile, resize_heatmap
 from ..integrations.protopnet import as_prototype_model
 from ..models import PrototypeModel, load_model
 from ..report.dicom import Finding
-from ..report.figures import resize_map, resize_mask, save_mask_png, save_overlay
+from ..report.figures import resize_mask, save_mask_png, save_overlay
 from ..report.names import has_dicom_outputs, is_dicom, output_names, output_stem
 from ..runfolder import STAGING
 
@@ -167,7 +167,7 @@ class LocalizeJob:
             finding = Finding(label, model.class_names[c], probability, self.method, loc.settings or {},
                               [{"box": r["box"], "area": r["area"] * scale, "peak": r["peak"]} for r in regions],
                               image.pixel_spacing)
-            write_dicom(image, mask, resize_map(loc.heatmap, size), files, finding, self.keep_phi)
+            write_dicom(image, mask, resize_heatmap(loc.heatmap, size), files, finding, self.keep_phi)
         save_overlay(files["overlay"], image.pixels, loc.heatmap, box, title, [r["box"] for r in regions])
         save_mask_png(files["mask"], mask)
         write_json(files["localization"], record)

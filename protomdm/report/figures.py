@@ -7,24 +7,15 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from ..explain.mdm import standardised_heatmap
 from ..files import atomic_write
-
-
-def resize_map(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a ``(h, w)`` map to ``size = (H, W)``."""
-    if tuple(heatmap.shape) == tuple(size):
-        return heatmap
-    t = torch.from_numpy(np.ascontiguousarray(heatmap, dtype=np.float32))[None, None]
-    return F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+from ..geometry import resize_heatmap
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A bool ``(h, w)`` mask at ``size = (H, W)``: bilinear, then cut at one half (smooth edges, as
-    :func:`resize_map` of the mask would give), in uint8 throughout, so an 8192^2 mask costs 64 MB, not 320."""
+    :func:`~protomdm.geometry.resize_heatmap` of the mask would give), in uint8 throughout, so an 8192^2 mask costs 64 MB, not 320."""
     from PIL import Image
 
     if tuple(mask.shape) == tuple(size):
@@ -68,7 +59,7 @@ def save_overlay(path: str | Path, pixels: np.ndarray, heatmap: np.ndarray,
         pixels = pixels[::step, ::step]
         box = tuple(v / step for v in box) if box is not None else None
         regions = [tuple(v / step for v in r) for r in regions]
-    heatmap = resize_map(heatmap, pixels.shape[:2])
+    heatmap = resize_heatmap(heatmap, pixels.shape[:2])
     # at least 1.5 inches each way: a 3 x 4000 strip still gets a figure (drawn as a thin band), not an empty PNG
     fig = Figure(figsize=(max(1.5, 6.0 * w / max(h, w)) + 1.2, max(1.5, 6.0 * h / max(h, w))), dpi=110)
     ax = fig.add_subplot()

@@ -80,14 +80,14 @@ def overlay_rgb(pixels: np.ndarray, heatmap: np.ndarray | None = None, boxes: Se
     from matplotlib import colormaps
     from PIL import Image, ImageDraw
 
-    from .figures import resize_map
+    from ..geometry import resize_heatmap
 
     h, w = pixels.shape[:2]
     step = max(1, max(h, w) // (2 * side))
     small = np.clip(np.asarray(pixels[::step, ::step], dtype=np.float32), 0, 1)
     rgb = np.repeat(small[..., None], 3, -1) if small.ndim == 2 else small[..., :3]
     if heatmap is not None:
-        heat = resize_map(np.clip(heatmap, 0, 1), rgb.shape[:2])
+        heat = resize_heatmap(np.clip(heatmap, 0, 1), rgb.shape[:2])
         rgb = 0.55 * rgb + 0.45 * colormaps["jet"](heat)[..., :3].astype(np.float32)
     scale = side / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
