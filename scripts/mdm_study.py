@@ -77,7 +77,7 @@ def table(means: pd.DataFrame) -> pd.DataFrame:
     m = means.assign(col=[f"{a}@p{p:g}" if p == p else a for a, p in zip(means.metric, means.percentile)])
     keys = ["model", "loss", "lambda_l1", "lambda1", "lambda2", "gamma"]
     wide = m.pivot_table(index=keys, columns="col", values="value", dropna=False, sort=False).reset_index()
-    cols = ["dice@p80", "dice@p90", "dice@p95", "iou@p90", "dice_area", "iou_area", "pointing_game",
+    cols = ["dice@p80", "dice@p90", "dice_ceiling@p90", "dice@p95", "iou@p90", "dice_area", "iou_area", "pointing_game",
             "deletion_auc", "insertion_auc", "nonzero_area"]
     return wide[keys + [c for c in cols if c in wide]].dropna(axis=0, how="all", subset=[c for c in cols if c in wide])
 

@@ -3,7 +3,9 @@
 
 Trains (or reuses, under --out) three small models on the built-in synthetic data: the demo's ProtoPNet, the
 synthetic XProtoNet (multi-label) and a plain CNN classifier. For each model and each input size (the models are
-fully convolutional, so they also run on larger images of the same generator), it explains, per test image, one
+fully convolutional, so they run at that size on larger images of the same generator, whose objects keep the size
+they had in training: at 224 px the image holds more background, and the masks' cells are 3.5 times as many
+pixels), it explains, per test image, one
 activation: the best own prototype's score of every present finding (prototype networks) or the true class's logit
 (the CNN). It computes the paper's schedule (every mask 2000 Adam steps; batched, which equals one mask at a time
 exactly) once (cached), then runs each candidate schedule and prints its agreement with the full schedule: Dice of
@@ -95,10 +97,12 @@ def trained_model(kind: str, cfg, out: Path) -> nn.Module:
 def tasks(kind: str, model, cfg, size: int, n: int):
     """Images ``(B, C, H, W)``, a selector and the (image, target) pairs to explain."""
     multilabel = kind == "xprotonet"
+    trained = SyntheticLesions(cfg.model.class_names, size=cfg.model.img_size[0])  # the objects' size in training
     data = SyntheticLesions(cfg.model.class_names, n=n, size=size, channels=cfg.model.in_channels,
-                            multilabel=multilabel, seed=cfg.data.seed + 1)
+                            multilabel=multilabel, seed=cfg.data.seed + 1, object_size=trained.object_size)
     samples = [data.sample(i) for i in range(n)]
-    x = model_input(torch.stack([torch.from_numpy(s.image) for s in samples]), cfg.model)
+    spec = dataclasses.replace(cfg.model, img_size=(size, size))  # the model runs at ``size`` (fully convolutional)
+    x = model_input(torch.stack([torch.from_numpy(s.image) for s in samples]), spec)
     if kind == "cnn":
         return x, LogitSelector(model, list(range(cfg.model.num_classes))), [
             (b, int(s.labels.argmax())) for b, s in enumerate(samples)]
@@ -142,7 +146,7 @@ def main() -> None:
                 locs = MDMLocalizer(dataclasses.replace(MDMConfig(), **overrides)).localize_pairs(x, sel, pairs)
                 return locs, (time.perf_counter() - t0) / len(pairs)
 
-            cache = out / f"reference_{kind}_{size}.npz"  # the first activations' heatmaps, in order
+            cache = out / f"reference_{kind}_{size}px.npz"  # the first activations' heatmaps, in order
             if cache.exists() and len(np.load(cache)["heat"]) >= len(pairs):
                 ref, ref_s = list(np.load(cache)["heat"])[:len(pairs)], float(np.load(cache)["seconds"])
             else:

@@ -160,14 +160,19 @@ def test_evaluate_writes_tables_plots_and_resumes(capsys, tmp_path, synth_ckpt, 
               "deletion_insertion.png"):
         assert (out / f).is_file(), f
     rows = _rows(out / "results.csv")
-    # 4 mask metrics x 2 percentiles, Dice and IoU at the object's area, pointing game, Wang et al.'s T(IoU) and
-    # T(IoBB) at 0.1..0.7, 4 faithfulness values, empty
-    per_unit = 4 * 2 + 2 + 1 + 2 * 7 + 4 + 1
+    # 4 mask metrics and the Dice ceiling x 2 percentiles, Dice and IoU at the object's area, pointing game, Wang et
+    # al.'s T(IoU) and T(IoBB) at 0.1..0.7, 4 faithfulness values, empty
+    per_unit = 5 * 2 + 2 + 1 + 2 * 7 + 4 + 1
     assert len(rows) == 3 * 3 * per_unit  # 3 single-label images x 3 methods, the first prototype each
     assert {r["percentile"] for r in rows} == {"80", "90", ""}
     summary = _rows(out / "summary.csv")
     dice90 = [float(r["value"]) for r in summary if r["metric"] == "dice" and r["percentile"] == "90"]
     assert len(dice90) == 3 and all(0 <= d <= 1 for d in dice90)
+    ceiling = {p: {float(r["value"]) for r in summary if r["metric"] == "dice_ceiling" and r["percentile"] == p}
+               for p in ("80", "90")}
+    assert all(len(c) == 1 for c in ceiling.values())  # the same objects for every method
+    assert ("| ceiling: the best a mask of exactly that size can reach | {:.3f} | {:.3f} |".format(
+        *ceiling["80"], *ceiling["90"]) in (out / "summary.md").read_text())
 
     # interrupt the second image (one image per search), then resume: every (image, method) exactly once
     from protomdm.explain import UpsampleLocalizer
@@ -199,8 +204,9 @@ def test_several_images_in_one_search_give_the_same_results(capsys, tmp_path, sy
     assert _cli(capsys, *args, "--out", tmp_path / "three", "--batch-images", 3)[0] == 0
     one, three = _rows(tmp_path / "one" / "results.csv"), _rows(tmp_path / "three" / "results.csv")
     key = lambda r: (r["image"], r["finding"], r["prototype"], r["method"], r["percentile"], r["metric"])  # noqa: E731
-    # per unit: 4 mask metrics, 2 at the object's area, pointing game, T(IoU) and T(IoBB) at 0.1..0.7, empty
-    assert sorted(map(key, one)) == sorted(map(key, three)) and len(one) == 3 * 2 * (4 + 2 + 1 + 2 * 7 + 1)
+    # per unit: 4 mask metrics and the Dice ceiling, 2 at the object's area, pointing game, T(IoU) and T(IoBB) at
+    # 0.1..0.7, empty
+    assert sorted(map(key, one)) == sorted(map(key, three)) and len(one) == 3 * 2 * (5 + 2 + 1 + 2 * 7 + 1)
     values = {key(r): float(r["value"]) for r in one}
     assert all(abs(float(r["value"]) - values[key(r)]) < 1e-3 for r in three)
 

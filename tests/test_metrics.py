@@ -156,3 +156,16 @@ def test_scores_at_the_objects_own_area_by_hand():
     # the same object at p90: the top-10% mask holds 10 pixels, so Dice is capped at 2 * 3 / 13
     assert float(dice(top_percentile_mask(np.where(truth, 2.0, np.linspace(0, 1, 100).reshape(10, 10)), 90),
                       truth)) == pytest.approx(6 / 13)
+
+
+def test_dice_ceiling_is_what_the_best_mask_of_that_size_reaches():
+    from protomdm.evaluation.metrics import dice_ceiling
+
+    truth = np.zeros((10, 10), bool)
+    truth[0, :3] = True  # 3 pixels; the top-10% mask holds 10
+    best = np.where(truth, 2.0, np.linspace(0, 1, 100).reshape(10, 10))  # the object first, then anything
+    assert dice_ceiling(truth, 90) == pytest.approx(6 / 13) == float(dice(top_percentile_mask(best, 90), truth))
+    big = np.zeros((10, 10), bool)
+    big[:4] = True  # 40 pixels: a 10-pixel mask inside it is the best, 2 * 10 / 50
+    assert dice_ceiling(big, 90) == pytest.approx(0.4) == float(dice(top_percentile_mask(np.where(big, 2.0 + best, best), 90), big))
+    assert dice_ceiling(big, 60) == 1.0 and dice_ceiling(np.zeros((4, 4), bool), 90) == 0.0

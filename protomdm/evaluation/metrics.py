@@ -76,6 +76,16 @@ def area_scores(heatmap: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return {"dice_area": float(dice(mask, truth)), "iou_area": float(iou(mask, truth))}
 
 
+def dice_ceiling(truth: np.ndarray, percentile: float) -> float:
+    """The highest Dice that any top-``percentile`` mask (``(1 - percentile / 100)`` of the pixels) can reach against
+    ``truth (H, W)``: ``2 min(k, a) / (k + a)`` for a mask of ``k`` pixels and an object of ``a``. Against an object
+    of 2.5% of the image, a top-10% mask that contains all of it scores 0.40, however good the heatmap. (A heatmap
+    whose zeros tie can give a smaller mask, and pass it.)"""
+    t = np.asarray(truth, dtype=bool)
+    a, k = float(t.sum()), t.size * (1 - percentile / 100)
+    return 2 * min(k, a) / (k + a) if k + a else 1.0
+
+
 def auroc(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Area under the ROC curve per column of ``scores (N, C)`` against 0/1 ``labels (N, C)`` (scikit-learn's
     ``roc_auc_score``: ties count half; NaN labels, unknown, are left out); NaN for a column with only one label

@@ -13,7 +13,8 @@ from . import metrics as M
 
 
 def plot_metrics(path: str | Path, summary: pd.DataFrame) -> Path:
-    """One panel per mask metric: its mean over all findings against the percentile, one line per method."""
+    """One panel per mask metric: its mean over all findings against the percentile, one line per method (and
+    Dice's ceiling, dashed)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(12, 3.2), dpi=100)
@@ -23,6 +24,9 @@ def plot_metrics(path: str | Path, summary: pd.DataFrame) -> Path:
         for m, g in rows[rows["metric"] == metric].groupby("method"):
             g = g.sort_values("percentile")
             ax.plot(g["percentile"], g["value"], marker="o", label=m)
+        ceiling = rows[rows["metric"] == f"{metric}_ceiling"].groupby("percentile")["value"].first()
+        if not ceiling.empty:  # the best a mask of that size can reach against these objects
+            ax.plot(ceiling.index, ceiling.to_numpy(), "k--", lw=1, label="ceiling")
         ax.set_title(metric)
         ax.set_xlabel("percentile p (top 100-p% kept)")
         ax.grid(alpha=0.3)

@@ -3,7 +3,8 @@
 Writes to the output folder:
 
 - ``results.csv``: one row per (image, finding, prototype, method, percentile, metric) with its value: Dice, IoU,
-  PPV and sensitivity of the top-percentile mask per percentile, and, percentile-free, Dice and IoU of the mask with
+  PPV and sensitivity of the top-percentile mask per percentile (and ``dice_ceiling``, the best Dice any mask of
+  that size can reach against the finding), and, percentile-free, Dice and IoU of the mask with
   the object's own area (``dice_area``, ``iou_area``), the pointing game (0/1), where the finding has boxes whether
   a region's box overlaps each by T(IoU) and T(IoBB) 0.1..0.7 (``region_hit_iou0.1``, ``region_hit_iobb0.1``...:
   Wang et al. 2017's localisation accuracy), the
@@ -243,7 +244,7 @@ class _Scorer:
         scored = resize_heatmap(heat, truth.shape)
         vals = M.localisation_scores(scored, truth, self.percentiles)
         for i, p in enumerate(self.percentiles):
-            out += [(p, m, float(vals[m][i])) for m in MASK_METRICS]
+            out += [(p, m, float(vals[m][i])) for m in MASK_METRICS] + [(p, "dice_ceiling", M.dice_ceiling(truth, p))]
         out += [("", k, v) for k, v in M.area_scores(scored, truth).items()]
         out.append(("", "pointing_game", float(M.pointing_game(scored, truth))))
         if finding.original is not None:  # CheXlocalize's name for it, at the image's size

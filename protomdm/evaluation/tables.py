@@ -201,8 +201,11 @@ def markdown_tables(summary: pd.DataFrame, dataset: str, images: int, skipped: i
                 for r in differences.itertuples()])
     for metric in M.MASK_METRICS:
         lines += [f"## {metric} of the top-(100-p)% mask", ""]
-        lines += _table(["method", *(f"p{p:g}" for p in ps)], [[m, *(val(m, "all", p, metric) for p in ps)]
-                                                                for m in methods])
+        rows = [[m, *(val(m, "all", p, metric) for p in ps)] for m in methods]
+        if metric == "dice" and methods and (methods[0], "all", ps[0], "dice_ceiling") in get:
+            rows.append(["ceiling: the best a mask of exactly that size can reach",
+                         *(val(methods[0], "all", p, "dice_ceiling") for p in ps)])
+        lines += _table(["method", *(f"p{p:g}" for p in ps)], rows)
     free = [k for k in FREE if any((m, "all", None, k) in get for m in methods)]
     if free:
         lines += ["## Faithfulness and parts (percentile-free)", ""]

@@ -119,13 +119,14 @@ class Target:
 
 
 def heatmap_metrics(heat: np.ndarray, truth: np.ndarray, percentiles: Sequence[float]) -> list[tuple[str, float, float]]:
-    """``(metric, percentile, value)`` rows of one heatmap against ``truth``: Dice and IoU of the top-percentile masks,
-    and at ``area`` (the percentile that keeps the object's own area: NaN in the percentile column), the pointing
+    """``(metric, percentile, value)`` rows of one heatmap against ``truth``: Dice and IoU of the top-percentile masks
+    (with the ceiling of their Dice), and at ``area`` (the percentile that keeps the object's own area: NaN in the percentile column), the pointing
     game and the heatmap's non-zero area (a share of the image)."""
     rows = []
     vals = M.localisation_scores(heat, truth, percentiles)
     for i, p in enumerate(percentiles):
-        rows += [("dice", p, float(vals["dice"][i])), ("iou", p, float(vals["iou"][i]))]
+        rows += [("dice", p, float(vals["dice"][i])), ("iou", p, float(vals["iou"][i])),
+                 ("dice_ceiling", p, M.dice_ceiling(truth, p))]
     rows += [(k, np.nan, v) for k, v in M.area_scores(heat, truth).items()]
     rows += [("pointing_game", np.nan, float(M.pointing_game(heat, truth))),
              ("nonzero_area", np.nan, float((heat > 0).mean()))]
