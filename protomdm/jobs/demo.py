@@ -43,7 +43,7 @@ DEMO_CONFIG = {
              "batch_size": 32},
     "optim": {"features_lr": 0.003, "add_on_lr": 0.003, "prototype_lr": 0.003, "last_layer_lr": 0.001,
               "warm_lr": 0.003, "weight_decay": 0.001, "lr_step_size": 10, "lr_gamma": 0.5, "warm_epochs": 2,
-              "joint_epochs": 12, "push_epochs": [], "last_layer_epochs": 3},
+              "joint_epochs": 12, "push_epochs": [9, 13], "last_layer_epochs": 3},
     "loss": {"crs_ent": 1.0, "clst": 0.8, "sep": -0.08, "l1": 0.0001},
     "seed": 0, "device": "auto",
 }
