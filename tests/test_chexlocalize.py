@@ -181,7 +181,7 @@ def test_export_is_scored_by_chexlocalize_s_protocol_to_protomdm_s_own_numbers(t
                 mask = coco_mask.decode(pred[cxr_id][task]).astype(bool)
                 assert mask.shape == truth.shape == (60, 80)
                 mine = rows[(rows["image"] == cxr_id) & (rows["finding"] == task)]
-                if not truth.any():  # no localisation: the export's mask is all zero
+                if not truth.any():  # no localization: the export's mask is all zero
                     assert not mask.any() and mine.empty
                     continue
                 iou = mine[(mine["metric"] == "iou") & (mine["percentile"] == 90)]["value"].item()

@@ -1,4 +1,4 @@
-"""torch.distributed on CPU with Gloo, two processes: sharded localisation and evaluation merge to the single-process
+"""torch.distributed on CPU with Gloo, two processes: sharded localization and evaluation merge to the single-process
 result, a killed rank is redone by --resume, and DDP training (push included) equals one process."""
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def setup(tmp_path):
     return folder, ckpt
 
 
-def test_sharded_localisation_merges_to_the_single_process_csv(tmp_path, setup):
+def test_sharded_localization_merges_to_the_single_process_csv(tmp_path, setup):
     folder, ckpt = setup
     localize_folder(LocalizeJob.load(ckpt, method="upsample"), folder, tmp_path / "single", progress=False)
     _spawn(dist_workers.localize, str(ckpt), str(folder), str(tmp_path / "two"))

@@ -5,7 +5,7 @@ from protomdm.evaluation.metrics import (
     box_mask,
     dice,
     iou,
-    localisation_scores,
+    localization_scores,
     mask_box,
     ppv,
     sensitivity,
@@ -45,11 +45,11 @@ def test_hand_computed_metrics():
     assert ppv(full, truth) == pytest.approx(4 / 16) and sensitivity(full, truth) == 1.0
 
 
-def test_localisation_scores_per_percentile():
+def test_localization_scores_per_percentile():
     h = np.zeros((10, 10))
     h[:5, :5] = np.arange(25).reshape(5, 5) + 1
     truth = box_mask((0, 0, 5, 5), (10, 10))
-    s = localisation_scores(h, truth, [75, 90])
+    s = localization_scores(h, truth, [75, 90])
     assert s["ppv"].tolist() == [1.0, 1.0]
     assert s["sensitivity"].tolist() == pytest.approx([25 / 25, 10 / 25])
 

@@ -1,4 +1,4 @@
-"""Every region of a localisation, not one box around all of them."""
+"""Every region of a localization, not one box around all of them."""
 
 import json
 

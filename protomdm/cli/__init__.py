@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="protomdm", description="Where does a prototype network look? ProtoPNet/XProtoNet with Multiple "
-        "Dynamic Mask (MDM) localisation.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "Dynamic Mask (MDM) localization.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"protomdm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 

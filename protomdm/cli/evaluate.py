@@ -11,7 +11,7 @@ from .options import add_job_options, data_config, method_configs
 
 
 def add_parser(sub, methods: list[str]) -> None:
-    p = sub.add_parser("evaluate", help="score prototype localisation against ground truth (NIH, CUB, synthetic)",
+    p = sub.add_parser("evaluate", help="score prototype localization against ground truth (NIH, CUB, synthetic)",
                        description="For each image and ground-truth finding, localize the prototypes of its class "
                        "with every method and write results.csv (long format), summary.csv/.md (the paper's "
                        "tables), metrics_vs_percentile.png and deletion_insertion.png.")

@@ -89,7 +89,7 @@ class CheXlocalizeSource(DatasetSource):
         unknown = sorted({t for v in gt.values() for t in v} - set(LOCALIZATION_TASKS))
         if unknown:
             raise UserError(f"{path.name} is not CheXlocalize's layout: {len(unknown)} task name(s) outside its 10 "
-                            f"localisation tasks (e.g. {unknown[0][:40]!r})")
+                            f"localization tasks (e.g. {unknown[0][:40]!r})")
         return gt
 
     def images(self) -> dict[str, Path]:

@@ -515,7 +515,7 @@ def _read_siim_rle(table: Table, frame: pd.DataFrame, name: str) -> None:
         key = by_key.get(str(image).strip())
         if key is None:
             raise UserError(f"{name} line {i + 2}: its ImageId names no image of the table (by path or file name)")
-        if str(text).strip() not in ("", "-1"):  # -1: no pneumothorax, nothing to localise
+        if str(text).strip() not in ("", "-1"):  # -1: no pneumothorax, nothing to localize
             table.masks.setdefault(key, []).append((cls, SiimRle(str(text).strip()), i + 2))
 
 

@@ -1,4 +1,4 @@
-"""Scoring localisation against ground truth: pure metrics, faithfulness, the runner behind ``protomdm evaluate``,
+"""Scoring localization against ground truth: pure metrics, faithfulness, the runner behind ``protomdm evaluate``,
 and its results as typed DataFrames."""
 
 from .results import read_curves, read_results, read_timings

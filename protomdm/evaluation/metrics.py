@@ -1,4 +1,4 @@
-"""Localisation metrics: pure, vectorised functions of heatmaps and masks (NumPy arrays).
+"""Localization metrics: pure, vectorised functions of heatmaps and masks (NumPy arrays).
 
 Conventions: a heatmap is ``(H, W)`` float; a mask is ``(H, W)`` bool; the top-percentile mask, boxes and regions
 are :mod:`protomdm.geometry`'s.
@@ -58,11 +58,14 @@ def sensitivity(pred: np.ndarray, truth: np.ndarray) -> np.ndarray | float:
 MASK_METRICS = {"dice": dice, "iou": iou, "ppv": ppv, "sensitivity": sensitivity}
 
 
-def localisation_scores(heatmap: np.ndarray, truth: np.ndarray,
+def localization_scores(heatmap: np.ndarray, truth: np.ndarray,
                         percentiles: Sequence[float]) -> dict[str, np.ndarray]:
     """Dice, IoU, PPV and Sensitivity of the heatmap's top-percentile masks, one value per percentile."""
     masks = top_percentile_mask(heatmap, list(percentiles))
     return {name: np.atleast_1d(fn(masks, truth)) for name, fn in MASK_METRICS.items()}
+
+
+localisation_scores = localization_scores  # the earlier spelling, kept for existing callers
 
 
 def area_scores(heatmap: np.ndarray, truth: np.ndarray) -> dict[str, float]:

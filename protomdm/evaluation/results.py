@@ -4,7 +4,7 @@
 ``percentile`` is a float (NaN for percentile-free metrics), ``value`` a float (NaN for the CUB part rows), and the
 part rows' hit patterns are tuples of bools in ``parts`` (``"0101"`` on disk). ``curves.csv`` holds the
 deletion/insertion curves; in the frame ``values`` is a float array. ``timings.csv`` holds the seconds of each
-localisation.
+localization.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def read_curves(path: str | Path) -> pd.DataFrame:
 
 def read_timings(path: str | Path) -> pd.DataFrame:
     """The frame of a ``timings.csv`` (or of an evaluation folder holding one): the localizer's seconds per
-    localisation (its search's wall time shared among the localisations it made); empty if there is none."""
+    localization (its search's wall time shared among the localizations it made); empty if there is none."""
     path = Path(path)
     path = path / "timings.csv" if path.is_dir() else path
     if not path.exists():

@@ -7,11 +7,11 @@ Writes to the output folder:
   that size can reach against the finding), and, percentile-free, Dice and IoU of the mask with
   the object's own area (``dice_area``, ``iou_area``), the pointing game (0/1), where the finding has boxes whether
   a region's box overlaps each by T(IoU) and T(IoBB) 0.1..0.7 (``region_hit_iou0.1``, ``region_hit_iobb0.1``...:
-  Wang et al. 2017's localisation accuracy), the
+  Wang et al. 2017's localization accuracy), the
   score on the image and on the image blended by the heatmap (Average Drop/Increase's ``Y`` and ``O``), the
   deletion and insertion AUC (curves normalised by the unmasked score) and whether the heatmap was empty. On CUB also the parts each prototype's region covers, on the image and under noise (part
   consistency and stability). :func:`~protomdm.evaluation.results.read_results` reads it as a typed DataFrame.
-- ``curves.csv``: the deletion/insertion curves; ``timings.csv``: each localizer's seconds per localisation.
+- ``curves.csv``: the deletion/insertion curves; ``timings.csv``: each localizer's seconds per localization.
 - ``summary.csv`` and ``summary.md``: means per method x percentile (per finding too on NIH and tables), in the layout of
   the MDM paper's tables; ``metrics_vs_percentile.png`` (its Figure 5) and ``deletion_insertion.png``.
 - ``skipped.txt``: images listed by the dataset but missing or unreadable (and, with ``maps``, findings without a
@@ -22,7 +22,7 @@ Writes to the output folder:
 Where a finding carries its truth at the image's own size (CheXlocalize), the mask metrics, the pointing game and
 CheXlocalize's ``hit`` are scored there, the heatmap resized bilinearly as CheXlocalize's evaluator resizes it.
 With ``maps``, heatmaps made elsewhere (:class:`~protomdm.data.maps.MapFolder`) are scored as method ``maps``, every
-localisation metric but the faithfulness ones (those would measure this model with another model's map).
+localization metric but the faithfulness ones (those would measure this model with another model's map).
 
 A run is resumable: rows are appended per (image, finding, method) once complete, and ``resume`` skips those.
 """
@@ -242,7 +242,7 @@ class _Scorer:
         model_heat = resize_heatmap(heat, finding.truth.shape)
         truth = finding.truth if finding.original is None else finding.original
         scored = resize_heatmap(heat, truth.shape)
-        vals = M.localisation_scores(scored, truth, self.percentiles)
+        vals = M.localization_scores(scored, truth, self.percentiles)
         for i, p in enumerate(self.percentiles):
             out += [(p, m, float(vals[m][i])) for m in MASK_METRICS] + [(p, "dice_ceiling", M.dice_ceiling(truth, p))]
         out += [("", k, v) for k, v in M.area_scores(scored, truth).items()]
@@ -318,7 +318,7 @@ def _mapped(maps: MapFolder, ids: list[str], units: list[tuple[int, Finding]]) -
 def evaluate(ckpt: str | Path, out_dir: str | Path, settings: EvalSettings | None = None, *, device: str = "auto",
              resume: bool = False, overwrite: bool = False, progress: bool = True, dist: DistEnv = DistEnv(),
              **fields) -> EvalResult:
-    """Evaluate prototype localisation on a dataset; see the module docstring for what is written.
+    """Evaluate prototype localization on a dataset; see the module docstring for what is written.
 
     Args:
         settings: what to measure (:class:`EvalSettings`); ``fields`` set single ones of it, as in

@@ -34,7 +34,7 @@ def summarise(results: pd.DataFrame, by_finding: bool = False, timings: pd.DataF
     ``"all"``, percentile, metric), with their counts and 95% bootstrap intervals over images (``ci_low``,
     ``ci_high``: :func:`~protomdm.evaluation.bootstrap.bootstrap_interval`), plus Average Drop and Increase and, from
     the CUB part rows, part consistency and stability; with ``timings``
-    (:func:`~protomdm.evaluation.results.read_timings`) the mean ``seconds`` per localisation. Columns:
+    (:func:`~protomdm.evaluation.results.read_timings`) the mean ``seconds`` per localization. Columns:
     :data:`SUMMARY_COLUMNS` (``percentile`` NaN where there is none; intervals NaN where none is computed)."""
     frame = results.assign(unit_finding=results["finding"])
     scoped = pd.concat([frame.assign(finding="all")] + ([frame] if by_finding else []), ignore_index=True)
@@ -119,14 +119,14 @@ def paired_differences(results: pd.DataFrame, percentile: float, reference: str 
     return pd.DataFrame(rows, columns=list(DIFFERENCE_COLUMNS))
 
 
-# Wang et al. 2017 (ChestX-ray8, CVPR), localisation accuracy at T(IoU) = 0.1 of their unified DCNN on the NIH
+# Wang et al. 2017 (ChestX-ray8, CVPR), localization accuracy at T(IoU) = 0.1 of their unified DCNN on the NIH
 # boxes; the other thresholds of their table are left out until checked against the paper
 WANG_2017 = {0.1: {"Atelectasis": 0.69, "Cardiomegaly": 0.94, "Effusion": 0.66, "Infiltration": 0.71, "Mass": 0.40,
                    "Nodule": 0.14, "Pneumonia": 0.63, "Pneumothorax": 0.38}}
 
 
 def _accuracy_tables(get: dict, methods: list[str], findings: list[str], dataset: str) -> list[str]:
-    """Wang et al.'s localisation accuracy: the share of ground-truth boxes that the box of some connected region
+    """Wang et al.'s localization accuracy: the share of ground-truth boxes that the box of some connected region
     of the mask overlaps by T(IoU) (or T(IoBB), the intersection over the region box's area) at each threshold,
     overall and per finding; on NIH their published figures beside."""
     hits = sorted({(p, k) for _, f, p, k in get if f == "all" and k.startswith("region_hit_")},
@@ -137,7 +137,7 @@ def _accuracy_tables(get: dict, methods: list[str], findings: list[str], dataset
     threshold = lambda k: k.removeprefix("region_hit_iobb").removeprefix("region_hit_iou")  # noqa: E731
     name = lambda k: ("T(IoBB) " if "iobb" in k else "T(IoU) ") + threshold(k)  # noqa: E731
     val = lambda *k: f"{get.get(k, float('nan')):.3f}"  # noqa: E731
-    lines = ["## Localisation accuracy at T(IoU) and T(IoBB) (Wang et al. 2017)", "",
+    lines = ["## Localization accuracy at T(IoU) and T(IoBB) (Wang et al. 2017)", "",
              f"The share of ground-truth boxes that the bounding box of some connected region of the top-{100 - p:g}% "
              "mask overlaps by at least T: IoU, or IoBB (the intersection over the region box's own area).", ""]
     lines += _table(["method", *(name(k) for _, k in hits)], [[m, *(val(m, "all", q, k) for q, k in hits)]
@@ -173,7 +173,7 @@ def markdown_tables(summary: pd.DataFrame, dataset: str, images: int, skipped: i
         r = rec.get(k)
         return "nan" if r is None else f"{r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]"
 
-    lines = [f"# Prototype localisation on {dataset}: {images} images evaluated, {skipped} skipped", ""]
+    lines = [f"# Prototype localization on {dataset}: {images} images evaluated, {skipped} skipped", ""]
     empty = summary[(summary["metric"] == "empty") & (summary["finding"] == "all")]
     if not empty.empty:
         lines += ["Empty heatmaps (nothing localized; their masks are empty and score 0 below): " + ", ".join(

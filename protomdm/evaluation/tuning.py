@@ -123,7 +123,7 @@ def heatmap_metrics(heat: np.ndarray, truth: np.ndarray, percentiles: Sequence[f
     (with the ceiling of their Dice), and at ``area`` (the percentile that keeps the object's own area: NaN in the percentile column), the pointing
     game and the heatmap's non-zero area (a share of the image)."""
     rows = []
-    vals = M.localisation_scores(heat, truth, percentiles)
+    vals = M.localization_scores(heat, truth, percentiles)
     for i, p in enumerate(percentiles):
         rows += [("dice", p, float(vals["dice"][i])), ("iou", p, float(vals["iou"][i])),
                  ("dice_ceiling", p, M.dice_ceiling(truth, p))]

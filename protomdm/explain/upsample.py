@@ -13,7 +13,7 @@ from .selectors import Selector
 
 @register_localizer("upsample", needs_prototypes=True)
 class UpsampleLocalizer(Localizer):
-    """ProtoPNet's localisation (``find_high_activation_crop``): the prototype's activation map (ProtoPNet: its
+    """ProtoPNet's localization (``find_high_activation_crop``): the prototype's activation map (ProtoPNet: its
     similarity map; XProtoNet: its occurrence map) upsampled bicubically to the input size, scaled to [0, 1].
 
     The top-percentile region (default 95, as ProtoPNet) is :meth:`Localization.binary`.

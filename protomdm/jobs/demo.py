@@ -148,7 +148,7 @@ def run_demo(out_dir: str | Path = "protomdm-demo", n_images: int = 4, mdm: MDMC
             panel.append((f"{name}: Dice {rows[-1]['dice']:.2f}", loc.heatmap, "jet"))
         panels.append(panel)
     out.mkdir(parents=True, exist_ok=True)
-    figure = save_panels(out / "report.png", panels, f"Prototype localisation, top {100 - percentile:g}% vs ground truth")
+    figure = save_panels(out / "report.png", panels, f"Prototype localization, top {100 - percentile:g}% vs ground truth")
     table = write_csv(out / "report.csv", list(rows[0]), rows)
     means = {m: {k: float(np.mean([r[k] for r in rows if r["method"] == m])) for k in ("dice", "iou", "seconds")}
              for m in ("upsample", "mdm")}

@@ -55,7 +55,7 @@ _ORIENTATION = re.compile(r"^[APLRHF]{1,3}$")
 
 @dataclass
 class Finding:
-    """What one localisation found, for the DICOM outputs.
+    """What one localization found, for the DICOM outputs.
 
     Attributes:
         label: what the mask shows, e.g. ``"mdm prototype 3 (Effusion)"`` (segment labels, content description).

@@ -1,4 +1,4 @@
-"""A DICOM structured report of one localisation (TID 1500 Measurement Report, Comprehensive SR, via highdicom.sr).
+"""A DICOM structured report of one localization (TID 1500 Measurement Report, Comprehensive SR, via highdicom.sr).
 
 What it says, in the form a PACS, OHIF or a research database reads:
 
