@@ -103,23 +103,33 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 
 def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
-    """Build dataclass ``cls`` from a plain dict, rejecting unknown keys and wrong types."""
+    """Build dataclass ``cls`` from a plain dict, rejecting unknown keys and wrong types. A class with its own
+    ``from_mapping(data, where)`` (a config whose keys depend on a value, as a dataset's options) builds itself."""
     require(isinstance(data, dict), f"{where}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
+    if hasattr(cls, "from_mapping"):
+        return cls.from_mapping(data, where)  # type: ignore[attr-defined]
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - names)
     require(not unknown, f"{where}: unknown key(s) {', '.join(map(str, unknown))}; valid keys: {', '.join(sorted(names))}")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    kwargs = typed_values(cls, data, where)
     try:
         return cls(**kwargs)
     except TypeError as e:  # a missing required key
         raise ConfigError(f"{where}: {e}") from None
 
 
+def typed_values(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
+    """``data``'s values checked and converted to the types of ``cls``'s fields of the same names."""
+    hints = typing.get_type_hints(cls)
+    return {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+
+
 def to_dict(obj: Any) -> dict[str, Any]:
     """Plain-dict (YAML/JSON-safe) form of a config dataclass; tuples become lists."""
 
     def plain(v: Any) -> Any:
+        if hasattr(v, "to_mapping"):  # a config that flattens itself (the counterpart of from_mapping)
+            return plain(v.to_mapping())
         if dataclasses.is_dataclass(v):
             return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
         if isinstance(v, (list, tuple)):

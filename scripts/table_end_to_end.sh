@@ -20,7 +20,7 @@ for arch in ("protopnet", "xprotonet"):
     cfg = yaml.safe_load(open(f"configs/synthetic_{arch}.yaml"))
     cfg["model"].update(in_channels=1, mean=[0.5], std=[0.25])
     if arch == "protopnet":  # multi-label grey findings take it longer than the single-label colour demo
-        cfg["optim"]["joint_epochs"] = 24
+        cfg["optim"].update(joint_epochs=24, push_epochs=[])  # one push, at the end
     cfg["data"] = {"dataset": "table", "root": str(out / "data"), "table": "labels.csv", "boxes": "boxes.csv",
                    "batch_size": 32, "cache_dir": str(out / "cache")}
     yaml.safe_dump(cfg, open(out / f"{arch}.yaml", "w"), sort_keys=False)

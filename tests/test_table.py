@@ -270,7 +270,8 @@ def test_protopnet_trains_on_multilabel_data(tmp_path):
     cfg = load_train_config(Path(__file__).resolve().parents[1] / "configs" / "synthetic_protopnet.yaml")
     cfg.model = dataclasses.replace(cfg.model, img_size=(48, 48), prototype_dim=16)
     cfg.data = dataclasses.replace(cfg.data, multilabel=True, num_train=400, num_test=100)
-    cfg.optim = dataclasses.replace(cfg.optim, warm_epochs=1, joint_epochs=12, last_layer_epochs=2)
+    cfg.optim = dataclasses.replace(cfg.optim, warm_epochs=1, joint_epochs=12, last_layer_epochs=2,
+                                    push_epochs=())
     res = train(cfg, tmp_path / "run", progress=False)
     assert res.metric_name == "test_mean_auroc" and res.best_metric >= 0.9, res.best_metric
     model = load_model(tmp_path / "run" / "best.pt")

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from ..config import ModelConfig
+from ..config import ModelConfig, require
 from ..errors import UserError
 from .cache import to_channels
 from .groundtruth import EvalSample, Finding, Shard, Skipped, resize_mask
@@ -63,7 +64,17 @@ def decode_rle(item: object, where: str) -> np.ndarray:
         raise UserError(f"{where}: its counts are not COCO run-length text") from None
 
 
-@register_dataset("chexlocalize")
+@dataclass
+class CheXlocalizeOptions:
+    """The ``chexlocalize`` dataset's option: which of its sets is evaluated, ``val`` or ``test``."""
+
+    split: str = "val"
+
+    def __post_init__(self) -> None:
+        require(self.split in ("val", "test"), f"data.split must be val or test, got {self.split!r}")
+
+
+@register_dataset("chexlocalize", options=CheXlocalizeOptions)
 class CheXlocalizeSource(DatasetSource):
     """CheXlocalize's ``val`` or ``test`` set (``data.split``) with its segmentations, for evaluation."""
 

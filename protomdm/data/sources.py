@@ -1,7 +1,11 @@
 """One interface for every dataset: a *source* gives the training and test sets, the evaluation's ground truth, and
 a check of the user's copy. Each dataset is one module that registers its source under its name::
 
-    @register_dataset("mine")
+    @dataclass
+    class MineOptions:  # the dataset's own settings, written beside the shared ones in data:
+        table: str = "labels.csv"
+
+    @register_dataset("mine", options=MineOptions)
     class MySource(DatasetSource):
         def training(self, model): ...
         def evaluation(self, model, options, shard): ...
@@ -21,7 +25,7 @@ from torch.utils.data import Dataset
 from ..config import ModelConfig
 from ..errors import UserError
 from ..registry import Registry
-from .config import DataConfig
+from .config import DataConfig, register_options
 from .groundtruth import EvalSample, Shard, Skipped
 from .manifests import Check
 
@@ -73,8 +77,11 @@ class DatasetSource(abc.ABC):
 _DATASETS: Registry[Callable[[DataConfig], DatasetSource]] = Registry("dataset")
 
 
-def register_dataset(name: str):
-    """Decorator: register a :class:`DatasetSource` subclass under ``name``."""
+def register_dataset(name: str, options: type | None = None):
+    """Decorator: register a :class:`DatasetSource` subclass under ``name``, with the dataclass of its own options
+    (read flat from the config's ``data:`` section beside the shared settings; see
+    :class:`~protomdm.data.config.DataConfig`)."""
+    register_options(name, options)
     return _DATASETS.register(name)
 
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import ClassVar, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..config import ModelConfig
+from ..config import ModelConfig, require
 from ..errors import ConfigError, UserError
 from ..geometry import Box, mask_box
 from .groundtruth import EvalSample, Finding, Shard, resize_mask
@@ -178,7 +178,23 @@ def synthetic_samples(config: ModelConfig, n: int, seed: int, multilabel: bool,
                           for k in np.flatnonzero(s.labels) for m in [resize_mask(s.masks[k], config.img_size)]])
 
 
-@register_dataset("synthetic")
+@dataclass
+class SyntheticOptions:
+    """The ``synthetic`` dataset's options: images in the train and test sets, single- or multi-label, and the
+    most unlabelled distractor objects per image. It needs no ``root``."""
+
+    num_train: int = 600
+    num_test: int = 300
+    multilabel: bool = False
+    distractors: int = 2
+    needs_root: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        require(self.num_train >= 1 and self.num_test >= 1, "data.num_train and data.num_test must be >= 1")
+        require(self.distractors >= 0, f"data.distractors must be >= 0, got {self.distractors}")
+
+
+@register_dataset("synthetic", options=SyntheticOptions)
 class SyntheticSource(DatasetSource):
     """Planted-lesion images generated from ``data.seed`` (the test set from ``seed + 1``); no files."""
 

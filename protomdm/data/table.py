@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from ..config import ModelConfig
+from ..config import ModelConfig, check_finite, require
 from ..errors import UserError
 from ..geometry import Box, box_mask
 from .cache import ImageCache, default_cache_dir, load_pixels, to_channels
@@ -41,6 +41,72 @@ TABLE_COLUMNS = ("path", "labels", "split", "patient")
 MASK_COLUMNS = ("image", "label", "mask")
 SPLITS = ("train", "val", "test")  # val: what training selects its best model on (test where there is none)
 NO_FINDING = {"no finding", "nofinding", "normal", "none"}  # labels that mean "none of the classes"
+
+
+UNCERTAIN_POLICIES = ("ones", "zeros", "ignore")
+
+
+@dataclass
+class TableOptions:
+    """The ``table`` dataset's options: your own collection, one row per image (or per finding) in a CSV/TSV
+    (``table``), with optional ground-truth boxes (``boxes``, in ``box_format`` ``xyxy`` or ``xywh``, original
+    pixels) and masks (``masks``); without ``table``, ``root/<class>/*`` is read as an image folder. ``columns``
+    renames any of the default column names (table: ``path``, ``labels``, ``split``, ``patient``; boxes:
+    ``image``, ``label``, ``x0 y0 x1 y1`` or ``x y w h``; masks: ``image``, ``label``, ``mask``; one 0/1 column per
+    class is looked up by the class's name); ``path_format`` turns a table's path value into a file path
+    (``"{}.dcm"``). Without a split column, a seeded ``test_fraction`` of the images (of the patients, with a
+    patient column) is held out. ``other_labels``: what a label outside the model's classes is, ``error`` (named
+    with its line) or ``ignore``.
+
+    CheXpert / MIMIC-CXR tables: one column per finding holding ``1``, ``0``, ``-1`` (uncertain) or blank (not
+    mentioned = negative). ``uncertain`` says what ``-1`` means (Irvin et al. 2019): ``ones`` (U-Ones: positive),
+    ``zeros`` (U-Zeros: negative) or ``ignore`` (U-Ignore: that finding is left out of the loss for that image);
+    without it a ``-1`` is refused. ``views`` keeps only these views (``[frontal]``; read from a ``Frontal/Lateral``,
+    ``ViewPosition`` or ``view`` column, or from CheXpert's ``view1_frontal`` file names; ``frontal`` takes PA and
+    AP). Without a patient column the patient is read from the path (CheXpert's ``patientNNNNN``, MIMIC-CXR's
+    ``pNNNNNNNN`` folders, or the first group of the regex ``patient_pattern``), so that no patient is on both
+    sides of the seeded split. ``split_file``: MIMIC-CXR-JPG's ``mimic-cxr-2.0.0-split.csv`` (``dicom_id, ...,
+    split``; ``train``/``validate``/``test``, the image file named by its ``dicom_id``) as the split. A ``val``
+    split (``val``, ``valid``, ``validate``; a folder's ``val/``) is what training selects its best model on.
+    """
+
+    table: str | None = None
+    boxes: str | None = None
+    masks: str | None = None
+    box_format: str = "xyxy"
+    columns: dict[str, str] = field(default_factory=dict)
+    path_format: str = "{}"
+    label_separator: str = "|"
+    test_fraction: float = 0.2
+    other_labels: str = "error"
+    uncertain: str | None = None
+    views: tuple[str, ...] = ()
+    patient_pattern: str | None = None
+    split_file: str | None = None
+
+    def __post_init__(self) -> None:
+        check_finite(self)
+        require(self.box_format in ("xyxy", "xywh"), f"data.box_format must be xyxy or xywh, got {self.box_format!r}")
+        require(0 < self.test_fraction < 1, f"data.test_fraction must lie strictly between 0 and 1, got {self.test_fraction}")
+        require(self.other_labels in ("error", "ignore"), f"data.other_labels must be error or ignore, got {self.other_labels!r}")
+        require(self.path_format.count("{}") == 1 and not set(self.path_format.replace("{}", "")) & set("{}"),
+                f"data.path_format must hold one {{}} (the path value) and no other braces, got "
+                f"{self.path_format!r}")
+        require(bool(self.label_separator), "data.label_separator must not be empty")
+        require(self.uncertain in (None, *UNCERTAIN_POLICIES),
+                f"data.uncertain must be one of {', '.join(UNCERTAIN_POLICIES)}, got {self.uncertain!r}")
+        require(all(isinstance(v, str) and v.strip() for v in self.views), "data.views: every entry must be a view name")
+        require(self.patient_pattern is None or _regex_problem(self.patient_pattern) is None,
+                f"data.patient_pattern is not a regular expression ({_regex_problem(self.patient_pattern or '')})")
+        require(all(isinstance(v, str) and v for v in self.columns.values()), "data.columns: every value must be a column name")
+
+
+def _regex_problem(pattern: str) -> str | None:
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        return str(e)
+    return None
 
 
 @dataclass(slots=True)
@@ -592,7 +658,7 @@ class TableDataset(Dataset):
         return pixels, target, torch.zeros(self.num_classes, *self.size, dtype=torch.uint8)
 
 
-@register_dataset("table")
+@register_dataset("table", options=TableOptions)
 class TableSource(DatasetSource):
     """A user's collection: a table of images and labels (with boxes and masks), or an image folder."""
 
