@@ -7,6 +7,7 @@ Every import counts, the ones inside functions too: a lazy import hides a cycle 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import protomdm
@@ -104,3 +105,14 @@ def test_the_walker_sees_lazy_and_relative_imports():
     found = imports(source, "protomdm.evaluation.runner")
     assert found == {"protomdm.evaluation.metrics", "protomdm.explain.mdm", "protomdm.cli"}
     assert layer("protomdm.cli") > layer("protomdm.evaluation.runner") > layer("protomdm.explain.mdm")
+
+
+def test_the_tests_mirror_the_package():
+    """tests/<subpackage>/test_*.py for each subpackage's tests (the package-wide ones at the top); a test module
+    imports another test module only from its own folder (shared helpers live in conftest.py and beside it)."""
+    tests = Path(__file__).resolve().parent
+    for f in tests.rglob("test_*.py"):
+        folder = f.parent.relative_to(tests)
+        assert folder == Path(".") or (PACKAGE / folder / "__init__.py").is_file(), f"{f}: no protomdm.{folder}"
+        for name in re.findall(r"^\s*(?:from|import) (test_\w+)", f.read_text(), re.M):
+            assert (f.parent / f"{name}.py").is_file(), f"{f} imports {name} from another folder"

@@ -11,7 +11,7 @@ smallest area score highest.
 
 The search is the one of TorchRay 1.0.0.2 (``torchray.attribution.extremal_perturbation``, the authors' code),
 written here from its equations, so that the same image, model and settings give the same masks (agreement measured
-in tests/test_reference_agreement.py and the README):
+in tests/explain/test_reference_agreement.py and the README):
 
 - **Smooth masks** (:class:`SmoothMask`): a parameter grid ``p`` (one cell every ``stride`` pixels, values in
   [0, 1]) becomes the mask by a *smooth max* over the cells around each pixel, ``m(u) = sum_v w_v softmax_v(20 w_v)``

@@ -95,7 +95,7 @@ def _by_key(rows):
 
 
 def test_ddp_training_equals_one_process(tmp_path):
-    from test_training import small_config
+    from conftest import small_config
 
     from protomdm.training import train
 

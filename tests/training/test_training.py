@@ -1,11 +1,10 @@
-import dataclasses
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import CONFIGS, small_config
 
 from protomdm import load_model
 from protomdm.cli import main
@@ -14,18 +13,7 @@ from protomdm.data.images import model_input
 from protomdm.data.synthetic import SyntheticLesions
 from protomdm.errors import ConfigError, UserError
 from protomdm.training import train
-from protomdm.training.config import TrainConfig, load_train_config
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-def small_config(architecture="protopnet", **optim) -> TrainConfig:
-    cfg = load_train_config(CONFIGS / f"synthetic_{architecture}.yaml")
-    cfg.model = dataclasses.replace(cfg.model, img_size=(32, 32), prototype_dim=8)
-    cfg.data = dataclasses.replace(cfg.data, num_train=48, num_test=24, batch_size=16)
-    cfg.optim = dataclasses.replace(cfg.optim, **{"warm_epochs": 1, "joint_epochs": 2, "last_layer_epochs": 1,
-                                                  "push_epochs": (), **optim})
-    return cfg
+from protomdm.training.config import load_train_config
 
 
 def test_synthetic_data_is_deterministic_with_exact_ground_truth():

@@ -19,7 +19,7 @@ from protomdm.evaluation.metrics import dice
 from protomdm.training import train
 from protomdm.training.config import load_train_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 BOX = (36, 8, 56, 28)
 
 

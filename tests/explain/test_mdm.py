@@ -215,7 +215,7 @@ def test_shipped_mdm_yaml_is_the_default_config():
 
     from protomdm.explain.mdm import load_mdm_config
 
-    assert load_mdm_config(Path(__file__).parents[1] / "configs" / "mdm.yaml") == MDMConfig()
+    assert load_mdm_config(Path(__file__).parents[2] / "configs" / "mdm.yaml") == MDMConfig()
 
 
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])

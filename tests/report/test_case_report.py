@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import small_config, tiny_model
 from dicom_factory import PATIENT_ID, PATIENT_NAME, make_dicom
 from dicom_validation import DCIODVFY, dciodvfy_errors
 from PIL import Image
-from test_training import small_config
 
 from protomdm import explain_case, load_model, save_checkpoint
 from protomdm.cli import main

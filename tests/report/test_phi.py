@@ -93,7 +93,7 @@ def test_no_marker_survives_in_any_output_and_the_objects_still_validate(tmp_pat
 def test_a_table_of_dicoms_keyed_by_mrn_leaves_no_mrn_in_checkpoints_or_galleries(tmp_path, files, path_format):
     import dataclasses
 
-    from test_training import small_config
+    from conftest import small_config
 
     from protomdm.data.config import DataConfig
     from protomdm.training import train

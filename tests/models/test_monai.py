@@ -16,7 +16,7 @@ from protomdm.evaluation.metrics import iou  # noqa: E402
 from protomdm.geometry import box_mask  # noqa: E402
 from protomdm.integrations.monai import MDM  # noqa: E402
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 FAST = dict(sizes=(4, 6, 8), steps=4, gamma=0.0)
 
 

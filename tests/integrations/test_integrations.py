@@ -22,7 +22,7 @@ from protomdm.errors import UserError
 from protomdm.explain import MDMLocalizer, UpsampleLocalizer
 from protomdm.integrations import ProtoPNetAdapter
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 
 def _cli(capsys, *args):

@@ -267,7 +267,7 @@ def test_protopnet_trains_on_multilabel_data(tmp_path):
     from protomdm.training import train
     from protomdm.training.config import load_train_config
 
-    cfg = load_train_config(Path(__file__).resolve().parents[1] / "configs" / "synthetic_protopnet.yaml")
+    cfg = load_train_config(Path(__file__).resolve().parents[2] / "configs" / "synthetic_protopnet.yaml")
     cfg.model = dataclasses.replace(cfg.model, img_size=(48, 48), prototype_dim=16)
     cfg.data = dataclasses.replace(cfg.data, multilabel=True, num_train=400, num_test=100)
     cfg.optim = dataclasses.replace(cfg.optim, warm_epochs=1, joint_epochs=12, last_layer_epochs=2,

@@ -10,8 +10,8 @@ import json
 import numpy as np
 import torch
 import torch.nn.functional as F
+from conftest import small_config
 from PIL import Image
-from test_training import small_config
 
 from protomdm.cli import main
 from protomdm.data.synthetic import SyntheticLesions

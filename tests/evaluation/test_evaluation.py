@@ -8,7 +8,7 @@ import csv
 import numpy as np
 import pytest
 import torch
-from conftest import shared_data, tiny_model
+from conftest import NIH_HEADER, nih_copy, shared_data, tiny_model
 from oracles import BoxOracle, oracle_image
 from PIL import Image
 
@@ -20,8 +20,6 @@ from protomdm.data.nih import nih_samples, read_boxes
 from protomdm.errors import UserError
 from protomdm.evaluation.metrics import box_mask, iou, top_percentile_mask
 
-NIH_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,\n"  # the publisher's header, trailing commas included
-
 
 def _cli(capsys, *args):
     code = main([str(a) for a in args])
@@ -29,17 +27,10 @@ def _cli(capsys, *args):
     return code, o.out + o.err
 
 
-def _nih_copy(tmp_path, rows, images=("a.png", "b.png")):
-    root = tmp_path / "nih"
-    (root / "images_001" / "images").mkdir(parents=True)
-    (root / "BBox_List_2017.csv").write_text(NIH_HEADER + "".join(rows))
-    for name in images:
-        Image.fromarray(np.full((1024, 1024), 100, np.uint8)).save(root / "images_001" / "images" / name)
-    return root
 
 
 def test_nih_boxes_in_the_publishers_format(tmp_path):
-    root = _nih_copy(tmp_path, ["a.png,Infiltrate,512.0,256.0,128.0,64.0\n",
+    root = nih_copy(tmp_path, ["a.png,Infiltrate,512.0,256.0,128.0,64.0\n",
                                 "a.png,Mass,0,0,10.5,10.5,,,\n",  # trailing empty columns
                                 "b.png,Nodule,1000,1000,100,100\n"])
     boxes = read_boxes(root / "BBox_List_2017.csv")
@@ -64,7 +55,7 @@ def test_nih_box_list_as_published():
 
 
 def test_nih_samples_skip_missing_images_and_union_boxes(tmp_path):
-    root = _nih_copy(tmp_path, ["a.png,Mass,0,0,512,512\n", "a.png,Mass,512,512,512,512\n",
+    root = nih_copy(tmp_path, ["a.png,Mass,0,0,512,512\n", "a.png,Mass,512,512,512,512\n",
                                 "gone.png,Nodule,0,0,100,100\n", "b.png,Effusion,0,0,1024,512\n"])
     cfg = tiny_model(class_names=("Mass", "Nodule", "Effusion")).config
     out = list(nih_samples(root, cfg))
@@ -212,7 +203,7 @@ def test_several_images_in_one_search_give_the_same_results(capsys, tmp_path, sy
 
 
 def test_evaluate_nih_reports_skipped_images(capsys, tmp_path):
-    root = _nih_copy(tmp_path, ["a.png,Mass,0,0,512,512\n", "gone.png,Nodule,0,0,100,100\n"], images=("a.png",))
+    root = nih_copy(tmp_path, ["a.png,Mass,0,0,512,512\n", "gone.png,Nodule,0,0,100,100\n"], images=("a.png",))
     model = tiny_model(class_names=("Mass", "Nodule"), in_channels=1, mean=(0.5,), std=(0.25,))
     ckpt = save_checkpoint(model, tmp_path / "nih.pt")
     code, text = _cli(capsys, "evaluate", "--dataset", "nih", "--root", root, "--ckpt", ckpt, "--methods",

@@ -184,7 +184,7 @@ def test_huge_npy_header_is_refused_before_allocation(tmp_path):
 
 
 def test_nih_ground_truth_no_model_class_matches_is_counted_and_named(tmp_path, capsys):
-    from test_evaluation import _nih_copy
+    from conftest import nih_copy as _nih_copy
 
     root = _nih_copy(tmp_path, ["a.png,Infiltrate,0,0,512,512\n", "a.png,Nodule,10,10,50,50\n",
                                 "b.png,Nodule,0,0,100,100\n"])
@@ -259,7 +259,7 @@ def test_every_run_folder_is_refused_while_another_process_holds_it(command, fil
     src = d / "src"
     src.mkdir()
     shutil.copy(d / "a.png", src / "a.png")
-    config = Path(__file__).resolve().parents[1] / "configs" / "synthetic_protopnet.yaml"
+    config = Path(__file__).resolve().parents[2] / "configs" / "synthetic_protopnet.yaml"
     args = {"train": ["train", "--config", config, "--out", out],
             "evaluate": ["evaluate", "--dataset", "synthetic", "--ckpt", ckpt, "--out", out, "--limit", "1",
                          "--methods", "upsample"],

@@ -13,7 +13,7 @@ from protomdm.jobs.bench import PAPER_PASSES, format_table, run_bench
 def test_bench_compares_the_schedules_and_they_agree(tmp_path):
     # a trained model: a random-weight model's gradients are so flat that Adam, which normalises them, amplifies the
     # rounding differences of batch-of-27 vs batch-of-1 forward passes
-    from test_training import small_config
+    from conftest import small_config
 
     from protomdm.training import train
 
