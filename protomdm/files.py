@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Sequence
 from .errors import UserError
 
 
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
     """Call ``write(tmp_path)`` for a temporary file beside ``path``, then rename it to ``path``.
 
     The file gets the permissions an ordinary new file would (``0666`` less the umask), not the owner-only mode of

@@ -43,7 +43,7 @@ def top_percentile_mask(heatmap: np.ndarray, percentile: float | Sequence[float]
     return masks[0] if np.ndim(percentile) == 0 else masks
 
 
-def resize_heatmap(heatmap: np.ndarray, size: tuple[int, int], mode: str = "bilinear") -> np.ndarray:
+def resize_heatmap(heatmap: np.ndarray, size: tuple[int, ...], mode: str = "bilinear") -> np.ndarray:
     """``heatmap (h, w)`` as float32 at ``size`` (H, W): bilinear (or ``mode``: ``bicubic`` as CaBRNet), with
     ``align_corners=False``, as CheXlocalize's evaluator brings a saliency map to its image's size
     (``F.interpolate``); returned as float32 unchanged when already there."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from typing import Any
 
 from ..errors import UserError
 from ..models import list_architectures
@@ -125,7 +126,7 @@ def data_config(args: argparse.Namespace):
     from ..config import from_dict, load_yaml
     from ..data.config import DataConfig
 
-    section = {}
+    section: dict[str, Any] = {}
     if args.config:
         raw = load_yaml(args.config)
         section = raw["data"] if "data" in raw else raw

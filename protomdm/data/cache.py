@@ -38,7 +38,7 @@ def to_channels(t: torch.Tensor, channels: int) -> torch.Tensor:
     return t.mean(0, keepdim=True) if channels == 1 else t[:1].expand(channels, -1, -1)
 
 
-def load_pixels(path: Path, size: tuple[int, int], channels: int) -> torch.Tensor:
+def load_pixels(path: Path, size: tuple[int, ...], channels: int) -> torch.Tensor:
     """One image file as the model sees it before normalisation: ``(C, H, W)`` float in [0, 1] at ``size``."""
     return to_channels(pixels_to_tensor(read_image(path).pixels, size), channels)
 

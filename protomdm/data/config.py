@@ -38,9 +38,6 @@ def options_class(dataset: str) -> type:
     return _OPTIONS.get(dataset, NoOptions)
 
 
-SHARED = ("dataset", "root", "seed", "flip", "batch_size", "num_workers", "cache_dir")
-
-
 @dataclass(init=False)
 class DataConfig:
     """Where the training and evaluation data come from: a registered dataset (``synthetic`` needs no files;
@@ -59,14 +56,13 @@ class DataConfig:
     cache_dir: str | None = None
     options: Any = None  # an instance of the dataset's options class
 
-    def __init__(self, dataset: str = "synthetic", root: str | None = None, seed: int = 0, flip: bool = True,
-                 batch_size: int = 32, num_workers: int = 0, cache_dir: str | None = None, options: Any = None,
-                 **option_values: Any) -> None:
-        self.dataset, self.root, self.seed, self.flip = dataset, root, seed, flip
-        self.batch_size, self.num_workers, self.cache_dir = batch_size, num_workers, cache_dir
-        cls = options_class(dataset)
+    def __init__(self, options: Any = None, **values: Any) -> None:
+        for f in dataclasses.fields(self):  # the shared settings, their defaults where not given
+            if f.name != "options":
+                setattr(self, f.name, values.pop(f.name, f.default))
+        cls = options_class(self.dataset)
         given = to_dict(options) if dataclasses.is_dataclass(options) else dict(options or {})
-        self.options = _build_options(cls, dataset, {**given, **option_values}, "data")
+        self.options = _build_options(cls, self.dataset, {**given, **values}, "data")
         self.__post_init__()
 
     def __post_init__(self) -> None:
@@ -108,3 +104,6 @@ def _build_options(cls: type, dataset: str, values: dict[str, Any], where: str) 
         raise ConfigError(f"{where}: {', '.join(unknown)} {'is not an option' if len(unknown) == 1 else 'are not options'}"
                           f" of the {dataset} dataset (its options: {own}; every dataset's: {', '.join(SHARED)})")
     return from_dict(cls, values, where)
+
+
+SHARED = tuple(f.name for f in dataclasses.fields(DataConfig) if f.name != "options")  # every dataset's settings

@@ -43,7 +43,7 @@ class Skipped:
     reason: str
 
 
-def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_mask(mask: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
     """A bool ``(h, w)`` mask at ``size`` (H, W): bilinear (:func:`~protomdm.geometry.resize_heatmap`), then >= 0.5."""
     return resize_heatmap(mask, size) >= 0.5
 

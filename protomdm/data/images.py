@@ -178,7 +178,7 @@ def model_input(pixels: torch.Tensor, config: ModelConfig | InputSpec) -> torch.
     return (t.clamp(0, 1) - mean) / std
 
 
-def pixels_to_tensor(pixels: np.ndarray, size: tuple[int, int] | None = None) -> torch.Tensor:
+def pixels_to_tensor(pixels: np.ndarray, size: tuple[int, ...] | None = None) -> torch.Tensor:
     """``(H, W)`` or ``(H, W, 3)`` pixels in [0, 1] -> a ``(C, H, W)`` float32 tensor, resized to ``size`` (bilinear,
     antialiased) if given."""
     t = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))

@@ -174,7 +174,7 @@ def synthetic_samples(config: ModelConfig, n: int, seed: int, multilabel: bool,
     for i in range(shard[0], n, shard[1]):
         s = data.sample(i)
         yield EvalSample(f"synthetic-{seed}-{i:05d}", pixels_to_tensor(s.image.transpose(1, 2, 0), config.img_size),
-                         [Finding(config.class_names[k], k, m, boxes=[mask_box(m)] if m.any() else [])
+                         [Finding(config.class_names[k], int(k), m, boxes=[b for b in [mask_box(m)] if b is not None])
                           for k in np.flatnonzero(s.labels) for m in [resize_mask(s.masks[k], config.img_size)]])
 
 
@@ -226,7 +226,7 @@ def write_table(folder: str | Path, n: int, classes: tuple[str, ...] = ("disk", 
         px = (s.image.transpose(1, 2, 0) * 255).round().astype(np.uint8)
         img = Image.fromarray(px[..., 0] if channels == 1 else px)
         if scale != 1:
-            img = img.resize((size * scale, size * scale), Image.BILINEAR)
+            img = img.resize((size * scale, size * scale), Image.Resampling.BILINEAR)
         name = f"images/img{i:05d}.png"
         img.save(folder / name)
         present = [classes[k] for k in np.flatnonzero(s.labels)]

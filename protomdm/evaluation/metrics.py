@@ -23,7 +23,7 @@ def confusion_counts(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, n
     return tp, fp, fn
 
 
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray | float:
     """num / den, with 0/0 = 1 (both masks empty: perfect agreement) and x/0 = 0."""
     num = np.asarray(num, dtype=np.float64)
     den = np.asarray(den, dtype=np.float64)

@@ -201,7 +201,8 @@ def _localize_all(job: LocalizeJob, root: Path, out: Path, files: list[Path], pr
                     tmp = out / f"{STAGING}{name}"
                 shutil.rmtree(tmp, ignore_errors=True)
                 tmp.mkdir()
-                r = job.write(image, *result, tmp, stem).record
+                j, loc, probability = result
+                r = job.write(image, j, loc, probability, tmp, stem).record
                 final = out / name
                 if final.exists():
                     shutil.rmtree(final)

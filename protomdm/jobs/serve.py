@@ -257,7 +257,7 @@ class Node:
     def start(self) -> "Node":
         """Requeue what a previous run left, listen, and start the worker (both in background threads)."""
         from pynetdicom import AE, StoragePresentationContexts, evt
-        from pynetdicom.sop_class import Verification
+        from pynetdicom.sop_class import Verification  # type: ignore[attr-defined] # made at import time
 
         self.recover()
         ae = AE(ae_title=self.settings.ae_title)

@@ -21,7 +21,7 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if tuple(mask.shape) == tuple(size):
         return np.asarray(mask, dtype=bool)
     small = Image.fromarray(np.asarray(mask, dtype=bool).view(np.uint8) * np.uint8(255))
-    return np.asarray(small.resize((size[1], size[0]), Image.BILINEAR)) >= 128
+    return np.asarray(small.resize((size[1], size[0]), Image.Resampling.BILINEAR)) >= 128
 
 
 def save_mask_png(path: str | Path, mask: np.ndarray) -> Path:

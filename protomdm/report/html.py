@@ -91,7 +91,7 @@ def overlay_rgb(pixels: np.ndarray, heatmap: np.ndarray | None = None, boxes: Se
         rgb = 0.55 * rgb + 0.45 * colormaps["jet"](heat)[..., :3].astype(np.float32)
     scale = side / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    img = Image.fromarray((rgb * 255).round().astype(np.uint8)).resize(size, Image.BILINEAR)
+    img = Image.fromarray((rgb * 255).round().astype(np.uint8)).resize(size, Image.Resampling.BILINEAR)
     draw = ImageDraw.Draw(img)
     for x0, y0, x1, y1 in boxes:  # at least one pixel wide and high, however thin the image
         draw.rectangle([x0 * scale, y0 * scale, max(x0 * scale, x1 * scale - 1), max(y0 * scale, y1 * scale - 1)],
