@@ -14,6 +14,10 @@ seconds per activation, every task of a model and size in one batched search.
 
     python scripts/schedule_study.py --out runs/schedule_study                  # all models, sizes 48 and 64
     python scripts/schedule_study.py --out runs/schedule_study --models cnn --sizes 64 --images 2
+    python scripts/schedule_study.py --sizes 224 --at-model-size --images 4 --max-activations 4   # the README's set B
+
+Each row also scores the heatmaps against the planted objects (p90 Dice and pointing game), the reference's too: a
+schedule can disagree with the full one and still find the evidence as well.
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ import torch
 from torch import nn
 
 from protomdm import LogitSelector, MDMConfig, MDMLocalizer, PrototypeSelector, load_model
+from protomdm.data.groundtruth import resize_mask
 from protomdm.data.images import model_input
 from protomdm.data.synthetic import SyntheticLesions
-from protomdm.evaluation.metrics import dice, top_percentile_mask
+from protomdm.evaluation.metrics import dice, pointing_game, top_percentile_mask
 from protomdm.jobs.demo import demo_config
 from protomdm.models.backbones import build_backbone
 from protomdm.training import train
@@ -94,28 +99,34 @@ def trained_model(kind: str, cfg, out: Path) -> nn.Module:
     return load_model(out / kind / "best.pt")
 
 
-def tasks(kind: str, model, cfg, size: int, n: int):
-    """Images ``(B, C, H, W)``, a selector and the (image, target) pairs to explain."""
+def tasks(kind: str, model, cfg, size: int, n: int, at_model_size: bool = False):
+    """Images ``(B, C, H, W)``, a selector, the (image, target) pairs to explain and each pair's ground-truth mask at
+    the input's size. ``at_model_size``: the images are generated at ``size`` with objects in proportion, then
+    resized to the model's input size (the study's "set B" at 224), instead of run at ``size``."""
     multilabel = kind == "xprotonet"
     trained = SyntheticLesions(cfg.model.class_names, size=cfg.model.img_size[0])  # the objects' size in training
     data = SyntheticLesions(cfg.model.class_names, n=n, size=size, channels=cfg.model.in_channels,
-                            multilabel=multilabel, seed=cfg.data.seed + 1, object_size=trained.object_size)
+                            multilabel=multilabel, seed=cfg.data.seed + 1,
+                            object_size=None if at_model_size else trained.object_size)
     samples = [data.sample(i) for i in range(n)]
-    spec = dataclasses.replace(cfg.model, img_size=(size, size))  # the model runs at ``size`` (fully convolutional)
+    # the model runs at ``size`` (it is fully convolutional), or at its own size
+    spec = cfg.model if at_model_size else dataclasses.replace(cfg.model, img_size=(size, size))
     x = model_input(torch.stack([torch.from_numpy(s.image) for s in samples]), spec)
+    truth = lambda b, c: resize_mask(samples[b].masks[c], tuple(x.shape[-2:]))  # noqa: E731
     if kind == "cnn":
-        return x, LogitSelector(model, list(range(cfg.model.num_classes))), [
-            (b, int(s.labels.argmax())) for b, s in enumerate(samples)]
+        pairs = [(b, int(s.labels.argmax())) for b, s in enumerate(samples)]
+        return x, LogitSelector(model, list(range(cfg.model.num_classes))), pairs, [truth(b, c) for b, c in pairs]
     with torch.no_grad():
         scores = model.prototype_scores(x)
-    targets, pairs = [], []
+    targets, pairs, truths = [], [], []
     for b, s in enumerate(samples):
         for c in np.nonzero(s.labels)[0]:
             own = model.prototypes_of_class(int(c))
             j = own[int(scores[b, own].argmax())]
             targets += [j] if j not in targets else []
             pairs.append((b, targets.index(j)))
-    return x, PrototypeSelector(model, targets), pairs
+            truths.append(truth(b, int(c)))
+    return x, PrototypeSelector(model, targets), pairs, truths
 
 
 def main() -> None:
@@ -126,6 +137,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="48,64", help="input sides (default 48,64; the models were trained at 64)")
     ap.add_argument("--models", default="protopnet,xprotonet,cnn")
     ap.add_argument("--only", help="comma-separated candidate names to run (default all)")
+    ap.add_argument("--at-model-size", action="store_true", help="generate the images at each size with objects in "
+                    "proportion and resize them to the models' 64 px (the README's set B: --sizes 224)")
     ap.add_argument("--out", default="runs/schedule_study")
     args = ap.parse_args()
     out = Path(args.out)
@@ -133,12 +146,12 @@ def main() -> None:
                "cnn": demo_config()}
     names = args.only.split(",") if args.only else list(CANDIDATES)
     print(f"{'model':<10} {'size':>4} {'n':>3} {'schedule':<28} {'steps':>6} {'s/activation':>12} "
-          f"{'Dice p90 mean':>13} {'min':>6} {'Pearson r':>9}", flush=True)
+          f"{'Dice p90 mean':>13} {'min':>6} {'Pearson r':>9} {'vs truth: Dice p90':>18} {'pointing':>8}", flush=True)
     for kind in args.models.split(","):
         cfg = configs[kind]
         model = trained_model(kind, cfg, out)
         for size in (int(v) for v in args.sizes.split(",")):
-            x, sel, pairs = tasks(kind, model, cfg, size, args.images)
+            x, sel, pairs, truths = tasks(kind, model, cfg, size, args.images, args.at_model_size)
             pairs = pairs[:args.max_activations]
 
             def run(overrides: dict) -> tuple[list, float]:
@@ -146,15 +159,22 @@ def main() -> None:
                 locs = MDMLocalizer(dataclasses.replace(MDMConfig(), **overrides)).localize_pairs(x, sel, pairs)
                 return locs, (time.perf_counter() - t0) / len(pairs)
 
-            cache = out / f"reference_{kind}_{size}px.npz"  # the first activations' heatmaps, in order
+            def against_truth(heat: list) -> str:
+                """Mean p90 Dice against the pairs' objects and the pointing game, as the last two columns."""
+                gt = [float(dice(top_percentile_mask(h, 90), t)) for h, t in zip(heat, truths)]
+                hits = [bool(pointing_game(h, t)) for h, t in zip(heat, truths)]
+                return f"{np.mean(gt):>18.3f} {np.mean(hits):>8.2f}"
+
+            # the first activations' heatmaps, in order (set B keeps the name it was cached under first)
+            cache = out / (f"reference_{kind}_{size}.npz" if args.at_model_size else f"reference_{kind}_{size}px.npz")
             if cache.exists() and len(np.load(cache)["heat"]) >= len(pairs):
                 ref, ref_s = list(np.load(cache)["heat"])[:len(pairs)], float(np.load(cache)["seconds"])
             else:
                 locs, ref_s = run(FULL)
                 ref = [lo.heatmap for lo in locs]
                 np.savez(cache, heat=np.stack(ref), seconds=ref_s)
-            print(f"{kind:<10} {size:>4} {len(pairs):>3} {'paper (2000 steps)':<28} {2000:>6} {ref_s:>12.1f}",
-                  flush=True)
+            print(f"{kind:<10} {size:>4} {len(pairs):>3} {'paper (2000 steps)':<28} {2000:>6} {ref_s:>12.1f} "
+                  f"{'':>13} {'':>6} {'':>9} {against_truth(ref)}", flush=True)
             for name in names:
                 locs, sec = run(CANDIDATES[name])
                 heat = [lo.heatmap for lo in locs]
@@ -164,7 +184,8 @@ def main() -> None:
                      if h.std() > 0 and g.std() > 0]
                 steps = np.mean([lo.steps for lo in locs])
                 print(f"{kind:<10} {size:>4} {len(pairs):>3} {name:<28} {steps:>6.0f} {sec:>12.1f} "
-                      f"{np.mean(d):>13.3f} {np.min(d):>6.3f} {np.mean(r) if r else float('nan'):>9.3f}", flush=True)
+                      f"{np.mean(d):>13.3f} {np.min(d):>6.3f} {np.mean(r) if r else float('nan'):>9.3f} "
+                      f"{against_truth(heat)}", flush=True)
 
 
 if __name__ == "__main__":

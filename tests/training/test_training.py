@@ -97,12 +97,15 @@ def test_shipped_configs_load_and_the_demo_uses_the_synthetic_one():
     ({"optim": {"warmup": 3}}, "unknown key"),
     ({"learning_rate": 3}, "unknown key"),
     ({"model": {"class_names": ["disk", "hexagon"]}}, "hexagon are not in the synthetic data"),
-    ({"data": {"dataset": "cub", "root": "/does/not/exist"}}, "dataset folder not found"),
+    ({"data": {"dataset": "cub", "root": "/does/not/exist", "batch_size": 8}}, "dataset folder not found"),
+    ({"data": {"dataset": "cub", "root": "/x", "num_train": 9}}, "num_train is not an option of the cub dataset"),
 ])
 def test_bad_configs_fail_before_training(tmp_path, capsys, patch, message):
     data = yaml.safe_load((CONFIGS / "synthetic_protopnet.yaml").read_text())
     for k, v in patch.items():
-        if isinstance(v, dict):
+        if k == "data":  # a data section is the dataset's own: the synthetic options do not carry over
+            data[k] = v
+        elif isinstance(v, dict):
             data[k].update(v)
         else:
             data[k] = v
