@@ -52,6 +52,8 @@ CANDIDATES = {  # name: MDMConfig overrides
     "400 -> 2000 extrapolated": {**OLD, "extrapolate_after": 400, "tol": None},
     "400 steps, cut short": {"steps": 400, **FULL},
     "600 steps": {"adam_steps": 600},
+    "667 steps": {"adam_steps": 667},
+    "1000 steps": {"adam_steps": 1000},
     "200 steps": {"adam_steps": 200},
 }
 

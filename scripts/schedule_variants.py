@@ -5,7 +5,8 @@ Against the full schedule's cached heatmaps (run scripts/schedule_study.py first
 agreement (mean, min, per activation) and the mean Adam steps per mask:
 
 - ``reference``: the full schedule again, from masks started at 0.501 instead of 0.5 (is the reference stable?);
-- ``scales``: 300 Adam steps whose time scale changes over the run (small steps first, last, or growing);
+- ``scales``: Adam steps whose time scale changes over the run (300 with small steps first, last, or growing;
+  the paper's own steps first, then steps of 5);
 - ``settle``: a 600-step run whose masks leave the batch once their cells moved by less than ``eps`` over the last
   ``lag`` Adam steps (simulated from snapshots every 25 steps, as the engine's active set would stop them).
 
@@ -67,6 +68,8 @@ SCALES = {
     "100 x 3, then 200 x 8.5": two_phases(100, 3),
     "100 x 12, then 200 x 4": two_phases(100, 12),
     "geometric from 2": geometric(2.0),
+    "300 x 1, then 340 x 5 (640 steps)": [1.0] * 300 + [5.0] * 340,
+    "150 x 1, then 370 x 5 (520 steps)": [1.0] * 150 + [5.0] * 370,
 }
 
 
