@@ -120,8 +120,8 @@ class Target:
 
 def heatmap_metrics(heat: np.ndarray, truth: np.ndarray, percentiles: Sequence[float]) -> list[tuple[str, float, float]]:
     """``(metric, percentile, value)`` rows of one heatmap against ``truth``: Dice and IoU of the top-percentile masks
-    (with the ceiling of their Dice), and at ``area`` (the percentile that keeps the object's own area: NaN in the percentile column), the pointing
-    game and the heatmap's non-zero area (a share of the image)."""
+    (with the ceiling of their Dice), and at ``area`` (the percentile that keeps the object's own area: NaN in the
+    percentile column), the pointing game and the heatmap's non-zero area (a share of the image)."""
     rows = []
     vals = M.localization_scores(heat, truth, percentiles)
     for i, p in enumerate(percentiles):
