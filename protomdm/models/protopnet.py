@@ -52,11 +52,17 @@ def squared_l2_distances(z: torch.Tensor, prototypes: torch.Tensor) -> torch.Ten
 
     Returns:
         ``(B, K, h, w)``, clamped at 0 against rounding.
+
+    Computed in float32 even under autocast: ``z2 - 2 zp + p2`` cancels most where a patch is near a prototype, so
+    a bfloat16 ``zp`` (3 significant digits) would leave the smallest distances, the ones a similarity explains,
+    mostly rounding error.
     """
-    z2 = (z * z).sum(1, keepdim=True)
-    p2 = (prototypes * prototypes).sum((1, 2, 3)).view(1, -1, 1, 1)
-    zp = F.conv2d(z, prototypes)
-    return F.relu(z2 - 2 * zp + p2)
+    with torch.autocast(z.device.type, enabled=False):
+        z, prototypes = z.float(), prototypes.float()
+        z2 = (z * z).sum(1, keepdim=True)
+        p2 = (prototypes * prototypes).sum((1, 2, 3)).view(1, -1, 1, 1)
+        zp = F.conv2d(z, prototypes)
+        return F.relu(z2 - 2 * zp + p2)
 
 
 class ProtoPNetOutput(NamedTuple):

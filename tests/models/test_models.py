@@ -17,6 +17,21 @@ def test_protopnet_distances_match_brute_force():
     assert torch.allclose(squared_l2_distances(z, p), brute, atol=1e-4)
 
 
+def test_protopnet_score_of_a_matching_patch_survives_bf16_autocast():
+    """A prototype equal to a latent patch scores log(1 / eps) in fp32; under bf16 autocast the distance's
+    cancellation (z2 - 2 zp + p2) must not turn that 0 into rounding error."""
+    model = tiny_model("protopnet", seed=0).eval()
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        z = model.conv_features(x)
+        model.prototype_vectors[0] = z[0, :, 1, 1, None, None]  # as a push sets it
+        exact = model.prototype_scores(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model.prototype_scores(x)
+    assert float(exact[0, 0]) > 9.0  # log(1 / 1e-4): the patch itself
+    assert torch.allclose(low.float(), exact, atol=0.3)  # the features themselves are bf16
+
+
 def test_protopnet_structure_and_outputs():
     m = tiny_model("protopnet")
     assert isinstance(m, ProtoPNet)
