@@ -49,7 +49,8 @@ ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUTO_GAIN = 1.15  # precision auto: a lower precision is kept only when its passes are this much faster
 LOSSES = ("normalised", "paper")
 
 
@@ -106,7 +107,7 @@ class MDMConfig:
     min_steps: int = 200  # ... and not before this many Adam steps
     stop_percentile: float = 90.0
     batch_masks: int | None = None  # most masked images per forward pass; None: all at once
-    precision: str = "fp32"
+    precision: str = "fp32"  # auto: bf16 where the device's passes are measured >= 15% faster in it, else fp32
     channels_last: bool = False
     extrapolate_after: int | None = None  # the most Adam steps a task takes; the rest of the schedule is extrapolated
 
@@ -179,6 +180,11 @@ def _dice(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     inter = (a & b).sum(1).float()
     total = (a.sum(1) + b.sum(1)).float()
     return torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -291,6 +297,7 @@ class MaskFit:
         independent: ``(T,)`` tasks whose activation masking does not change (not trained; status ``empty``).
         model_seconds: of ``seconds``, the time spent in the model's forward and backward passes (each mask's Adam
             step is one pass of one masked image: ``steps.sum()`` passes in all).
+        precision: the precision of the passes (``precision: auto`` resolved).
     """
 
     masks: torch.Tensor
@@ -301,6 +308,7 @@ class MaskFit:
     effect: torch.Tensor
     independent: torch.Tensor
     model_seconds: float = 0.0
+    precision: str = "fp32"
 
 
 @contextlib.contextmanager
@@ -339,6 +347,7 @@ class MDMLocalizer(Localizer):
             raise UserError(f"schedule must be batched or sequential, got {schedule!r}")
         self.config = dataclasses.replace(config or MDMConfig(), **overrides)
         self.progress, self.schedule = progress, schedule
+        self._precisions: dict[tuple, str] = {}  # precision auto, decided once per model, device and batch shape
 
     method = "mdm"
 
@@ -348,7 +357,7 @@ class MDMLocalizer(Localizer):
         fit = self.fit_sequential(x, selector, pairs) if self.schedule == "sequential" else \
             self.fit_masks(x, selector, pairs)
         n = len(pairs)
-        figures = [{"batch_masks_used": fit.batch_masks, "schedule": self.schedule,
+        figures = [{"batch_masks_used": fit.batch_masks, "schedule": self.schedule, "precision_used": fit.precision,
                     "passes": int(fit.steps[t].sum()), "mean_steps": float(fit.steps[t].float().mean()),
                     "model_seconds": round(fit.model_seconds / n, 4)} for t in range(n)]
         reasons = [independence_reason(float(fit.effect[t]), fit.targets[t]) if bool(fit.independent[t]) else ""
@@ -409,11 +418,35 @@ class MDMLocalizer(Localizer):
                        torch.cat(independents))
 
     # ------------------------------------------------------------------ engine
-    def _autocast(self, device: torch.device):
-        if self.config.precision == "fp32":
+    @staticmethod
+    def _autocast(device: torch.device, precision: str):
+        if precision == "fp32":
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
         return torch.autocast(device_type=device.type, dtype=dtype)
+
+    def _resolve_precision(self, grads, batch: int, device: torch.device, key: tuple) -> tuple[str, int]:
+        """The precision of the passes: the config's, or for ``auto`` the faster of fp32 and bf16 (where the device
+        has bfloat16) on the first step's passes, ``grads(precision, batch) -> (grad, batch)``, bf16 kept only if
+        ``AUTO_GAIN`` times faster; decided once per ``key`` (model, device, batch shape). Returns
+        ``(precision, batch)``."""
+        if self.config.precision != "auto":
+            return self.config.precision, batch
+        if key not in self._precisions:
+            has_bf16 = device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
+            seconds = {}
+            for precision in ("fp32", "bf16") if has_bf16 else ("fp32",):
+                times = []
+                for _ in range(3):  # a warm-up, then the faster of two
+                    _synchronize(device)
+                    t0 = time.perf_counter()
+                    _, batch = grads(precision, batch)
+                    _synchronize(device)
+                    times.append(time.perf_counter() - t0)
+                seconds[precision] = min(times[1:])
+            fast = "bf16" in seconds and seconds["fp32"] >= AUTO_GAIN * seconds["bf16"]
+            self._precisions[key] = "bf16" if fast else "fp32"
+        return self._precisions[key], batch
 
     def fit_masks(self, images: torch.Tensor, selector: Selector, pairs: list[tuple[int, int]] | None = None,
                   losses: Sequence[MDMLoss] | None = None) -> MaskFit:
@@ -460,15 +493,21 @@ class MDMLocalizer(Localizer):
             prev_top, calm = None, torch.zeros(n_tasks, dtype=torch.long, device=device)
             batch = cfg.batch_masks or n_tasks * n_masks
             model_seconds = 0.0
+            grads = lambda precision, b, act: self._masked_grads(  # noqa: E731
+                ups(p).flatten(0, 1)[act], act, x, base, targets, rec_w, task_img, task_out, selector, n_masks, b,
+                device, precision)
+            first = active.flatten().nonzero().flatten()  # (nothing to time when no task trains)
+            precision, batch = self._resolve_precision(
+                lambda prec, b: grads(prec, b, first), batch, device,
+                (device, id(selector.model), tuple(x.shape[1:]), len(first), selector.num_targets)) \
+                if len(first) else (cfg.precision.replace("auto", "fp32"), batch)
             bar = tqdm(total=cfg.steps_taken, disable=not self.progress, desc="MDM", unit="step", leave=False)
             for step in range(1, cfg.steps_taken + 1):
                 act = active.flatten().nonzero().flatten()  # entries (t * N + i) still training
                 if act.numel() == 0:
                     break
-                m_act = ups(p).flatten(0, 1)[act]  # (n, H, W)
                 t1 = time.perf_counter()
-                g_masks, batch = self._masked_grads(m_act, act, x, base, targets, rec_w, task_img, task_out,
-                                                    selector, n_masks, batch, device)
+                g_masks, batch = grads(precision, batch, act)  # (n, H, W) for the entries still training
                 model_seconds += time.perf_counter() - t1
                 with torch.no_grad():
                     g = torch.zeros_like(p).flatten(0, 1)
@@ -490,7 +529,7 @@ class MDMLocalizer(Localizer):
             with torch.no_grad():
                 masks = ups(self._projected(p, exp_avg, exp_sq, steps))
         return MaskFit(masks.cpu(), steps.cpu(), list(targets.cpu()), time.perf_counter() - t0, batch, effect.cpu(),
-                       independent.cpu(), model_seconds)
+                       independent.cpu(), model_seconds, precision)
 
     def _adam_betas(self) -> tuple[float, float]:
         """Adam's decay rates for one step of ``step_scale`` schedule steps: the moments keep their time constants."""
@@ -534,9 +573,10 @@ class MDMLocalizer(Localizer):
         thr = torch.quantile(heat, self.config.stop_percentile / 100, dim=1, keepdim=True)
         return (heat >= thr) & (heat > heat.min(1, keepdim=True).values)
 
-    def _masked_grads(self, masks, act, x, base, targets, rec_w, task_img, task_out, selector, n_masks, batch, device):
+    def _masked_grads(self, masks, act, x, base, targets, rec_w, task_img, task_out, selector, n_masks, batch, device,
+                      precision):
         """d(sum of weighted reconstruction losses)/d(mask) ``(n, H, W)`` for the active entries ``act`` and their
-        upsampled masks ``masks (n, H, W)``, in chunks of ``batch`` masked images.
+        upsampled masks ``masks (n, H, W)``, in chunks of ``batch`` masked images, the passes in ``precision``.
 
         Halves ``batch`` and retries on out-of-memory. Returns ``(grad, batch)``.
         """
@@ -550,7 +590,7 @@ class MDMLocalizer(Localizer):
                     xm = Perturbation.apply(x[img], m, base[img])
                     if self.config.channels_last and device.type == "cuda":
                         xm = xm.contiguous(memory_format=torch.channels_last)
-                    with self._autocast(device):
+                    with self._autocast(device, precision):
                         out = selector.targets(xm)
                     out = out[torch.arange(len(chunk), device=device), task_out[task]].float()
                     rec = ((out - targets[task]) ** 2).reshape(len(chunk), -1).sum(1) * rec_w[task]

@@ -180,6 +180,36 @@ def test_mixed_precision_path_matches_fp32():
     assert dice(ref.binary(90), bf16.binary(90)) >= 0.95
 
 
+def test_precision_auto_keeps_bf16_only_where_it_is_measured_faster():
+    import time
+
+    calls = []
+
+    def passes(seconds):
+        def grads(precision, batch):
+            calls.append(precision)
+            time.sleep(seconds[precision])
+            return None, batch
+        return grads
+
+    cpu = torch.device("cpu")
+    loc = MDMLocalizer(precision="auto")
+    assert loc._resolve_precision(passes({"fp32": 0.03, "bf16": 0.01}), 27, cpu, ("a",)) == ("bf16", 27)
+    assert calls == ["fp32"] * 3 + ["bf16"] * 3  # a warm-up and two timed calls each
+    assert loc._resolve_precision(passes({"fp32": 0.03, "bf16": 0.01}), 27, cpu, ("a",)) == ("bf16", 27)
+    assert len(calls) == 6  # decided once per key
+    # bf16 only 1.1x faster: not worth its rounding
+    assert loc._resolve_precision(passes({"fp32": 0.022, "bf16": 0.02}), 27, cpu, ("b",))[0] == "fp32"
+    assert MDMLocalizer(precision="fp32")._resolve_precision(passes({}), 27, cpu, ("a",)) == ("fp32", 27)
+
+
+def test_precision_auto_search_reports_what_it_used():
+    sel = LogitSelector(BoxOracle(BOX), 0)
+    loc = MDMLocalizer(steps=20, precision="auto").localize(oracle_image(), sel)
+    assert loc.settings["precision"] == "auto"
+    assert loc.settings["precision_used"] in ("fp32", "bf16")
+
+
 def test_baselines():
     x = torch.randn(2, 3, 20, 24)
     assert torch.equal(Perturbation("zero").baseline(x), torch.zeros_like(x))
