@@ -42,8 +42,9 @@ def run(args: argparse.Namespace) -> int:
     rows, what = run_bench(args.model, args.backbone, args.img_size, args.device, args.images, args.ref_steps, mdm,
                            args.seed, progress=not args.quiet, ckpt=args.ckpt, batch_images=args.batch_images)
     note = (f"MDM bench: {what}, {args.images} synthetic image(s), each image's top prototype score, precision "
-            f"{mdm.precision}. The paper's schedule (each mask alone, {mdm.steps} steps) was timed over "
-            f"{args.ref_steps} steps and projected; the batched full schedule is the reference for agreement; ours: "
+            f"{mdm.precision} (prec: the one used). The paper's schedule (each mask alone, {mdm.steps} steps) was "
+            f"timed over {args.ref_steps} steps and projected; the batched full schedule (fp32) is the reference for "
+            "agreement; ours: "
             f"{mdm.steps_taken} Adam steps of {mdm.step_scale:.3g} schedule steps each"
             f"{f', adaptive stop (tol {mdm.tol})' if mdm.tol else ''}. "
             "passes: forward + backward passes of one masked image per localization; overhead: seconds over as many "

@@ -182,6 +182,13 @@ def _dice(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))
 
 
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The context of a search's passes in ``precision`` (fp32: none; bf16, fp16: ``torch.autocast``)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -418,13 +425,6 @@ class MDMLocalizer(Localizer):
                        torch.cat(independents))
 
     # ------------------------------------------------------------------ engine
-    @staticmethod
-    def _autocast(device: torch.device, precision: str):
-        if precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        return torch.autocast(device_type=device.type, dtype=dtype)
-
     def _resolve_precision(self, grads, batch: int, device: torch.device, key: tuple) -> tuple[str, int]:
         """The precision of the passes: the config's, or for ``auto`` the faster of fp32 and bf16 (where the device
         has bfloat16) on the first step's passes, ``grads(precision, batch) -> (grad, batch)``, bf16 kept only if
@@ -590,7 +590,7 @@ class MDMLocalizer(Localizer):
                     xm = Perturbation.apply(x[img], m, base[img])
                     if self.config.channels_last and device.type == "cuda":
                         xm = xm.contiguous(memory_format=torch.channels_last)
-                    with self._autocast(device, precision):
+                    with autocast(device, precision):
                         out = selector.targets(xm)
                     out = out[torch.arange(len(chunk), device=device), task_out[task]].float()
                     rec = ((out - targets[task]) ** 2).reshape(len(chunk), -1).sum(1) * rec_w[task]

@@ -27,7 +27,7 @@ from ..device import resolve_device
 from ..evaluation.metrics import dice
 from ..explain import MDMLocalizer, PrototypeSelector
 from ..explain.localization import eval_mode
-from ..explain.mdm import MDMConfig, frozen
+from ..explain.mdm import MDMConfig, autocast, frozen
 from ..explain.selectors import Selector, choose_prototype
 from ..models import PrototypeModel, architecture_class, build_model, load_model
 
@@ -47,6 +47,7 @@ class BenchRow:
     dice_p90_min: float = 1.0  # ... and min of the p90 masks' Dice
     pearson_r: float = 1.0  # mean Pearson r of the heatmaps
     note: str = ""
+    precision: str = "fp32"  # of the passes (precision auto resolved)
 
     @property
     def passes_per_second(self) -> float:
@@ -86,15 +87,18 @@ def bench_model(architecture: str, backbone: str, img_size: int, ckpt: str | Non
                    "meaningless)")
 
 
-def bare_pass_seconds(selector: Selector, x: torch.Tensor, batch: int, repeats: int = 3) -> float:
+def bare_pass_seconds(selector: Selector, x: torch.Tensor, batch: int, precision: str = "fp32",
+                      repeats: int = 3) -> float:
     """Seconds of one bare forward + backward (to the input) pass of one image, in batches of ``batch`` copies of
-    ``x: (1, C, H, W)``, the model frozen as in a search."""
+    ``x: (1, C, H, W)``, the model frozen as in a search, the passes in ``precision`` as a search runs them."""
     dev = x.device
     xb = x.expand(batch, -1, -1, -1).clone()
     with eval_mode(selector.model), frozen(selector.model):
         def once() -> None:
             xr = xb.clone().requires_grad_()
-            torch.autograd.grad(selector(xr).float().sum(), xr)
+            with autocast(dev, precision):
+                out = selector(xr)
+            torch.autograd.grad(out.float().sum(), xr)
         once()  # warm-up
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
@@ -135,7 +139,12 @@ def run_bench(architecture: str = "protopnet", backbone: str = "tiny", img_size:
         protos = [choose_prototype(model, x[i:i + 1], None, None) for i in range(images)]
     sels = [PrototypeSelector(model, j) for j in protos]
     n_masks = len(cfg.sizes)
-    per_pass = {b: bare_pass_seconds(sels[0], x[:1], b) for b in {1, n_masks}}
+    per_pass: dict[tuple[int, str], float] = {}  # (batch, precision): a bare pass's seconds
+
+    def bare(batch: int, precision: str) -> float:
+        if (batch, precision) not in per_pass:
+            per_pass[batch, precision] = bare_pass_seconds(sels[0], x[:1], batch, precision)
+        return per_pass[batch, precision]
 
     def timed(fn, n: int) -> tuple[list, float, float]:
         """Results of ``fn()``, seconds per localization over ``n`` localizations, peak memory (MB)."""
@@ -150,8 +159,9 @@ def run_bench(architecture: str = "protopnet", backbone: str = "tiny", img_size:
 
     def row(name: str, locs, seconds: float, mem: float, batch: int, note: str = "", ref=None) -> BenchRow:
         passes = float(np.mean([lo.settings["passes"] for lo in locs]))
+        precision = locs[0].settings.get("precision_used", "fp32")
         r = BenchRow(name, seconds, passes, float(np.mean([lo.settings.get("mean_steps", lo.steps) for lo in locs])),
-                     seconds / (passes * per_pass[batch]), mem, note=note)
+                     seconds / (passes * bare(batch, precision)), mem, note=note, precision=precision)
         if ref is not None:
             agree = [float(dice(a.binary(90), b.binary(90))) for a, b in zip(ref, locs)]
             corr = [float(np.corrcoef(a.heatmap.ravel(), b.heatmap.ravel())[0, 1]) for a, b in zip(ref, locs)
@@ -160,7 +170,7 @@ def run_bench(architecture: str = "protopnet", backbone: str = "tiny", img_size:
             r.pearson_r = float(np.mean(corr)) if corr else float("nan")
         return r
 
-    full_cfg = cfg.full_schedule()
+    full_cfg = dataclasses.replace(cfg.full_schedule(), precision="fp32")  # the reference: the paper's, in fp32
     short = MDMLocalizer(dataclasses.replace(full_cfg, steps=ref_steps), progress=progress)
     seq, t_seq, mem_seq = timed(lambda: [short.localize_sequential(x[i], sels[i]) for i in range(images)], images)
     paper = row("paper (sequential)", seq, t_seq * cfg.steps / ref_steps, mem_seq, 1,
@@ -183,11 +193,11 @@ def run_bench(architecture: str = "protopnet", backbone: str = "tiny", img_size:
 
 def format_table(rows: list[BenchRow], note: str) -> str:
     lines = [note, f"{'schedule':<26} {'s/loc':>8} {'passes':>7} {'vs paper':>8} {'steps':>6} {'passes/s':>9} "
-                   f"{'overhead':>8} {'peak MB':>8} {'Dice p90':>8} {'min':>6} {'Pearson r':>9}  note"]
+                   f"{'overhead':>8} {'peak MB':>8} {'Dice p90':>8} {'min':>6} {'Pearson r':>9} {'prec':>4}  note"]
     for r in rows:
         lines.append(f"{r.schedule:<26} {r.seconds:>8.2f} {r.passes:>7.0f} {PAPER_PASSES / r.passes:>7.1f}x "
                      f"{r.steps:>6.0f} {r.passes_per_second:>9.0f} {r.overhead:>8.2f} {r.peak_memory_mb:>8.0f} "
-                     f"{r.dice_p90:>8.3f} {r.dice_p90_min:>6.3f} {r.pearson_r:>9.3f}  {r.note}")
+                     f"{r.dice_p90:>8.3f} {r.dice_p90_min:>6.3f} {r.pearson_r:>9.3f} {r.precision:>4}  {r.note}")
     return "\n".join(lines)
 
 
