@@ -72,8 +72,12 @@ class XProtoNet(PrototypeModel):
 
     @staticmethod
     def pooled_features(feats: torch.Tensor, occ: torch.Tensor) -> torch.Tensor:
-        """Features ``(B, D, h, w)`` pooled under each occurrence map ``(B, K, h, w)``: ``(B, K, D)``."""
-        return torch.einsum("bkhw,bdhw->bkd", occ, feats) / (occ.sum((2, 3))[..., None] + 1e-6)
+        """Features ``(B, D, h, w)`` pooled under each occurrence map ``(B, K, h, w)``: ``(B, K, D)``, in float32
+        even under autocast: the distance to a prototype is a difference of near-equal vectors where they match, and
+        bfloat16's 3 significant digits would leave mostly rounding error in it."""
+        with torch.autocast(feats.device.type, enabled=False):
+            occ, feats = occ.float(), feats.float()
+            return torch.einsum("bkhw,bdhw->bkd", occ, feats) / (occ.sum((2, 3))[..., None] + 1e-6)
 
     def prototype_distances(self, vectors: torch.Tensor, idx: Index = None) -> torch.Tensor:
         """Distance of feature vectors ``(B, K, *, D)`` to the ``K`` selected prototypes (the ``k``-th vectors to the

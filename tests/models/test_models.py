@@ -32,6 +32,19 @@ def test_protopnet_score_of_a_matching_patch_survives_bf16_autocast():
     assert torch.allclose(low.float(), exact, atol=0.3)  # the features themselves are bf16
 
 
+def test_xprotonet_score_of_its_own_pooled_feature_survives_bf16_autocast():
+    model = tiny_model("xprotonet", seed=0).eval()
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        feats, occ = model.heads(x)
+        model.prototype_vectors[0] = model.pooled_features(feats, occ)[0, 0]  # as a push sets it
+        exact = model.prototype_scores(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model.prototype_scores(x)
+    assert float(exact[0, 0]) > 9.0
+    assert torch.allclose(low.float(), exact, atol=0.3)
+
+
 def test_protopnet_structure_and_outputs():
     m = tiny_model("protopnet")
     assert isinstance(m, ProtoPNet)
