@@ -107,8 +107,11 @@ class ProtoPNet(PrototypeModel):
             self.last_layer.weight.copy_(own + strength * (1 - own))
 
     def conv_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Latent features ``(B, D, h, w)`` after the add-on layers."""
-        return self.add_on_layers(self.features(x))
+        """Latent features ``(B, D, h, w)`` after the add-on layers, which run in float32 under autocast (only the
+        backbone takes a lower precision; see :func:`squared_l2_distances`)."""
+        f = self.features(x)
+        with torch.autocast(f.device.type, enabled=False):
+            return self.add_on_layers(f.float())
 
     def distances(self, z: torch.Tensor, idx: Index = None) -> torch.Tensor:
         """Squared L2 distances ``(B, K, h, w)`` of latent ``z`` to the selected prototypes."""

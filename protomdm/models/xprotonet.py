@@ -65,10 +65,13 @@ class XProtoNet(PrototypeModel):
         return (*self.prototype_vectors.shape, 1, 1)
 
     def heads(self, x: torch.Tensor, idx: Index = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Projected features ``(B, D, h, w)`` and the selected occurrence maps ``(B, K, h, w)``."""
+        """Projected features ``(B, D, h, w)`` and the selected occurrence maps ``(B, K, h, w)``; the two heads run in
+        float32 under autocast (only the backbone takes a lower precision: the prototype layers compare near-equal
+        vectors)."""
         f = self.features(x)
-        occ = self.occurrence_module(f)
-        return self.feature_projection(f), occ[:, self._index(idx)]
+        with torch.autocast(f.device.type, enabled=False):
+            f = f.float()
+            return self.feature_projection(f), self.occurrence_module(f)[:, self._index(idx)]
 
     @staticmethod
     def pooled_features(feats: torch.Tensor, occ: torch.Tensor) -> torch.Tensor:
