@@ -8,7 +8,7 @@ they had in training: at 224 px the image holds more background, and the masks' 
 pixels), it explains, per test image, one
 activation: the best own prototype's score of every present finding (prototype networks) or the true class's logit
 (the CNN). It computes the paper's schedule (every mask 2000 Adam steps; batched, which equals one mask at a time
-exactly) once (cached), then runs each candidate schedule and prints its agreement with the full schedule: Dice of
+exactly) once (cached; activations beyond those cached are added), then runs each candidate schedule and prints its agreement with the full schedule: Dice of
 the p90 masks (mean and minimum over the explained activations), Pearson r of the heatmaps, Adam steps taken, and
 seconds per activation, every task of a model and size in one batched search.
 
@@ -55,6 +55,9 @@ CANDIDATES = {  # name: MDMConfig overrides
     "667 steps": {"adam_steps": 667},
     "1000 steps": {"adam_steps": 1000},
     "200 steps": {"adam_steps": 200},
+    "full schedule from 0.501": {**FULL, "init": 0.501},  # is the reference itself stable?
+    "default in bf16": {"precision": "bf16"},  # the forward and backward passes in bfloat16 (autocast)
+    "300 steps in bf16": {"adam_steps": 300, "precision": "bf16"},
 }
 
 
@@ -156,10 +159,11 @@ def main() -> None:
             x, sel, pairs, truths = tasks(kind, model, cfg, size, args.images, args.at_model_size)
             pairs = pairs[:args.max_activations]
 
-            def run(overrides: dict) -> tuple[list, float]:
+            def run(overrides: dict, todo: list | None = None) -> tuple[list, float]:
+                todo = todo or pairs
                 t0 = time.perf_counter()
-                locs = MDMLocalizer(dataclasses.replace(MDMConfig(), **overrides)).localize_pairs(x, sel, pairs)
-                return locs, (time.perf_counter() - t0) / len(pairs)
+                locs = MDMLocalizer(dataclasses.replace(MDMConfig(), **overrides)).localize_pairs(x, sel, todo)
+                return locs, (time.perf_counter() - t0) / len(todo)
 
             def against_truth(heat: list) -> str:
                 """Mean p90 Dice against the pairs' objects and the pointing game, as the last two columns."""
@@ -169,11 +173,13 @@ def main() -> None:
 
             # the first activations' heatmaps, in order (set B keeps the name it was cached under first)
             cache = out / (f"reference_{kind}_{size}.npz" if args.at_model_size else f"reference_{kind}_{size}px.npz")
-            if cache.exists() and len(np.load(cache)["heat"]) >= len(pairs):
+            ref, ref_s = [], 0.0
+            if cache.exists():  # the activations cached so far; the rest are computed and added
                 ref, ref_s = list(np.load(cache)["heat"])[:len(pairs)], float(np.load(cache)["seconds"])
-            else:
-                locs, ref_s = run(FULL)
-                ref = [lo.heatmap for lo in locs]
+            if len(ref) < len(pairs):
+                locs, new_s = run(FULL, pairs[len(ref):])
+                ref_s = (ref_s * len(ref) + new_s * len(locs)) / len(pairs)
+                ref += [lo.heatmap for lo in locs]
                 np.savez(cache, heat=np.stack(ref), seconds=ref_s)
             print(f"{kind:<10} {size:>4} {len(pairs):>3} {'paper (2000 steps)':<28} {2000:>6} {ref_s:>12.1f} "
                   f"{'':>13} {'':>6} {'':>9} {against_truth(ref)}", flush=True)
