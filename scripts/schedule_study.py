@@ -8,9 +8,9 @@ they had in training: at 224 px the image holds more background, and the masks' 
 pixels), it explains, per test image, one
 activation: the best own prototype's score of every present finding (prototype networks) or the true class's logit
 (the CNN). It computes the paper's schedule (every mask 2000 Adam steps; batched, which equals one mask at a time
-exactly) once (cached; activations beyond those cached are added), then runs each candidate schedule and prints its agreement with the full schedule: Dice of
-the p90 masks (mean and minimum over the explained activations), Pearson r of the heatmaps, Adam steps taken, and
-seconds per activation, every task of a model and size in one batched search.
+exactly) once (cached; activations beyond those cached are added), then runs each candidate schedule and prints its
+agreement with the full schedule: Dice of the p90 masks (mean and minimum over the explained activations), Pearson r
+of the heatmaps, Adam steps taken, and seconds per activation, every task of a model and size in one batched search.
 
     python scripts/schedule_study.py --out runs/schedule_study                  # all models, sizes 48 and 64
     python scripts/schedule_study.py --out runs/schedule_study --models cnn --sizes 64 --images 2
