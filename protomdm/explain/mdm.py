@@ -76,16 +76,19 @@ class MDMConfig:
     a trained ProtoPNet, XProtoNet and plain CNN on two held-out sets) the 400-step masks agree with the 2000-step
     ones as well as the earlier adaptive stop's (up to 1000 steps) did, in 2.5x fewer passes; 300 steps agree as
     well on one set but not on the other, and time scales that change over the run, or masks leaving the batch once
-    they move little, agreed worse (README, "Faster, same result"). That was checked at 64 px: at 224 px, on an
-    object of 0.3% of the image, every time scale above 1 missed the object that the full schedule found, while time
-    scale 1 with ``tol`` 0.005 and ``extrapolate_after`` 1000 found it (README, "At 224 px the shortcut can fail").
-    Optionally
-    (``tol``) every ``patience`` steps (from ``min_steps`` on) each task's masks are projected to the schedule's end
-    by continuing every element's last Adam update, and once that projection's top-``stop_percentile`` mask has
-    changed by at most ``tol`` (1 - Dice) over two checks in a row the task stops with its projection as result;
-    ``extrapolate_after`` caps the steps the same way.
-    ``time_scale: 1`` with ``tol: null`` and ``extrapolate_after: null`` is the paper's schedule, every step taken
-    (``--full-schedule``).
+    they move little, agreed worse (README, "Faster, same result"). That was checked at 64 px: at 224 px, on objects
+    of 0.3% of the image, 400 steps missed the object that the full schedule found on one ProtoPNet activation of
+    three (so did every time scale above 1), while time scale 1 with ``tol`` 0.005 and ``extrapolate_after`` 1000
+    found it (README, "At 224 px the shortcut can fail"). Optionally (``tol``) every ``patience`` steps (from
+    ``min_steps`` on) each task's masks are projected to the schedule's end by continuing every element's last Adam
+    update, and once that projection's top-``stop_percentile`` mask has changed by at most ``tol`` (1 - Dice) over
+    two checks in a row the task stops with its projection as result; ``extrapolate_after`` caps the steps the same
+    way. ``time_scale: 1`` with ``tol: null`` and ``extrapolate_after: null`` is the paper's schedule, every step
+    taken (``--full-schedule``).
+
+    ``precision`` is that of the passes (autocast; the prototype layers stay float32): ``auto`` times the first
+    step's passes in fp32 and bf16 and keeps bf16 where it is ``AUTO_GAIN`` (1.15) times faster. fp32 by default,
+    so that a map is the same on every machine.
     """
 
     sizes: tuple[int, ...] = tuple(range(6, 33))
@@ -496,11 +499,10 @@ class MDMLocalizer(Localizer):
             grads = lambda precision, b, act: self._masked_grads(  # noqa: E731
                 ups(p).flatten(0, 1)[act], act, x, base, targets, rec_w, task_img, task_out, selector, n_masks, b,
                 device, precision)
-            first = active.flatten().nonzero().flatten()  # (nothing to time when no task trains)
-            precision, batch = self._resolve_precision(
-                lambda prec, b: grads(prec, b, first), batch, device,
-                (device, id(selector.model), tuple(x.shape[1:]), len(first), selector.num_targets)) \
-                if len(first) else (cfg.precision.replace("auto", "fp32"), batch)
+            first = active.flatten().nonzero().flatten()  # the first step's entries (none: nothing to time)
+            key = (device, id(selector.model), tuple(x.shape[1:]), len(first), selector.num_targets)
+            precision, batch = (self._resolve_precision(lambda prec, b: grads(prec, b, first), batch, device, key)
+                                if len(first) else ("fp32" if cfg.precision == "auto" else cfg.precision, batch))
             bar = tqdm(total=cfg.steps_taken, disable=not self.progress, desc="MDM", unit="step", leave=False)
             for step in range(1, cfg.steps_taken + 1):
                 act = active.flatten().nonzero().flatten()  # entries (t * N + i) still training
