@@ -20,3 +20,9 @@ def resolve_device(device: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError("`device` cuda asked for, but no CUDA GPU is available here; use cpu")
     return dev
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously), so that a clock read after it times the work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

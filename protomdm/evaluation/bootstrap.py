@@ -16,8 +16,8 @@ REPLICATES = 1000
 LEVEL = 0.95
 
 
-def bootstrap_interval(values: Sequence[float] | np.ndarray, groups: Sequence | None = None, *, replicates: int = REPLICATES,
-                       level: float = LEVEL, seed: int = 0) -> tuple[float, float]:
+def bootstrap_interval(values: Sequence[float] | np.ndarray, groups: Sequence | None = None, *,
+                       replicates: int = REPLICATES, level: float = LEVEL, seed: int = 0) -> tuple[float, float]:
     """The ``level`` percentile-bootstrap interval ``(low, high)`` of the mean of ``values``.
 
     Args:

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..config import BASELINES, check_finite, require
+from ..device import synchronize
 from ..errors import UserError
 from ..runtime import keep_freed_memory
 from .localization import Localization, Localizer, Maps, Pair, eval_mode, model_device
@@ -190,11 +191,6 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -441,10 +437,10 @@ class MDMLocalizer(Localizer):
             for precision in ("fp32", "bf16") if has_bf16 else ("fp32",):
                 times = []
                 for _ in range(3):  # a warm-up, then the faster of two
-                    _synchronize(device)
+                    synchronize(device)
                     t0 = time.perf_counter()
                     _, batch = grads(precision, batch)
-                    _synchronize(device)
+                    synchronize(device)
                     times.append(time.perf_counter() - t0)
                 seconds[precision] = min(times[1:])
             fast = "bf16" in seconds and seconds["fp32"] >= AUTO_GAIN * seconds["bf16"]

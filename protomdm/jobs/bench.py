@@ -23,7 +23,7 @@ import torch
 from ..config import ModelConfig
 from ..data.images import model_input
 from ..data.synthetic import SHAPES, SyntheticLesions
-from ..device import resolve_device
+from ..device import resolve_device, synchronize
 from ..evaluation.metrics import dice
 from ..explain import MDMLocalizer, PrototypeSelector
 from ..explain.localization import eval_mode
@@ -100,13 +100,11 @@ def bare_pass_seconds(selector: Selector, x: torch.Tensor, batch: int, precision
                 out = selector(xr)
             torch.autograd.grad(out.float().sum(), xr)
         once()  # warm-up
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
+        synchronize(dev)
         t0 = time.perf_counter()
         for _ in range(repeats):
             once()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
+        synchronize(dev)
     return (time.perf_counter() - t0) / (repeats * batch)
 
 
@@ -148,13 +146,12 @@ def run_bench(architecture: str = "protopnet", backbone: str = "tiny", img_size:
 
     def timed(fn, n: int) -> tuple[list, float, float]:
         """Results of ``fn()``, seconds per localization over ``n`` localizations, peak memory (MB)."""
+        synchronize(dev)
         if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
             torch.cuda.reset_peak_memory_stats(dev)
         t0 = time.perf_counter()
         out = fn()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
+        synchronize(dev)
         return out, (time.perf_counter() - t0) / n, _peak_mb(dev)
 
     def row(name: str, locs, seconds: float, mem: float, batch: int, note: str = "", ref=None) -> BenchRow:
@@ -193,7 +190,8 @@ def run_bench(architecture: str = "protopnet", backbone: str = "tiny", img_size:
 
 def format_table(rows: list[BenchRow], note: str) -> str:
     lines = [note, f"{'schedule':<26} {'s/loc':>8} {'passes':>7} {'vs paper':>8} {'steps':>6} {'passes/s':>9} "
-                   f"{'overhead':>8} {'peak MB':>8} {'Dice p90':>8} {'min':>6} {'Pearson r':>9} {'prec':>4}  note"]
+                   f"{'overhead':>8} {'peak MB':>8} {'Dice p90':>8} {'min':>6} {'Pearson r':>9} {'prec':>4}  "
+                   "note"]
     for r in rows:
         lines.append(f"{r.schedule:<26} {r.seconds:>8.2f} {r.passes:>7.0f} {PAPER_PASSES / r.passes:>7.1f}x "
                      f"{r.steps:>6.0f} {r.passes_per_second:>9.0f} {r.overhead:>8.2f} {r.peak_memory_mb:>8.0f} "
