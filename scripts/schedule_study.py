@@ -17,7 +17,9 @@ of the heatmaps, Adam steps taken, and seconds per activation, every task of a m
     python scripts/schedule_study.py --sizes 224 --at-model-size --images 4 --max-activations 4   # the README's set B
 
 Each row also scores the heatmaps against the planted objects (p90 Dice and pointing game), the reference's too: a
-schedule can disagree with the full one and still find the evidence as well.
+schedule can disagree with the full one and still find the evidence as well. The last two columns are the final MDM
+loss (mean over the activations and their masks) and its ratio to the full schedule's (where the cache has it): above
+1, the schedule stopped in a worse optimum of the same objective.
 """
 
 from __future__ import annotations
@@ -151,7 +153,8 @@ def main() -> None:
                "cnn": demo_config()}
     names = args.only.split(",") if args.only else list(CANDIDATES)
     print(f"{'model':<10} {'size':>4} {'n':>3} {'schedule':<28} {'steps':>6} {'s/activation':>12} "
-          f"{'Dice p90 mean':>13} {'min':>6} {'Pearson r':>9} {'vs truth: Dice p90':>18} {'pointing':>8}", flush=True)
+          f"{'Dice p90 mean':>13} {'min':>6} {'Pearson r':>9} {'vs truth: Dice p90':>18} {'pointing':>8} {'loss':>9} "
+          f"{'loss/full':>9}", flush=True)
     for kind in args.models.split(","):
         cfg = configs[kind]
         model = trained_model(kind, cfg, out)
@@ -173,16 +176,19 @@ def main() -> None:
 
             # the first activations' heatmaps, in order (set B keeps the name it was cached under first)
             cache = out / (f"reference_{kind}_{size}.npz" if args.at_model_size else f"reference_{kind}_{size}px.npz")
-            ref, ref_s = [], 0.0
+            ref, ref_s, ref_loss = [], 0.0, []
             if cache.exists():  # the activations cached so far; the rest are computed and added
-                ref, ref_s = list(np.load(cache)["heat"])[:len(pairs)], float(np.load(cache)["seconds"])
+                saved = np.load(cache)
+                ref, ref_s = list(saved["heat"])[:len(pairs)], float(saved["seconds"])
+                ref_loss = list(saved["loss"] if "loss" in saved else [np.nan] * len(saved["heat"]))[:len(pairs)]
             if len(ref) < len(pairs):
                 locs, new_s = run(FULL, pairs[len(ref):])
                 ref_s = (ref_s * len(ref) + new_s * len(locs)) / len(pairs)
                 ref += [lo.heatmap for lo in locs]
-                np.savez(cache, heat=np.stack(ref), seconds=ref_s)
+                ref_loss += [lo.settings["loss"] or np.nan for lo in locs]
+                np.savez(cache, heat=np.stack(ref), seconds=ref_s, loss=np.array(ref_loss))
             print(f"{kind:<10} {size:>4} {len(pairs):>3} {'paper (2000 steps)':<28} {2000:>6} {ref_s:>12.1f} "
-                  f"{'':>13} {'':>6} {'':>9} {against_truth(ref)}", flush=True)
+                  f"{'':>13} {'':>6} {'':>9} {against_truth(ref)} {np.nanmean(ref_loss):>9.4f}", flush=True)
             for name in names:
                 locs, sec = run(CANDIDATES[name])
                 heat = [lo.heatmap for lo in locs]
@@ -191,9 +197,12 @@ def main() -> None:
                 r = [float(np.corrcoef(h.ravel(), g.ravel())[0, 1]) for h, g in zip(heat, ref)
                      if h.std() > 0 and g.std() > 0]
                 steps = np.mean([lo.steps for lo in locs])
+                loss = [lo.settings["loss"] or np.nan for lo in locs]
+                ratio = [a / b for a, b in zip(loss, ref_loss) if np.isfinite(a / b)]
                 print(f"{kind:<10} {size:>4} {len(pairs):>3} {name:<28} {steps:>6.0f} {sec:>12.1f} "
                       f"{np.mean(d):>13.3f} {np.min(d):>6.3f} {np.mean(r) if r else float('nan'):>9.3f} "
-                      f"{against_truth(heat)}", flush=True)
+                      f"{against_truth(heat)} {np.nanmean(loss):>9.4f} {np.mean(ratio) if ratio else np.nan:>9.3f}",
+                      flush=True)
 
 
 if __name__ == "__main__":

@@ -186,6 +186,15 @@ def _dice(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))
 
 
+def _loss_figures(fit: "MaskFit", t: int) -> dict:
+    """Task ``t``'s final loss, mean over its masks, and its two terms (None where the target was not trained)."""
+    if fit.reconstruction is None or fit.area is None or bool(fit.independent[t]):
+        return {"loss": None, "loss_reconstruction": None, "loss_area": None}
+    rec, area = float(fit.reconstruction[t].mean()), float(fit.area[t].mean())
+    return {"loss": float(f"{rec + area:.6g}"), "loss_reconstruction": float(f"{rec:.6g}"),
+            "loss_area": float(f"{area:.6g}")}
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """The context of a search's passes in ``precision`` (fp32: none; bf16, fp16: ``torch.autocast``)."""
     if precision == "fp32":
@@ -304,6 +313,9 @@ class MaskFit:
         model_seconds: of ``seconds``, the time spent in the model's forward and backward passes (each mask's Adam
             step is one pass of one masked image: ``steps.sum()`` passes in all).
         precision: the precision of the passes (``precision: auto`` resolved).
+        reconstruction: ``(T, N)`` each final mask's weighted reconstruction term (fp32), as in the loss.
+        area: ``(T, N)`` each final mask's weighted area term: the loss is their sum, lower is better (a search
+            that stopped in a worse optimum than the full schedule's shows here, without the reference).
     """
 
     masks: torch.Tensor
@@ -315,6 +327,8 @@ class MaskFit:
     independent: torch.Tensor
     model_seconds: float = 0.0
     precision: str = "fp32"
+    reconstruction: torch.Tensor | None = None
+    area: torch.Tensor | None = None
 
 
 @contextlib.contextmanager
@@ -365,7 +379,7 @@ class MDMLocalizer(Localizer):
         n = len(pairs)
         figures = [{"batch_masks_used": fit.batch_masks, "schedule": self.schedule, "precision_used": fit.precision,
                     "passes": int(fit.steps[t].sum()), "mean_steps": float(fit.steps[t].float().mean()),
-                    "model_seconds": round(fit.model_seconds / n, 4)} for t in range(n)]
+                    "model_seconds": round(fit.model_seconds / n, 4), **_loss_figures(fit, t)} for t in range(n)]
         reasons = [independence_reason(float(fit.effect[t]), fit.targets[t]) if bool(fit.independent[t]) else ""
                    for t in range(n)]
         return Maps(np.stack([masks_to_heatmap(fit.masks[t], self.config.gamma) for t in range(n)]),
@@ -392,7 +406,7 @@ class MDMLocalizer(Localizer):
         up = lambda d: F.interpolate(d, size=(h, w), mode=cfg.upsample, **kwargs).clamp(0, 1)  # noqa: E731
         bar = tqdm(total=len(pairs) * len(cfg.sizes) * cfg.steps, disable=not self.progress,
                    desc="MDM (sequential)", unit="step", leave=False)
-        all_masks, targets, effects, independents = [], [], [], []
+        all_masks, targets, effects, independents, terms = [], [], [], [], []
         with frozen(selector.model):
             for b, k in pairs:
                 one, xb = selector.single(k), x[b:b + 1]
@@ -413,15 +427,19 @@ class MDMLocalizer(Localizer):
                         with torch.no_grad():
                             d.clamp_(0, 1)
                         bar.update()
-                    masks.append(up(d.detach())[0, 0])
+                    with torch.no_grad():
+                        masks.append(up(d)[0, 0])
+                        out = one(pert.apply(xb, masks[-1][None, None], base))
+                        terms.append((rec_w * float(((out - target) ** 2).sum()), l1_w * float(d.abs().mean())))
                 all_masks.append(torch.stack(masks))
                 targets.append(target[0])
                 effects.append(effect.cpu())
                 independents.append(independent.cpu())
         bar.close()
         steps = torch.full((len(pairs), len(cfg.sizes)), cfg.steps)
+        rec, area = torch.tensor(terms, dtype=torch.float32).view(len(pairs), len(cfg.sizes), 2).unbind(-1)
         return MaskFit(torch.stack(all_masks), steps, targets, time.perf_counter() - t0, 1, torch.cat(effects),
-                       torch.cat(independents))
+                       torch.cat(independents), reconstruction=rec, area=area)
 
     # ------------------------------------------------------------------ engine
     def _resolve_precision(self, grads, batch: int, device: torch.device, key: tuple) -> tuple[str, int]:
@@ -524,10 +542,15 @@ class MDMLocalizer(Localizer):
                 bar.update()
                 bar.set_postfix(active=int(active.sum()))
             bar.close()
-            with torch.no_grad():
-                masks = ups(self._projected(p, exp_avg, exp_sq, steps))
+            with torch.no_grad():  # the masks, and their loss terms (one fp32 forward pass of each masked image)
+                q = self._projected(p, exp_avg, exp_sq, steps)
+                masks = ups(q)
+                rec = torch.cat([self._reconstruction(masks.flatten(0, 1)[c, None], c // n_masks, x, base, targets,
+                                                      rec_w, task_img, task_out, selector, device, "fp32")
+                                 for c in torch.arange(n_tasks * n_masks, device=device).split(batch)])
+                area = l1_w[:, None] * q.abs().sum((-2, -1)) / ups.cells
         return MaskFit(masks.cpu(), steps.cpu(), list(targets.cpu()), time.perf_counter() - t0, batch, effect.cpu(),
-                       independent.cpu(), model_seconds, precision)
+                       independent.cpu(), model_seconds, precision, rec.view(n_tasks, n_masks).cpu(), area.cpu())
 
     def _adam_betas(self) -> tuple[float, float]:
         """Adam's decay rates for one step of ``step_scale`` schedule steps: the moments keep their time constants."""
@@ -571,6 +594,18 @@ class MDMLocalizer(Localizer):
         thr = torch.quantile(heat, self.config.stop_percentile / 100, dim=1, keepdim=True)
         return (heat >= thr) & (heat > heat.min(1, keepdim=True).values)
 
+    def _reconstruction(self, m, task, x, base, targets, rec_w, task_img, task_out, selector, device, precision):
+        """The weighted reconstruction term ``(n,)`` of upsampled masks ``m (n, 1, H, W)`` of tasks ``task (n,)``:
+        one pass of the masked images in ``precision``."""
+        img = task_img[task]
+        xm = Perturbation.apply(x[img], m, base[img])
+        if self.config.channels_last and device.type == "cuda":
+            xm = xm.contiguous(memory_format=torch.channels_last)
+        with autocast(device, precision):
+            out = selector.targets(xm)
+        out = out[torch.arange(len(task), device=device), task_out[task]].float()
+        return ((out - targets[task]) ** 2).reshape(len(task), -1).sum(1) * rec_w[task]
+
     def _masked_grads(self, masks, act, x, base, targets, rec_w, task_img, task_out, selector, n_masks, batch, device,
                       precision):
         """d(sum of weighted reconstruction losses)/d(mask) ``(n, H, W)`` for the active entries ``act`` and their
@@ -583,15 +618,8 @@ class MDMLocalizer(Localizer):
                 grad = torch.empty_like(masks)
                 for chunk in torch.arange(len(act), device=device).split(batch):
                     m = masks[chunk][:, None].requires_grad_()
-                    task = act[chunk] // n_masks
-                    img = task_img[task]
-                    xm = Perturbation.apply(x[img], m, base[img])
-                    if self.config.channels_last and device.type == "cuda":
-                        xm = xm.contiguous(memory_format=torch.channels_last)
-                    with autocast(device, precision):
-                        out = selector.targets(xm)
-                    out = out[torch.arange(len(chunk), device=device), task_out[task]].float()
-                    rec = ((out - targets[task]) ** 2).reshape(len(chunk), -1).sum(1) * rec_w[task]
+                    rec = self._reconstruction(m, act[chunk] // n_masks, x, base, targets, rec_w, task_img, task_out,
+                                               selector, device, precision)
                     (g,) = torch.autograd.grad(rec.sum(), m)
                     grad[chunk] = g[:, 0]
                 return grad, batch

@@ -46,6 +46,7 @@ class BenchRow:
     dice_p90: float = 1.0  # agreement with the paper's full schedule: mean ...
     dice_p90_min: float = 1.0  # ... and min of the p90 masks' Dice
     pearson_r: float = 1.0  # mean Pearson r of the heatmaps
+    loss_ratio: float = 1.0  # the final MDM loss over the full schedule's, mean (> 1: a worse optimum)
     note: str = ""
     precision: str = "fp32"  # of the passes (precision auto resolved)
 
@@ -165,6 +166,9 @@ def run_bench(architecture: str = "protopnet", backbone: str = "tiny", img_size:
                     if a.heatmap.std() > 0 and b.heatmap.std() > 0]
             r.dice_p90, r.dice_p90_min = float(np.mean(agree)), float(np.min(agree))
             r.pearson_r = float(np.mean(corr)) if corr else float("nan")
+            ratios = [b.settings["loss"] / a.settings["loss"] for a, b in zip(ref, locs)
+                      if a.settings.get("loss") and b.settings.get("loss") is not None]
+            r.loss_ratio = float(np.mean(ratios)) if ratios else float("nan")
         return r
 
     full_cfg = dataclasses.replace(cfg.full_schedule(), precision="fp32")  # the reference: the paper's, in fp32
@@ -190,12 +194,13 @@ def run_bench(architecture: str = "protopnet", backbone: str = "tiny", img_size:
 
 def format_table(rows: list[BenchRow], note: str) -> str:
     lines = [note, f"{'schedule':<26} {'s/loc':>8} {'passes':>7} {'vs paper':>8} {'steps':>6} {'passes/s':>9} "
-                   f"{'overhead':>8} {'peak MB':>8} {'Dice p90':>8} {'min':>6} {'Pearson r':>9} {'prec':>4}  "
-                   "note"]
+                   f"{'overhead':>8} {'peak MB':>8} {'Dice p90':>8} {'min':>6} {'Pearson r':>9} {'loss/full':>9} "
+                   f"{'prec':>4}  note"]
     for r in rows:
         lines.append(f"{r.schedule:<26} {r.seconds:>8.2f} {r.passes:>7.0f} {PAPER_PASSES / r.passes:>7.1f}x "
                      f"{r.steps:>6.0f} {r.passes_per_second:>9.0f} {r.overhead:>8.2f} {r.peak_memory_mb:>8.0f} "
-                     f"{r.dice_p90:>8.3f} {r.dice_p90_min:>6.3f} {r.pearson_r:>9.3f} {r.precision:>4}  {r.note}")
+                     f"{r.dice_p90:>8.3f} {r.dice_p90_min:>6.3f} {r.pearson_r:>9.3f} {r.loss_ratio:>9.3f} "
+                     f"{r.precision:>4}  {r.note}")
     return "\n".join(lines)
 
 

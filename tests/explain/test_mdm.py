@@ -71,6 +71,16 @@ def test_batched_equals_one_mask_at_a_time():
     assert np.allclose(masks_to_heatmap(batched.masks[0], 0.0), seq.heatmap, atol=1e-4)
     # the masks did move away from their start, so the comparison means something
     assert (batched.masks - 0.5).abs().max() > 0.02
+    # each mask's final loss terms, the same from both engines; the settings give their means over the masks
+    seq_fit = loc.fit_sequential(x, sel, [(0, 0)])
+    assert torch.allclose(batched.reconstruction, seq_fit.reconstruction, rtol=1e-3, atol=1e-6)
+    assert torch.allclose(batched.area, seq_fit.area, rtol=1e-4)
+    assert seq.settings["loss"] == pytest.approx(float((seq_fit.reconstruction + seq_fit.area).mean()), rel=1e-5)
+    # by hand, the normalised loss of the 5x5 mask: ||f(X) - f(MX)||^2 / ||f(X) - f(0)||^2 + 0.5 mean|d|
+    with torch.no_grad():
+        f_x, f_0, f_m = sel.targets(torch.cat([x, 0 * x, x * batched.masks[0, 1]]))[:, 0]
+    assert float(batched.reconstruction[0, 1]) == pytest.approx(float((f_x - f_m) ** 2 / (f_x - f_0) ** 2), rel=1e-4)
+    assert float(batched.area[0, 1]) > 0 and float(batched.reconstruction[0, 1]) > 0
 
 
 def test_localize_many_equals_separate_runs():
@@ -134,6 +144,9 @@ def test_the_default_schedule_reaches_the_papers_on_an_oracle():
     assert (full.settings["passes"], ours.settings["passes"], cut.settings["passes"]) == (27 * 2000, 27 * 400,
                                                                                            27 * 400)
     assert dice(full.binary(90), cut.binary(90)) < 0.9  # the oracle tells a short schedule from the full one
+    # so does the final loss, without the reference: the cut-short masks stop in a worse optimum, ours in the same
+    assert cut.settings["loss"] > 1.3 * full.settings["loss"]
+    assert ours.settings["loss"] == pytest.approx(full.settings["loss"], rel=0.01)
     assert dice(full.binary(90), ours.binary(90)) >= 0.95
     assert np.corrcoef(full.heatmap.ravel(), ours.heatmap.ravel())[0, 1] >= 0.97
     x0, y0, x1, y1 = box  # and the evidence is where the oracle reads: inside the box and its 1-pixel rim

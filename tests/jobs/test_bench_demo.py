@@ -25,9 +25,10 @@ def test_bench_compares_the_schedules_and_they_agree(tmp_path):
     assert paper.steps == batched.steps == ours.steps == many.steps == 60
     assert paper.passes == batched.passes == ours.passes == 27 * 60
     assert ours.dice_p90 > 0.99 and ours.pearson_r > 0.999 and many.dice_p90_min > 0.99
+    assert ours.loss_ratio == pytest.approx(1.0, rel=1e-3) and many.loss_ratio == pytest.approx(1.0, rel=1e-3)
     assert all(r.seconds > 0 and r.overhead > 0 and r.passes_per_second > 0 for r in rows)
     table = format_table(rows, "note")
-    assert "overhead" in table and "Dice p90" in table and "projected to 60" in table
+    assert "overhead" in table and "Dice p90" in table and "loss/full" in table and "projected to 60" in table
     assert f"{PAPER_PASSES / (27 * 60):.1f}x" in table  # passes against the paper's 54,000
 
 
