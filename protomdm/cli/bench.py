@@ -14,7 +14,8 @@ def add_parser(sub, methods: list[str]) -> None:
                        "`localize` does: the paper's schedule (each mask alone, 2000 steps; timed over --ref-steps "
                        "and projected), the same schedule batched (run in full: the reference for agreement) and ours "
                        "(400 Adam steps covering the 2000-step schedule). Prints seconds per image, speed-up, peak memory and agreement "
-                       "(Dice of the p90 masks, Pearson r of the heatmaps). The default is the demo's trained "
+                       "(Dice of the p90 masks, Pearson r of the heatmaps, the final loss over the full schedule's), "
+                       "on synthetic images or your own (--input). The default is the demo's trained "
                        "ProtoPNet (protomdm-demo/model/best.pt when `protomdm demo` left one, else trained first).")
     p.add_argument("--model", default="protopnet", choices=list_architectures(),
                    help="architecture of the random-weight model (default protopnet)")
@@ -25,6 +26,10 @@ def add_parser(sub, methods: list[str]) -> None:
                    "actually timed (projected to --steps; default 100)")
     p.add_argument("--ckpt", help="time this checkpoint's model instead (a trained model makes the agreement "
                    "meaningful; random weights give near-flat gradients)")
+    p.add_argument("--input", action="append", metavar="PATH", help="your own images instead of synthetic ones: a "
+                   "file or a folder (DICOM, PNG, JPEG, ...; repeatable), the first --images of them, at the model's "
+                   "input size. With your --ckpt, the agreement and loss/full columns then say whether the default "
+                   "schedule reaches the full one for your model and images")
     p.add_argument("--batch-images", type=int, metavar="N", help="images per search in the folder-run row (default: "
                    "all --images)")
     p.add_argument("--json", metavar="FILE", help="also write the table as JSON")
@@ -40,8 +45,9 @@ def run(args: argparse.Namespace) -> int:
 
     mdm = mdm_config(args)
     rows, what = run_bench(args.model, args.backbone, args.img_size, args.device, args.images, args.ref_steps, mdm,
-                           args.seed, progress=not args.quiet, ckpt=args.ckpt, batch_images=args.batch_images)
-    note = (f"MDM bench: {what}, {args.images} synthetic image(s), each image's top prototype score, precision "
+                           args.seed, progress=not args.quiet, ckpt=args.ckpt, batch_images=args.batch_images,
+                           inputs=args.input)
+    note = (f"MDM bench: {what}, each image's top prototype score, precision "
             f"{mdm.precision} (prec: the one used). The paper's schedule (each mask alone, {mdm.steps} steps) was "
             f"timed over {args.ref_steps} steps and projected; the batched full schedule (fp32) is the reference for "
             "agreement; ours: "

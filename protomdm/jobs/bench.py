@@ -16,14 +16,16 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from ..config import ModelConfig
-from ..data.images import model_input
+from ..data.images import LoadedImage, model_input, read_image, to_model_input
 from ..data.synthetic import SHAPES, SyntheticLesions
 from ..device import resolve_device, synchronize
+from ..errors import UserError
 from ..evaluation.metrics import dice
 from ..explain import MDMLocalizer, PrototypeSelector
 from ..explain.localization import eval_mode
@@ -109,11 +111,22 @@ def bare_pass_seconds(selector: Selector, x: torch.Tensor, batch: int, precision
     return (time.perf_counter() - t0) / (repeats * batch)
 
 
+def bench_images(inputs: Sequence[str | Path], n: int) -> list[LoadedImage]:
+    """The first ``n`` images of ``inputs`` (files, or folders searched as folder runs search them), read."""
+    from .folder import find_inputs
+
+    paths = [q for p in inputs for q in (find_inputs(p) if Path(p).is_dir() else [Path(p)])][:n]
+    if not paths:
+        raise UserError(f"no images found in {', '.join(map(str, inputs))}")
+    return [read_image(p) for p in paths]
+
+
 def run_bench(architecture: str = "protopnet", backbone: str = "tiny", img_size: int = 64, device: str = "auto",
               images: int = 2, ref_steps: int = 100, mdm: MDMConfig | None = None, seed: int = 0,
-              progress: bool = True, ckpt: str | None = None, batch_images: int | None = None
-              ) -> tuple[list[BenchRow], str]:
-    """Time MDM on ``images`` synthetic images, each image's top prototype:
+              progress: bool = True, ckpt: str | None = None, batch_images: int | None = None,
+              inputs: Sequence[str | Path] | None = None) -> tuple[list[BenchRow], str]:
+    """Time MDM on ``images`` synthetic images (or the first ``images`` of ``inputs``, one's own, at the model's
+    input size), each image's top prototype:
 
     - the paper's schedule as published (each of the 27 masks alone, 2000 Adam steps): ``ref_steps`` steps of every
       mask are timed and projected to the full schedule;
@@ -127,13 +140,17 @@ def run_bench(architecture: str = "protopnet", backbone: str = "tiny", img_size:
     """
     dev = resolve_device(device)
     cfg = mdm or MDMConfig()
+    own = bench_images(inputs, images) if inputs else []  # read first: a bad input fails before any training
     model, what = bench_model(architecture, backbone, img_size, ckpt, seed, progress)
     model = model.to(dev).eval()
-    classes = model.class_names if set(model.class_names) <= set(SHAPES) else SHAPES[:3]
-    size = model.config.img_size[0]
-    data = SyntheticLesions(classes, n=images, size=size, channels=model.config.in_channels,
-                            multilabel=model.multilabel_only, seed=seed + 1)
-    x = model_input(torch.stack([data[i][0] for i in range(images)]), model.config).to(dev)
+    if own:
+        x = torch.cat([to_model_input(im, model.config) for im in own]).to(dev)
+        images = len(x)
+    else:
+        classes = model.class_names if set(model.class_names) <= set(SHAPES) else SHAPES[:3]
+        data = SyntheticLesions(classes, n=images, size=model.config.img_size[0], channels=model.config.in_channels,
+                                multilabel=model.multilabel_only, seed=seed + 1)
+        x = model_input(torch.stack([data[i][0] for i in range(images)]), model.config).to(dev)
     with torch.no_grad():
         protos = [choose_prototype(model, x[i:i + 1], None, None) for i in range(images)]
     sels = [PrototypeSelector(model, j) for j in protos]
@@ -189,7 +206,7 @@ def run_bench(architecture: str = "protopnet", backbone: str = "tiny", img_size:
     rows = [paper, row("paper schedule, batched", ref, t_full, mem_full, n_masks),
             row("ours", ours, t_ours, mem_ours, n_masks, ref=ref),
             row(f"ours, {per_search} images/search", many, t_many, mem_many, n_masks, ref=ref)]
-    return rows, f"{what}, on {dev}"
+    return rows, f"{what}, on {dev}, {images} {'image(s) from --input' if inputs else 'synthetic image(s)'}"
 
 
 def format_table(rows: list[BenchRow], note: str) -> str:

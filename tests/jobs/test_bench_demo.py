@@ -44,6 +44,33 @@ def test_bench_command_says_what_it_measured(capsys, tmp_path):
     assert record["rows"][2]["passes"] == 81 and record["paper_passes"] == 54000
 
 
+def test_bench_runs_on_ones_own_images(capsys, tmp_path):
+    from PIL import Image
+
+    from protomdm.data.images import read_image
+    from protomdm.jobs.bench import bench_images
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    for name, shape in (("b.png", (50, 40)), ("sub/a.png", (40, 40)), ("c.png", (30, 60))):
+        Image.fromarray((rng.random(shape) * 255).astype(np.uint8)).save(tmp_path / "in" / name)
+    # the first --images of the folder, found as folder runs find them; a bad input fails before the demo model
+    # would be trained (no --img-size here)
+    images = bench_images([tmp_path / "in"], 2)
+    assert [im.source for im in images] == [tmp_path / "in" / "b.png", tmp_path / "in" / "c.png"]
+    assert np.array_equal(images[1].pixels, read_image(tmp_path / "in" / "c.png").pixels)
+    code = main(["bench", "--img-size", "32", "--images", "5", "--ref-steps", "2", "--steps", "4", "--quiet",
+                 "--device", "cpu", "--input", str(tmp_path / "in" / "b.png"), "--input", str(tmp_path / "in" / "sub")])
+    out = capsys.readouterr().out
+    assert code == 0 and "2 image(s) from --input" in out and "loss/full" in out
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    assert main(["bench", "--quiet", "--input", str(tmp_path / "bad.png")]) == 2
+    assert "not a readable image" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["bench", "--quiet", "--input", str(tmp_path / "empty")]) == 2
+    assert "no images found" in capsys.readouterr().err
+
+
 def test_demo_runs_end_to_end(tmp_path, capsys):
     code = main(["demo", "--out", str(tmp_path), "--images", "1", "--steps", "10", "--quiet"])
     out = capsys.readouterr().out
