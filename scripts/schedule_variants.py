@@ -8,9 +8,13 @@ agreement (mean, min, per activation) and the mean Adam steps per mask:
 - ``scales``: Adam steps whose time scale changes over the run (300 with small steps first, last, or growing;
   the paper's own steps first, then steps of 5);
 - ``settle``: a 600-step run whose masks leave the batch once their cells moved by less than ``eps`` over the last
-  ``lag`` Adam steps (simulated from snapshots every 25 steps, as the engine's active set would stop them).
+  ``lag`` Adam steps (simulated from snapshots every 25 steps, as the engine's active set would stop them);
+- ``trajectory``: the full schedule and the default (400 steps of 5) side by side, every 250 schedule steps: the
+  share of the image the heatmap keeps, its p90 Dice against the full schedule's final one, the largest mask sum on
+  the planted object and off it, and the loss (mean over the masks): where the two part, and which optimum is lower.
 
     python scripts/schedule_variants.py --model protopnet --size 224 --at-model-size    # the README's set B
+    python scripts/schedule_variants.py --size 224 --max-activations 1 --only trajectory   # the 224-px miss
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from schedule_study import ROOT, tasks, trained_model
 
 from protomdm import MDMConfig, MDMLocalizer
 from protomdm.evaluation.metrics import dice, top_percentile_mask
-from protomdm.explain.mdm import ADAM_BETAS, ADAM_EPS, MaskUpsampler, masks_to_heatmap
+from protomdm.explain.mdm import ADAM_BETAS, ADAM_EPS, MaskUpsampler, MDMLoss, masks_to_heatmap
 from protomdm.jobs.demo import demo_config
 from protomdm.training.config import load_train_config
 
@@ -70,7 +74,22 @@ SCALES = {
     "geometric from 2": geometric(2.0),
     "300 x 1, then 340 x 5 (640 steps)": [1.0] * 300 + [5.0] * 340,
     "150 x 1, then 370 x 5 (520 steps)": [1.0] * 150 + [5.0] * 370,
+    "linear 9 -> 1 (400 steps)": list(np.linspace(9, 1, 400)),
+    "300 x 5.67, then 5 -> 1 (400 steps)": [17 / 3] * 300 + list(np.linspace(5, 1, 100)),
 }
+
+
+def mask_loss(p: torch.Tensor, x: torch.Tensor, sel, pairs, ups: MaskUpsampler) -> np.ndarray:
+    """The default (normalised) loss of packed masks ``p (T, N, A, A)``, mean over the N masks, per task."""
+    cfg, out = MDMConfig(), []
+    with torch.no_grad():
+        for t, (b, k) in enumerate(pairs):
+            f_x, f_0 = sel.targets(torch.cat([x[b:b + 1], 0 * x[b:b + 1]]))[:, k]
+            rec_w, l1_w = MDMLoss.of(cfg).weights(float(((f_x - f_0) ** 2).sum()))
+            f_m = sel.targets(x[b:b + 1] * ups(p[t:t + 1])[0][:, None])[:, k]
+            rec = rec_w * ((f_m - f_x) ** 2).reshape(len(f_m), -1).sum(1)
+            out.append(float((rec + l1_w * p[t].abs().sum((1, 2)) / ups.cells).mean()))
+    return np.array(out)
 
 
 def main() -> None:
@@ -86,8 +105,8 @@ def main() -> None:
     out = Path(args.out)
     cfg = load_train_config(ROOT / "configs/synthetic_xprotonet.yaml") if args.model == "xprotonet" else demo_config()
     model = trained_model(args.model, cfg, out)
-    x, sel, pairs, _ = tasks(args.model, model, cfg, args.size, args.images, args.at_model_size)
-    pairs = pairs[:args.max_activations]
+    x, sel, pairs, truths = tasks(args.model, model, cfg, args.size, args.images, args.at_model_size)
+    pairs, truths = pairs[:args.max_activations], truths[:args.max_activations]
     cache = out / (f"reference_{args.model}_{args.size}.npz" if args.at_model_size
                    else f"reference_{args.model}_{args.size}px.npz")
     if not cache.exists():
@@ -124,6 +143,22 @@ def main() -> None:
                         new = ((snaps[t][0] - snaps[t - lag][0]).abs().amax((2, 3)) < eps) & ~done
                         final[new], steps[new], done = snaps[t][0][new], t, done | new
                 show(f"settle: lag {lag}, eps {eps}", ups(final), float(steps.float().mean()))
+    if "trajectory" in todo:
+        ups = MaskUpsampler(MDMConfig().sizes, tuple(x.shape[-2:]), "bilinear", torch.device("cpu"))
+        for name, k in (("full schedule", 1.0), ("default (400 x 5)", 5.0)):
+            snaps = {}
+            VaryingScale([k] * round(2000 / k), keep=snaps).fit_masks(x, sel, pairs)
+            for t in sorted(snaps):
+                if round(t * k) % 250:
+                    continue
+                p, masks = snaps[t][0], ups(snaps[t][0])
+                loss = mask_loss(p, x, sel, pairs, ups)
+                for i, (m, r, truth) in enumerate(zip(masks, ref, truths)):
+                    heat, total, on = masks_to_heatmap(m, 5.0), m.sum(0).numpy(), np.asarray(truth) > 0
+                    d = float(dice(top_percentile_mask(heat, 90), top_percentile_mask(r, 90)))
+                    print(f"{name:<18} activation {i} schedule step {round(t * k):>4}: keeps {(heat > 0).mean():.4f}"
+                          f", Dice p90 vs the full's end {d:.3f}, mask sum max on the object {total[on].max():.2f}"
+                          f", off it {total[~on].max():.2f}, loss {loss[i]:.4f}", flush=True)
 
 
 if __name__ == "__main__":
