@@ -197,11 +197,13 @@ def main() -> None:
                 r = [float(np.corrcoef(h.ravel(), g.ravel())[0, 1]) for h, g in zip(heat, ref)
                      if h.std() > 0 and g.std() > 0]
                 steps = np.mean([lo.steps for lo in locs])
-                loss = [lo.settings["loss"] or np.nan for lo in locs]
-                ratio = [a / b for a, b in zip(loss, ref_loss) if np.isfinite(a / b)]
+                loss = np.array([lo.settings["loss"] or np.nan for lo in locs])
+                known = np.isfinite(ref_loss)  # the mean over the activations whose reference loss is cached, if any
+                ratio = loss[known] / np.asarray(ref_loss)[known]
+                loss = loss[known] if known.any() else loss
                 print(f"{kind:<10} {size:>4} {len(pairs):>3} {name:<28} {steps:>6.0f} {sec:>12.1f} "
                       f"{np.mean(d):>13.3f} {np.min(d):>6.3f} {np.mean(r) if r else float('nan'):>9.3f} "
-                      f"{against_truth(heat)} {np.nanmean(loss):>9.4f} {np.mean(ratio) if ratio else np.nan:>9.3f}",
+                      f"{against_truth(heat)} {np.nanmean(loss):>9.4f} {np.mean(ratio) if len(ratio) else np.nan:>9.3f}",
                       flush=True)
 
 
