@@ -185,7 +185,7 @@ def main() -> None:
                 locs, new_s = run(FULL, pairs[len(ref):])
                 ref_s = (ref_s * len(ref) + new_s * len(locs)) / len(pairs)
                 ref += [lo.heatmap for lo in locs]
-                ref_loss += [lo.settings["loss"] or np.nan for lo in locs]
+                ref_loss += [lo.settings["final_loss"] or np.nan for lo in locs]
                 np.savez(cache, heat=np.stack(ref), seconds=ref_s, loss=np.array(ref_loss))
             print(f"{kind:<10} {size:>4} {len(pairs):>3} {'paper (2000 steps)':<28} {2000:>6} {ref_s:>12.1f} "
                   f"{'':>13} {'':>6} {'':>9} {against_truth(ref)} {np.nanmean(ref_loss):>9.4f}", flush=True)
@@ -197,7 +197,7 @@ def main() -> None:
                 r = [float(np.corrcoef(h.ravel(), g.ravel())[0, 1]) for h, g in zip(heat, ref)
                      if h.std() > 0 and g.std() > 0]
                 steps = np.mean([lo.steps for lo in locs])
-                loss = np.array([lo.settings["loss"] or np.nan for lo in locs])
+                loss = np.array([lo.settings["final_loss"] or np.nan for lo in locs])
                 known = np.isfinite(ref_loss)  # the mean over the activations whose reference loss is cached, if any
                 ratio = loss[known] / np.asarray(ref_loss)[known]
                 loss = loss[known] if known.any() else loss

@@ -189,12 +189,13 @@ def _dice(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _loss_figures(fit: "MaskFit", t: int) -> dict:
-    """Task ``t``'s final loss, mean over its masks, and its two terms (None where the target was not trained)."""
+    """Task ``t``'s final loss, mean over its masks, and its two terms (None where the target was not trained); not
+    ``loss``, which names the loss's kind among the settings."""
     if fit.reconstruction is None or fit.area is None or bool(fit.independent[t]):
-        return {"loss": None, "loss_reconstruction": None, "loss_area": None}
+        return {"final_loss": None, "final_loss_reconstruction": None, "final_loss_area": None}
     rec, area = float(fit.reconstruction[t].mean()), float(fit.area[t].mean())
-    return {"loss": float(f"{rec + area:.6g}"), "loss_reconstruction": float(f"{rec:.6g}"),
-            "loss_area": float(f"{area:.6g}")}
+    return {"final_loss": float(f"{rec + area:.6g}"), "final_loss_reconstruction": float(f"{rec:.6g}"),
+            "final_loss_area": float(f"{area:.6g}")}
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

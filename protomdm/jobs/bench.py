@@ -183,8 +183,8 @@ def run_bench(architecture: str = "protopnet", backbone: str = "tiny", img_size:
                     if a.heatmap.std() > 0 and b.heatmap.std() > 0]
             r.dice_p90, r.dice_p90_min = float(np.mean(agree)), float(np.min(agree))
             r.pearson_r = float(np.mean(corr)) if corr else float("nan")
-            ratios = [b.settings["loss"] / a.settings["loss"] for a, b in zip(ref, locs)
-                      if a.settings.get("loss") and b.settings.get("loss") is not None]
+            ratios = [b.settings["final_loss"] / a.settings["final_loss"] for a, b in zip(ref, locs)
+                      if a.settings.get("final_loss") and b.settings.get("final_loss") is not None]
             r.loss_ratio = float(np.mean(ratios)) if ratios else float("nan")
         return r
 

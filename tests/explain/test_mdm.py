@@ -34,6 +34,9 @@ def test_oracle_result_metadata(oracle_localization):
     assert loc.heatmap.min() >= 0 and loc.heatmap.max() == pytest.approx(1.0)
     assert loc.steps == 300 and loc.seconds > 0 and loc.device == "cpu"
     assert loc.settings["sizes"] == tuple(range(6, 33)) and loc.settings["lr"] == 3e-3
+    # the loss's kind among the settings, the loss reached beside it
+    assert loc.settings["loss"] == "normalised" and loc.settings["final_loss"] == pytest.approx(
+        loc.settings["final_loss_reconstruction"] + loc.settings["final_loss_area"], rel=1e-4)
 
 
 def test_default_settings_are_the_papers():
@@ -75,7 +78,7 @@ def test_batched_equals_one_mask_at_a_time():
     seq_fit = loc.fit_sequential(x, sel, [(0, 0)])
     assert torch.allclose(batched.reconstruction, seq_fit.reconstruction, rtol=1e-3, atol=1e-6)
     assert torch.allclose(batched.area, seq_fit.area, rtol=1e-4)
-    assert seq.settings["loss"] == pytest.approx(float((seq_fit.reconstruction + seq_fit.area).mean()), rel=1e-5)
+    assert seq.settings["final_loss"] == pytest.approx(float((seq_fit.reconstruction + seq_fit.area).mean()), rel=1e-5)
     # by hand, the normalised loss of the 5x5 mask: ||f(X) - f(MX)||^2 / ||f(X) - f(0)||^2 + 0.5 mean|d|
     with torch.no_grad():
         f_x, f_0, f_m = sel.targets(torch.cat([x, 0 * x, x * batched.masks[0, 1]]))[:, 0]
@@ -145,8 +148,8 @@ def test_the_default_schedule_reaches_the_papers_on_an_oracle():
                                                                                            27 * 400)
     assert dice(full.binary(90), cut.binary(90)) < 0.9  # the oracle tells a short schedule from the full one
     # so does the final loss, without the reference: the cut-short masks stop in a worse optimum, ours in the same
-    assert cut.settings["loss"] > 1.3 * full.settings["loss"]
-    assert ours.settings["loss"] == pytest.approx(full.settings["loss"], rel=0.01)
+    assert cut.settings["final_loss"] > 1.3 * full.settings["final_loss"]
+    assert ours.settings["final_loss"] == pytest.approx(full.settings["final_loss"], rel=0.01)
     assert dice(full.binary(90), ours.binary(90)) >= 0.95
     assert np.corrcoef(full.heatmap.ravel(), ours.heatmap.ravel())[0, 1] >= 0.97
     x0, y0, x1, y1 = box  # and the evidence is where the oracle reads: inside the box and its 1-pixel rim
