@@ -418,22 +418,25 @@ class MDMLocalizer(Localizer):
                     target, masked = one(torch.cat([xb, base])).split(1)
                     effect, independent = masking_effect(target, masked)
                 rec_w, l1_w = MDMLoss.of(cfg).weights(float(effect))
+
+                def loss_terms(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                    """This pair's reconstruction and area terms for the mask cells ``d (1, 1, a, a)``."""
+                    out = one(pert.apply(xb, up(d), base))
+                    return rec_w * ((out - target) ** 2).sum(), l1_w * d.abs().mean()
+
                 masks = []
                 for a in cfg.sizes:
                     d = torch.full((1, 1, a, a), cfg.init, device=x.device, requires_grad=True)
                     opt = torch.optim.Adam([d], lr=cfg.lr, betas=ADAM_BETAS, eps=ADAM_EPS)
                     for _ in range(cfg.steps):
-                        out = one(pert.apply(xb, up(d), base))
-                        loss = rec_w * ((out - target) ** 2).sum() + l1_w * d.abs().mean()
-                        (d.grad,) = torch.autograd.grad(loss, d)
+                        (d.grad,) = torch.autograd.grad(torch.add(*loss_terms(d)), d)
                         opt.step()
                         with torch.no_grad():
                             d.clamp_(0, 1)
                         bar.update()
                     with torch.no_grad():
                         masks.append(up(d)[0, 0])
-                        out = one(pert.apply(xb, masks[-1][None, None], base))
-                        terms.append((rec_w * float(((out - target) ** 2).sum()), l1_w * float(d.abs().mean())))
+                        terms.append(tuple(float(v) for v in loss_terms(d)))
                 all_masks.append(torch.stack(masks))
                 targets.append(target[0])
                 effects.append(effect.cpu())
