@@ -50,6 +50,10 @@ def add_mdm_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-masks", type=int, help="most masked images per forward pass (halved on out-of-memory)")
     g.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help="autocast precision of the "
                    "passes; auto: bf16 where the first step's passes run >= 15%% faster in it, else fp32")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help="lay the network's weights and "
+                   "the masked images out channels-last (default: yes)")
+    g.add_argument("--fold-batchnorm", action=argparse.BooleanOptionalAction, help="fold BatchNorm into the "
+                   "convolution before it for the search, where that keeps the activations (default: yes)")
 
 
 def add_explained_options(p: argparse.ArgumentParser, methods: list[str]) -> None:
@@ -109,7 +113,8 @@ def mdm_config(args: argparse.Namespace, base=None):
 
     cfg = load_mdm_config(args.mdm_config) if args.mdm_config else (base or MDMConfig())
     overrides = {k: getattr(args, k) for k in ("steps", "loss", "lambda_l1", "lambda1", "lambda2", "time_scale", "gamma",
-                                                "lr", "baseline", "batch_masks", "precision")
+                                                "lr", "baseline", "batch_masks", "precision", "channels_last",
+                                                "fold_batchnorm")
                  if getattr(args, k) is not None}
     if args.tol is not None:
         overrides["tol"] = args.tol if args.tol > 0 else None

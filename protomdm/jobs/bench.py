@@ -29,9 +29,10 @@ from ..errors import UserError
 from ..evaluation.metrics import dice
 from ..explain import MDMLocalizer, PrototypeSelector
 from ..explain.localization import eval_mode
-from ..explain.mdm import MDMConfig, autocast, frozen
+from ..explain.mdm import MDMConfig, autocast
 from ..explain.selectors import Selector, choose_prototype
 from ..models import PrototypeModel, architecture_class, build_model, load_model
+from ..models.frozen import frozen
 
 DEMO_MODEL = Path("protomdm-demo/model/best.pt")  # where `protomdm demo` leaves its trained model
 PAPER_PASSES = 27 * 2000  # the paper's masks x steps
@@ -91,12 +92,15 @@ def bench_model(architecture: str, backbone: str, img_size: int, ckpt: str | Non
 
 
 def bare_pass_seconds(selector: Selector, x: torch.Tensor, batch: int, precision: str = "fp32",
-                      repeats: int = 3) -> float:
+                      repeats: int = 3, mdm: MDMConfig | None = None) -> float:
     """Seconds of one bare forward + backward (to the input) pass of one image, in batches of ``batch`` copies of
-    ``x: (1, C, H, W)``, the model frozen as in a search, the passes in ``precision`` as a search runs them."""
-    dev = x.device
+    ``x: (1, C, H, W)``, the model frozen and laid out as a search with ``mdm`` (default settings) runs it, the passes
+    in ``precision``."""
+    cfg, dev = mdm or MDMConfig(), x.device
     xb = x.expand(batch, -1, -1, -1).clone()
-    with eval_mode(selector.model), frozen(selector.model):
+    if cfg.channels_last:
+        xb = xb.contiguous(memory_format=torch.channels_last)
+    with eval_mode(selector.model), frozen(selector.model, cfg.fold_batchnorm, cfg.channels_last):
         def once() -> None:
             xr = xb.clone().requires_grad_()
             with autocast(dev, precision):
@@ -159,7 +163,7 @@ def run_bench(architecture: str = "protopnet", backbone: str = "tiny", img_size:
 
     def bare(batch: int, precision: str) -> float:
         if (batch, precision) not in per_pass:
-            per_pass[batch, precision] = bare_pass_seconds(sels[0], x[:1], batch, precision)
+            per_pass[batch, precision] = bare_pass_seconds(sels[0], x[:1], batch, precision, mdm=cfg)
         return per_pass[batch, precision]
 
     def timed(fn, n: int) -> tuple[list, float, float]:

@@ -82,7 +82,8 @@ def test_batched_equals_one_mask_at_a_time():
     # by hand, the normalised loss of the 5x5 mask: ||f(X) - f(MX)||^2 / ||f(X) - f(0)||^2 + 0.5 mean|d|
     with torch.no_grad():
         f_x, f_0, f_m = sel.targets(torch.cat([x, 0 * x, x * batched.masks[0, 1]]))[:, 0]
-    assert float(batched.reconstruction[0, 1]) == pytest.approx(float((f_x - f_m) ** 2 / (f_x - f_0) ** 2), rel=1e-4)
+    # (rel 1e-3: the search runs the model with BatchNorm folded and channels-last, which rounds differently)
+    assert float(batched.reconstruction[0, 1]) == pytest.approx(float((f_x - f_m) ** 2 / (f_x - f_0) ** 2), rel=1e-3)
     assert float(batched.area[0, 1]) > 0 and float(batched.reconstruction[0, 1]) > 0
 
 
