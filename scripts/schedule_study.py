@@ -8,9 +8,11 @@ they had in training: at 224 px the image holds more background, and the masks' 
 pixels), it explains, per test image, one
 activation: the best own prototype's score of every present finding (prototype networks) or the true class's logit
 (the CNN). It computes the paper's schedule (every mask 2000 Adam steps; batched, which equals one mask at a time
-exactly) once (cached; activations beyond those cached are added), then runs each candidate schedule and prints its
-agreement with the full schedule: Dice of the p90 masks (mean and minimum over the explained activations), Pearson r
-of the heatmaps, Adam steps taken, and seconds per activation, every task of a model and size in one batched search.
+exactly; on the network as it is, without the BatchNorm folding and channels-last layout that searches use by
+default, as the cached references were computed) once (cached; activations beyond those cached are added), then runs
+each candidate schedule and prints its agreement with the full schedule: Dice of the p90 masks (mean and minimum over
+the explained activations), Pearson r of the heatmaps, Adam steps taken, and seconds per activation, every task of
+a model and size in one batched search.
 
     python scripts/schedule_study.py --out runs/schedule_study                  # all models, sizes 48 and 64
     python scripts/schedule_study.py --out runs/schedule_study --models cnn --sizes 64 --images 2
@@ -45,6 +47,8 @@ from protomdm.training.config import load_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL = {"time_scale": 1.0}  # the paper's schedule: every one of the 2000 steps taken
+PLAIN = {"fold_batchnorm": False, "channels_last": False}  # the network as it is, not prepared for speed
+REFERENCE = {**FULL, **PLAIN}  # what the cached references were computed with (before folding and channels-last)
 OLD = {"time_scale": 1.0, "tol": 0.005, "extrapolate_after": 1000}  # the default before the 400-step schedule
 CANDIDATES = {  # name: MDMConfig overrides
     "default (400 steps)": {},
@@ -60,6 +64,8 @@ CANDIDATES = {  # name: MDMConfig overrides
     "full schedule from 0.501": {**FULL, "init": 0.501},  # is the reference itself stable?
     "default in bf16": {"precision": "bf16"},  # the forward and backward passes in bfloat16 (autocast)
     "300 steps in bf16": {"adam_steps": 300, "precision": "bf16"},
+    "default, network as it is": PLAIN,  # without BatchNorm folded and channels-last: do they change the maps?
+    "full schedule, prepared": FULL,  # the reference's schedule with them: how much rounding alone moves the map
 }
 
 
@@ -182,7 +188,7 @@ def main() -> None:
                 ref, ref_s = list(saved["heat"])[:len(pairs)], float(saved["seconds"])
                 ref_loss = list(saved["loss"] if "loss" in saved else [np.nan] * len(saved["heat"]))[:len(pairs)]
             if len(ref) < len(pairs):
-                locs, new_s = run(FULL, pairs[len(ref):])
+                locs, new_s = run(REFERENCE, pairs[len(ref):])
                 ref_s = (ref_s * len(ref) + new_s * len(locs)) / len(pairs)
                 ref += [lo.heatmap for lo in locs]
                 ref_loss += [lo.settings["final_loss"] or np.nan for lo in locs]

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from ..config import BASELINES, check_finite, require
 from ..device import synchronize
 from ..errors import UserError
-from ..models.frozen import batchnorm_folded, frozen
+from ..models.frozen import batchnorm_folded, folding_error, frozen
 from ..runtime import keep_freed_memory
 from .localization import Localization, Localizer, Maps, Pair, eval_mode, model_device
 from .perturbation import Perturbation, independence_reason, masking_effect
@@ -54,6 +54,7 @@ ADAM_EPS = 1e-8
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 log = logging.getLogger(__name__)
+FOLD_TOLERANCE = 1e-4  # the largest change of a folded submodule's output, relative to its largest value
 AUTO_GAIN = 1.15  # precision auto: a lower precision is kept only when its passes are this much faster
 LOSSES = ("normalised", "paper")
 
@@ -445,24 +446,19 @@ class MDMLocalizer(Localizer):
 
     # ------------------------------------------------------------------ engine
     def _fold(self, selector: Selector, x: torch.Tensor) -> bool:
-        """Whether the search runs the model with BatchNorm folded (``fold_batchnorm``): only where folding keeps
-        the activations on the images ``x`` (to float rounding; a submodule that ``torch.fx`` traced other than it
-        runs would not); checked once per model."""
+        """Whether the search runs the model with BatchNorm folded (``fold_batchnorm``): only where each folded
+        submodule gives its original's output on the images ``x`` (to float rounding; a submodule that ``torch.fx``
+        traced other than it runs would not); checked once per model."""
         model = selector.model
         if not self.config.fold_batchnorm:
             return False
         if id(model) not in self._folds:
-            same = False
-            with torch.no_grad(), eval_mode(model), frozen(model):
-                with batchnorm_folded(model) as n:
-                    folded = selector.targets(x).float() if n else None
-                if folded is not None:
-                    plain = selector.targets(x).float()
-                    same = bool(torch.allclose(folded, plain, rtol=1e-3, atol=1e-4 * float(plain.abs().max())))
-                    if not same:
-                        log.warning("folding BatchNorm changed %s's activations (largest difference %.3g): "
-                                    "searching without it", type(model).__name__, float((folded - plain).abs().max()))
-            self._folds[id(model)] = same
+            with torch.no_grad(), eval_mode(model), frozen(model), batchnorm_folded(model) as swaps:
+                error = folding_error(swaps, lambda: selector.targets(x)) if swaps else 0.0
+            if error > FOLD_TOLERANCE:
+                log.warning("folding BatchNorm changed %s's features (by %.2g of their largest value): searching "
+                            "without it", type(model).__name__, error)
+            self._folds[id(model)] = bool(swaps) and error <= FOLD_TOLERANCE
         return self._folds[id(model)]
 
     def _resolve_precision(self, grads, batch: int, device: torch.device, key: tuple) -> tuple[str, int]:

@@ -12,7 +12,7 @@ from torch import nn
 from protomdm import MDMLocalizer
 from protomdm.explain.selectors import PrototypeSelector
 from protomdm.models import frozen as frozen_module
-from protomdm.models.frozen import batchnorm_folded, channels_last_layout, frozen
+from protomdm.models.frozen import batchnorm_folded, channels_last_layout, folding_error, frozen
 
 
 def _with_running_stats(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -37,11 +37,11 @@ def test_folding_keeps_the_activations_and_puts_everything_back():
     features = model.features
     with torch.no_grad():
         plain = sel.targets(x)
-        with batchnorm_folded(model) as n:
-            assert n == 4  # the tiny backbone's four conv -> BatchNorm pairs
-            assert model.features is not features
+        with batchnorm_folded(model) as swaps:
+            assert swaps == [(features, model.features)]  # the backbone, its four conv -> BatchNorm pairs folded
             assert not any(isinstance(m, nn.BatchNorm2d) for m in model.features.modules())
             folded = sel.targets(x)
+            assert 0 < folding_error(swaps, lambda: sel.targets(x)) < 1e-5  # float rounding only
     torch.testing.assert_close(folded, plain, rtol=1e-4, atol=1e-5)
     assert model.features is features
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
@@ -63,8 +63,8 @@ def test_folding_looks_inside_a_module_that_does_not_trace():
     x = torch.rand(2, 3, 8, 8)
     with torch.no_grad():
         plain = net(x)
-        with batchnorm_folded(net) as n:
-            assert n == 1 and isinstance(net[0], _Branchy)  # the root's child kept, its block folded
+        with batchnorm_folded(net) as swaps:
+            assert len(swaps) == 1 and isinstance(net[0], _Branchy)  # the root's child kept, its block folded
             torch.testing.assert_close(net(x), plain, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="eval mode"), batchnorm_folded(net.train()):
         pass
