@@ -5,7 +5,7 @@ Bare forward + backward passes to the input, in batches as MDM runs them (27 mas
 as a search freezes it, for each of the four settings of ``fold_batchnorm`` and ``channels_last``; the rounds
 interleave the settings, and each is the median over them. Random weights: speed does not depend on them.
 
-    python scripts/bench_frozen.py                       # the tiny backbones at 64 px, ResNet-18 and DenseNet-121 at 224
+    python scripts/bench_frozen.py            # the tiny backbones at 64 px, ResNet-18 and DenseNet-121 at 224
     python scripts/bench_frozen.py --cases tiny --rounds 7
 """
 

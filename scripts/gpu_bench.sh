@@ -8,14 +8,17 @@
 set -euo pipefail
 REF_STEPS=${REF_STEPS:-20}
 IMAGES=${IMAGES:-2}
-run() {  # model backbone size precision [ckpt]
+run() {  # model backbone size precision [ckpt] [more bench flags]
   local ckpt=()
   [ -n "${5:-}" ] && ckpt=(--ckpt "$5")
-  echo "== $1 / $2 at $3 px, $4"
+  echo "== $1 / $2 at $3 px, $4 ${*:6}"
   ${PROTOMDM:-protomdm} bench --model "$1" --backbone "$2" --img-size "$3" --precision "$4" --device cuda \
-    --images "$IMAGES" --ref-steps "$REF_STEPS" --quiet "${ckpt[@]}"
+    --images "$IMAGES" --ref-steps "$REF_STEPS" --quiet "${ckpt[@]}" "${@:6}"
 }
 for precision in fp32 auto; do
   run protopnet resnet50 224 "$precision" "${PROTOPNET_CKPT:-}"
   run xprotonet densenet121 512 "$precision" "${XPROTONET_CKPT:-}"
 done
+# the network as it is (on this project's CPU DenseNet-121 ran slower channels-last): does the GPU differ?
+run xprotonet densenet121 512 fp32 "${XPROTONET_CKPT:-}" --no-channels-last
+run protopnet resnet50 224 fp32 "${PROTOPNET_CKPT:-}" --no-channels-last --no-fold-batchnorm

@@ -64,8 +64,8 @@ CANDIDATES = {  # name: MDMConfig overrides
     "full schedule from 0.501": {**FULL, "init": 0.501},  # is the reference itself stable?
     "default in bf16": {"precision": "bf16"},  # the forward and backward passes in bfloat16 (autocast)
     "300 steps in bf16": {"adam_steps": 300, "precision": "bf16"},
-    "default, network as it is": PLAIN,  # without BatchNorm folded and channels-last: do they change the maps?
-    "full schedule, prepared": FULL,  # the reference's schedule with them: how much rounding alone moves the map
+    "default on the network as it is": PLAIN,  # without BatchNorm folded and channels-last: do they change maps?
+    "full schedule on the prepared network": FULL,  # the reference's schedule with them: rounding alone
 }
 
 

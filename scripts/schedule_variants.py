@@ -7,6 +7,8 @@ agreement (mean, min, per activation) and the mean Adam steps per mask:
 - ``reference``: the full schedule again, from masks started at 0.501 instead of 0.5 (is the reference stable?);
 - ``scales``: Adam steps whose time scale changes over the run (300 with small steps first, last, or growing;
   the paper's own steps first, then steps of 5);
+- ``per-size``: each mask size its own number of Adam steps (300 on average), coarse masks fewer than fine ones or
+  the reverse, each step standing for 2000 / that number of the schedule's;
 - ``settle``: a 600-step run whose masks leave the batch once their cells moved by less than ``eps`` over the last
   ``lag`` Adam steps (simulated from snapshots every 25 steps, as the engine's active set would stop them);
 - ``trajectory``: the full schedule and the default (400 steps of 5) side by side, every 250 schedule steps: the
@@ -52,6 +54,25 @@ class VaryingScale(MDMLocalizer):
         p.copy_(torch.where(keep, p - self.config.lr * k / (1 - ADAM_BETAS[0] ** tau) * m / denom, p).clamp_(0, 1))
         if self.keep is not None and t % 25 == 0:
             self.keep[t] = (p.clone(), m.clone(), v.clone())
+
+
+class PerSize(MDMLocalizer):
+    """MDM whose mask ``i`` takes ``steps[i]`` Adam steps of ``2000 / steps[i]`` schedule steps each (a coarse mask
+    fewer and longer ones than a fine mask, or the reverse), then stops."""
+
+    def __init__(self, steps: list[int]) -> None:
+        super().__init__(MDMConfig(adam_steps=max(steps)))
+        self.n = torch.tensor(steps, dtype=torch.float32)
+        self.k = (2000 / self.n)[None, :, None, None]  # (1, N, 1, 1) schedule steps per Adam step
+
+    def _adam_update(self, p, g, m, v, active, t) -> None:
+        b1, b2 = ADAM_BETAS[0] ** self.k, ADAM_BETAS[1] ** self.k
+        keep = active[..., None, None]
+        m.copy_(torch.where(keep, b1 * m + (1 - b1) * g, m))
+        v.copy_(torch.where(keep, b2 * v + (1 - b2) * g * g, v))
+        denom = v.sqrt() / (1 - b2**t).sqrt() + ADAM_EPS
+        p.copy_(torch.where(keep, p - self.config.lr * self.k / (1 - b1**t) * m / denom, p).clamp_(0, 1))
+        active &= (t < self.n)[None, :]  # a mask that took its steps stops
 
 
 def two_phases(n1: int, k1: float, n: int = 300, total: int = 2000) -> list[float]:
@@ -126,6 +147,12 @@ def main() -> None:
     if "scales" in todo:
         for name, scales in SCALES.items():
             show(name, VaryingScale(scales).fit_masks(x, sel, pairs).masks, len(scales))
+    if "per-size" in todo:
+        n = len(MDMConfig().sizes)
+        for name, lo, hi in (("every mask 300 steps", 300, 300), ("coarse 200 -> fine 400 steps", 200, 400),
+                             ("coarse 400 -> fine 200 steps", 400, 200), ("coarse 150 -> fine 450 steps", 150, 450)):
+            steps = [round(lo + (hi - lo) * i / (n - 1)) for i in range(n)]
+            show(name, PerSize(steps).fit_masks(x, sel, pairs).masks, float(np.mean(steps)))
     if "settle" in todo:
         snaps: dict = {}
         engine = VaryingScale([2000 / 600] * 600, keep=snaps)

@@ -511,6 +511,8 @@ class MDMLocalizer(Localizer):
         fold = self._fold(selector, x)
         with eval_mode(selector.model), frozen(selector.model, fold, cfg.channels_last):
             base = Perturbation(cfg.baseline, cfg.blur_sigma).baseline(x)
+            if cfg.channels_last:  # then every masked image is channels-last as it is made, with no copy
+                x, base = (t.contiguous(memory_format=torch.channels_last) for t in (x, base))
             task_img, task_out = torch.tensor(pairs, dtype=torch.long, device=device).view(-1, 2).unbind(1)
             with torch.no_grad():  # the images and their baselines in one pass
                 both = selector.targets(torch.cat([x, base])).float()
@@ -617,8 +619,6 @@ class MDMLocalizer(Localizer):
         one pass of the masked images in ``precision``."""
         img = task_img[task]
         xm = Perturbation.apply(x[img], m, base[img])
-        if self.config.channels_last:
-            xm = xm.contiguous(memory_format=torch.channels_last)
         with autocast(device, precision):
             out = selector.targets(xm)
         out = out[torch.arange(len(task), device=device), task_out[task]].float()
