@@ -97,9 +97,9 @@ class MDMConfig:
     step's passes in fp32 and bf16 and keeps bf16 where it is ``AUTO_GAIN`` (1.15) times faster. fp32 by default,
     so that a map is the same on every machine. For the search the network's BatchNorm is folded into the convolution
     before it (``fold_batchnorm``; only where that is checked to keep the activations) and its weights and the masked
-    images are laid out channels-last (``channels_last``): on the 2-core CPU both together made the passes 1.3-1.4x
-    faster for the tiny backbone and ResNet-18, while DenseNet-121 gained 1.09x from folding alone and lost it again
-    channels-last (``scripts/bench_frozen.py``; :mod:`protomdm.models.frozen`).
+    images are laid out channels-last (``channels_last``): on the 2-core CPU both together made the bare passes
+    1.26-1.41x faster for the tiny backbones and ResNet-18, while DenseNet-121 ran at 0.91x, slowed by channels-last
+    (``channels_last: false`` there; ``scripts/bench_frozen.py``; :mod:`protomdm.models.frozen`).
     """
 
     sizes: tuple[int, ...] = tuple(range(6, 33))

@@ -6,8 +6,9 @@
   network's up to float rounding.
 - Its 4-D weights laid out channels-last (the search lays its masked images out the same way).
 
-On this project's 2-core CPU these made the demo model's MDM steps 1.11x (folding) and 1.24x (both) faster
-(``python scripts/bench_frozen.py``). Everything is put back when the block ends.
+On this project's 2-core CPU both together made bare passes of the tiny backbones and ResNet-18 1.26-1.41x faster,
+and DenseNet-121's 0.91x, slowed by channels-last (``python scripts/bench_frozen.py``; README, "The network, prepared
+for the search"). Everything is put back when the block ends.
 """
 
 from __future__ import annotations
@@ -75,17 +76,19 @@ def folding_error(swaps: list[tuple[nn.Module, nn.Module]], run: Callable[[], ob
     original's on the same input, over the calls that ``run()`` (a forward pass of the model with ``swaps`` in place,
     under ``torch.no_grad``) makes; 0 where no copy is called. Float rounding gives about 1e-6; a copy traced other
     than its original runs, far more."""
-    calls: list[tuple[nn.Module, tuple, object]] = []
-    hooks = [copy.register_forward_hook(lambda _m, args, out, orig=orig: calls.append((orig, args, out)))
-             for orig, copy in swaps]
+    calls: list[tuple[nn.Module, tuple, dict, object]] = []
+    def keep(orig: nn.Module) -> Callable:
+        return lambda _module, args, kwargs, out: calls.append((orig, args, kwargs, out))
+
+    hooks = [copy.register_forward_hook(keep(orig), with_kwargs=True) for orig, copy in swaps]
     try:
         run()
     finally:
         for h in hooks:
             h.remove()
     worst = 0.0
-    for orig, args, out in calls:
-        expected = orig(*args)
+    for orig, args, kwargs, out in calls:
+        expected = orig(*args, **kwargs)
         for a, b in zip(_tensors(out), _tensors(expected)):
             scale = float(b.abs().max()) if b.numel() else 0.0
             worst = max(worst, float((a - b).abs().max()) / scale if scale > 0 else float((a != b).any()))
