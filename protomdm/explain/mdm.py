@@ -54,7 +54,7 @@ ADAM_EPS = 1e-8
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 log = logging.getLogger(__name__)
-FOLD_TOLERANCE = 1e-4  # the largest change of a folded submodule's output, relative to its largest value
+FOLD_TOLERANCE = 1e-4  # the largest change of a folded convolution's output, relative to its largest value
 AUTO_GAIN = 1.15  # precision auto: a lower precision is kept only when its passes are this much faster
 LOSSES = ("normalised", "paper")
 
@@ -447,18 +447,18 @@ class MDMLocalizer(Localizer):
     # ------------------------------------------------------------------ engine
     def _fold(self, selector: Selector, x: torch.Tensor) -> bool:
         """Whether the search runs the model with BatchNorm folded (``fold_batchnorm``): only where each folded
-        submodule gives its original's output on the images ``x`` (to float rounding; a submodule that ``torch.fx``
-        traced other than it runs would not); checked once per model."""
+        convolution gives its convolution and BatchNorm's output on the images ``x`` (to float rounding); checked
+        once per model."""
         model = selector.model
         if not self.config.fold_batchnorm:
             return False
         if id(model) not in self._folds:
-            with torch.no_grad(), eval_mode(model), frozen(model), batchnorm_folded(model) as swaps:
-                error = folding_error(swaps, lambda: selector.targets(x)) if swaps else 0.0
+            with torch.no_grad(), eval_mode(model), frozen(model), batchnorm_folded(model) as folded:
+                error = folding_error(folded, lambda: selector.targets(x)) if folded else 0.0
             if error > FOLD_TOLERANCE:
-                log.warning("folding BatchNorm changed %s's features (by %.2g of their largest value): searching "
-                            "without it", type(model).__name__, error)
-            self._folds[id(model)] = bool(swaps) and error <= FOLD_TOLERANCE
+                log.warning("folding BatchNorm changed %s's convolutions' outputs (by %.2g of their largest value): "
+                            "searching without it", type(model).__name__, error)
+            self._folds[id(model)] = bool(folded) and error <= FOLD_TOLERANCE
         return self._folds[id(model)]
 
     def _resolve_precision(self, grads, batch: int, device: torch.device, key: tuple) -> tuple[str, int]:

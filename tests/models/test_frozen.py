@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import tiny_model
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from protomdm import MDMLocalizer
 from protomdm.explain.selectors import PrototypeSelector
@@ -35,20 +36,22 @@ def test_folding_keeps_the_activations_and_puts_everything_back():
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     features = model.features
+    convs = [m for m in features if isinstance(m, nn.Conv2d)]
     with torch.no_grad():
         plain = sel.targets(x)
-        with batchnorm_folded(model) as swaps:
-            assert swaps == [(features, model.features)]  # the backbone, its four conv -> BatchNorm pairs folded
-            assert not any(isinstance(m, nn.BatchNorm2d) for m in model.features.modules())
-            folded = sel.targets(x)
-            assert 0 < folding_error(swaps, lambda: sel.targets(x)) < 1e-5  # float rounding only
-    torch.testing.assert_close(folded, plain, rtol=1e-4, atol=1e-5)
-    assert model.features is features
+        with batchnorm_folded(model) as folded:
+            assert [conv for conv, _, _ in folded] == convs  # the tiny backbone's four conv -> BatchNorm pairs
+            assert model.features is features  # only the leaves are swapped
+            assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+            out = sel.targets(x)
+            assert 0 < folding_error(folded, lambda: sel.targets(x)) < 1e-5  # float rounding only
+    torch.testing.assert_close(out, plain, rtol=1e-4, atol=1e-5)
+    assert [m for m in features if isinstance(m, nn.Conv2d)] == convs
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 class _Branchy(nn.Module):
-    """Does not trace (its control flow reads a tensor's value); its child does."""
+    """Does not trace (its control flow reads a tensor's value); its child does. ``twice`` is a method of its own."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -57,15 +60,20 @@ class _Branchy(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block(x) if float(x.sum()) > 0 else -self.block(x)
 
+    def twice(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * self.block(x)
 
-def test_folding_looks_inside_a_module_that_does_not_trace():
+
+def test_folding_looks_inside_what_does_not_trace_and_keeps_every_method():
     net = _with_running_stats(nn.Sequential(_Branchy(), nn.Conv2d(4, 2, 1)))
     x = torch.rand(2, 3, 8, 8)
     with torch.no_grad():
-        plain = net(x)
-        with batchnorm_folded(net) as swaps:
-            assert len(swaps) == 1 and isinstance(net[0], _Branchy)  # the root's child kept, its block folded
+        plain, twice = net(x), net[0].twice(x)
+        with batchnorm_folded(net) as folded:
+            assert len(folded) == 1 and isinstance(net[0].block[1], nn.Identity)
             torch.testing.assert_close(net(x), plain, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(net[0].twice(x), twice, rtol=1e-4, atol=1e-5)  # an adapter's own method
+    assert isinstance(net[0].block[1], nn.BatchNorm2d)
     with pytest.raises(ValueError, match="eval mode"), batchnorm_folded(net.train()):
         pass
 
@@ -73,15 +81,14 @@ def test_folding_looks_inside_a_module_that_does_not_trace():
 def test_channels_last_and_frozen_are_undone():
     model = _with_running_stats(tiny_model("protopnet", seed=1, img_size=(32, 32)))
     model.prototype_vectors.requires_grad_(True)
-    features, conv = model.features, model.features[0]
+    conv = model.features[0]
     with channels_last_layout(model):
         assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
     assert conv.weight.is_contiguous()
     with frozen(model, fold_batchnorm=True, channels_last=True):
         assert not any(p.requires_grad for p in model.parameters())
-        assert model.features is not features
-    assert model.features is features and features[0] is conv and conv.weight.is_contiguous()
-    assert model.prototype_vectors.requires_grad
+        assert model.features[0] is not conv and isinstance(model.features[1], nn.Identity)
+    assert model.features[0] is conv and conv.weight.is_contiguous() and model.prototype_vectors.requires_grad
 
 
 def test_mdm_with_folding_equals_the_search_without():
@@ -99,13 +106,13 @@ def test_mdm_does_not_fold_where_folding_changes_the_activations(monkeypatch, ca
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     sel = PrototypeSelector(model, 3)
 
-    def wrong_fuse(module: nn.Module) -> nn.Module:  # a trace that runs other than the module
-        folded = torch.fx.experimental.optimization.fuse(module)
+    def wrong_fuse(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:  # folding gone wrong
+        fused = fuse_conv_bn_eval(conv, bn)
         with torch.no_grad():
-            next(folded.parameters()).mul_(2)
-        return folded
+            fused.weight.mul_(2)
+        return fused
 
-    monkeypatch.setattr(frozen_module, "fuse", wrong_fuse)
+    monkeypatch.setattr(frozen_module, "fuse_conv_bn_eval", wrong_fuse)
     plain = MDMLocalizer(sizes=(4, 6), steps=10, gamma=0.0, fold_batchnorm=False).fit_masks(x, sel)
     with caplog.at_level(logging.WARNING):
         guarded = MDMLocalizer(sizes=(4, 6), steps=10, gamma=0.0).fit_masks(x, sel)
