@@ -98,7 +98,7 @@ class MDMConfig:
     so that a map is the same on every machine. For the search the network's BatchNorm is folded into the convolution
     before it (``fold_batchnorm``; only where that is checked to keep the activations) and its weights and the masked
     images are laid out channels-last (``channels_last``): on the 2-core CPU both together made the bare passes
-    1.26-1.41x faster for the tiny backbones and ResNet-18, while DenseNet-121 ran at 0.91x, slowed by channels-last
+    1.29-1.61x faster for the tiny backbones and ResNet-18, while DenseNet-121 ran at 1.01x, channels-last slowing it
     (``channels_last: false`` there; ``scripts/bench_frozen.py``; :mod:`protomdm.models.frozen`).
     """
 

@@ -6,8 +6,8 @@
   network's up to float rounding.
 - Its 4-D weights laid out channels-last (the search lays its masked images out the same way).
 
-On this project's 2-core CPU both together made bare passes of the tiny backbones and ResNet-18 1.26-1.41x faster,
-and DenseNet-121's 0.91x, slowed by channels-last (``python scripts/bench_frozen.py``; README, "The network, prepared
+On this project's 2-core CPU both together made bare passes of the tiny backbones and ResNet-18 1.29-1.61x faster,
+and DenseNet-121's 1.01x (channels-last slows it; ``python scripts/bench_frozen.py``; README, "The network, prepared
 for the search"). Everything is put back when the block ends.
 """
 
