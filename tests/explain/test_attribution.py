@@ -95,7 +95,7 @@ def test_pairs_in_one_batch_equal_one_at_a_time():
         together = loc.localize(x, sel, pairs)
         for (b, k), got in zip(pairs, together):
             alone = loc.localize(x[b], sel.single(k))
-            assert np.allclose(got.heatmap, alone.heatmap, atol=1e-5) and got.score == pytest.approx(alone.score)
+            assert np.allclose(got.heatmap, alone.heatmap, atol=1e-5) and got.score == pytest.approx(alone.score, rel=1e-5)
 
 
 def test_post_processing_is_cabrnets_polarity_channel_mean_and_blur():
