@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import protomdm
@@ -116,3 +118,11 @@ def test_the_tests_mirror_the_package():
         assert folder == Path(".") or (PACKAGE / folder / "__init__.py").is_file(), f"{f}: no protomdm.{folder}"
         for name in re.findall(r"^\s*(?:from|import) (test_\w+)", f.read_text(), re.M):
             assert (f.parent / f"{name}.py").is_file(), f"{f} imports {name} from another folder"
+
+
+def test_the_command_line_starts_without_torchvision():
+    """torchvision loads TorchDynamo on import (1.7 s of a 4.7 s ``protomdm --help`` here): the package and its
+    command line import it only where a torchvision model, transform or weights file is used."""
+    code = "import sys, protomdm, protomdm.cli; print('torchvision' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -15,7 +15,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torchvision.transforms.functional as TF
 
 from ..config import BASELINES
 from ..errors import UserError
@@ -54,6 +53,8 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     ry, rx = min(radius, x.shape[2] - 1), min(radius, x.shape[3] - 1)
     if rx < 1 or ry < 1:
         return x
+    import torchvision.transforms.functional as TF  # here: importing torchvision takes 1.7 s (it loads TorchDynamo)
+
     return TF.gaussian_blur(x, [2 * rx + 1, 2 * ry + 1], [sigma, sigma])
 
 
