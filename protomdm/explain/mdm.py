@@ -513,6 +513,7 @@ class MDMLocalizer(Localizer):
             base = Perturbation(cfg.baseline, cfg.blur_sigma).baseline(x)
             if cfg.channels_last:  # then every masked image is channels-last as it is made, with no copy
                 x, base = (t.contiguous(memory_format=torch.channels_last) for t in (x, base))
+            diff = x - base  # every pass blends base + mask * diff
             task_img, task_out = torch.tensor(pairs, dtype=torch.long, device=device).view(-1, 2).unbind(1)
             with torch.no_grad():  # the images and their baselines in one pass
                 both = selector.targets(torch.cat([x, base])).float()
@@ -531,7 +532,7 @@ class MDMLocalizer(Localizer):
             batch = cfg.batch_masks or n_tasks * n_masks
             model_seconds = 0.0
             grads = lambda precision, b, act: self._masked_grads(  # noqa: E731
-                ups(p).flatten(0, 1)[act], act, x, base, targets, rec_w, task_img, task_out, selector, n_masks, b,
+                ups(p).flatten(0, 1)[act], act, diff, base, targets, rec_w, task_img, task_out, selector, n_masks, b,
                 device, precision)
             first = active.flatten().nonzero().flatten()  # the first step's entries (none: nothing to time)
             key = (device, id(selector.model), tuple(x.shape[1:]), len(first), selector.num_targets)
@@ -565,7 +566,7 @@ class MDMLocalizer(Localizer):
             with torch.no_grad():  # the masks, and their loss terms (one fp32 forward pass of each masked image)
                 q = self._projected(p, exp_avg, exp_sq, steps)
                 masks = ups(q)
-                rec = torch.cat([self._reconstruction(masks.flatten(0, 1)[c, None], c // n_masks, x, base, targets,
+                rec = torch.cat([self._reconstruction(masks.flatten(0, 1)[c, None], c // n_masks, diff, base, targets,
                                                       rec_w, task_img, task_out, selector, device, "fp32")
                                  for c in torch.arange(n_tasks * n_masks, device=device).split(batch)])
                 area = l1_w[:, None] * q.abs().sum((-2, -1)) / ups.cells
@@ -614,17 +615,17 @@ class MDMLocalizer(Localizer):
         thr = torch.quantile(heat, self.config.stop_percentile / 100, dim=1, keepdim=True)
         return (heat >= thr) & (heat > heat.min(1, keepdim=True).values)
 
-    def _reconstruction(self, m, task, x, base, targets, rec_w, task_img, task_out, selector, device, precision):
+    def _reconstruction(self, m, task, diff, base, targets, rec_w, task_img, task_out, selector, device, precision):
         """The weighted reconstruction term ``(n,)`` of upsampled masks ``m (n, 1, H, W)`` of tasks ``task (n,)``:
-        one pass of the masked images in ``precision``."""
+        one pass of the masked images (``diff``: the images less their ``base``lines) in ``precision``."""
         img = task_img[task]
-        xm = Perturbation.apply(x[img], m, base[img])
+        xm = Perturbation.blend(m, base[img], diff[img])
         with autocast(device, precision):
             out = selector.targets(xm)
         out = out[torch.arange(len(task), device=device), task_out[task]].float()
         return ((out - targets[task]) ** 2).reshape(len(task), -1).sum(1) * rec_w[task]
 
-    def _masked_grads(self, masks, act, x, base, targets, rec_w, task_img, task_out, selector, n_masks, batch, device,
+    def _masked_grads(self, masks, act, diff, base, targets, rec_w, task_img, task_out, selector, n_masks, batch, device,
                       precision):
         """d(sum of weighted reconstruction losses)/d(mask) ``(n, H, W)`` for the active entries ``act`` and their
         upsampled masks ``masks (n, H, W)``, in chunks of ``batch`` masked images, the passes in ``precision``.
@@ -636,8 +637,8 @@ class MDMLocalizer(Localizer):
                 grad = torch.empty_like(masks)
                 for chunk in torch.arange(len(act), device=device).split(batch):
                     m = masks[chunk][:, None].requires_grad_()
-                    rec = self._reconstruction(m, act[chunk] // n_masks, x, base, targets, rec_w, task_img, task_out,
-                                               selector, device, precision)
+                    rec = self._reconstruction(m, act[chunk] // n_masks, diff, base, targets, rec_w, task_img,
+                                               task_out, selector, device, precision)
                     (g,) = torch.autograd.grad(rec.sum(), m)
                     grad[chunk] = g[:, 0]
                 return grad, batch

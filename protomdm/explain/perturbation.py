@@ -92,5 +92,13 @@ class Perturbation:
         m = masks[:, None] if masks.dim() == 3 else masks
         if m.dtype == torch.bool:
             return torch.where(m, x, baseline)
-        return m * x + (1 - m) * baseline
+        return Perturbation.blend(m, baseline, x - baseline)
+
+    @staticmethod
+    def blend(masks: torch.Tensor, baseline: torch.Tensor, difference: torch.Tensor) -> torch.Tensor:
+        """:meth:`apply` given ``difference = x - baseline``, which a search computes once for all its passes:
+        ``b + m * (x - b)`` in one fused operation (``torch.addcmul``), whose gradient to the mask is one product
+        and one sum over the channels (``m * x + (1 - m) * b`` costs four operations and twice that backward: a
+        tenth of an MDM pass of the demo model)."""
+        return torch.addcmul(baseline, masks[:, None] if masks.dim() == 3 else masks, difference)
 
