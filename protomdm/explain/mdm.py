@@ -619,7 +619,8 @@ class MDMLocalizer(Localizer):
         """The weighted reconstruction term ``(n,)`` of upsampled masks ``m (n, 1, H, W)`` of tasks ``task (n,)``:
         one pass of the masked images (``diff``: the images less their ``base``lines) in ``precision``."""
         img = task_img[task]
-        xm = Perturbation.blend(m, base[img], diff[img])
+        rows = (lambda t: t.expand(len(task), *t.shape[1:])) if len(diff) == 1 else (lambda t: t[img])  # noqa: E731
+        xm = Perturbation.blend(m, rows(base), rows(diff))  # one image: views, not a copy per masked image
         with autocast(device, precision):
             out = selector.targets(xm)
         out = out[torch.arange(len(task), device=device), task_out[task]].float()

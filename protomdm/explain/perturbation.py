@@ -97,8 +97,24 @@ class Perturbation:
     @staticmethod
     def blend(masks: torch.Tensor, baseline: torch.Tensor, difference: torch.Tensor) -> torch.Tensor:
         """:meth:`apply` given ``difference = x - baseline``, which a search computes once for all its passes:
-        ``b + m * (x - b)`` in one fused operation (``torch.addcmul``), whose gradient to the mask is one product
-        and one sum over the channels (``m * x + (1 - m) * b`` costs four operations and twice that backward: a
-        tenth of an MDM pass of the demo model)."""
-        return torch.addcmul(baseline, masks[:, None] if masks.dim() == 3 else masks, difference)
+        ``b + m * (x - b)`` in one fused operation (``torch.addcmul``; ``m * x + (1 - m) * b`` costs four and
+        their gradients, a tenth of an MDM pass of the demo model). Where only the mask needs a gradient, that is
+        one product and one sum over the channels (autograd's addcmul also scales ``x - b`` by its ``value``)."""
+        m = masks[:, None] if masks.dim() == 3 else masks
+        if baseline.requires_grad or difference.requires_grad:
+            return torch.addcmul(baseline, m, difference)
+        return _MaskBlend.apply(m, baseline, difference)
 
+
+class _MaskBlend(torch.autograd.Function):
+    """``b + m * d`` differentiated to the mask ``m (N, 1, H, W)`` only."""
+
+    @staticmethod
+    def forward(ctx, m: torch.Tensor, b: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(d)
+        return torch.addcmul(b, m, d)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (d,) = ctx.saved_tensors
+        return (grad * d).sum(1, keepdim=True), None, None
