@@ -55,7 +55,7 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG", optimize=True)
+    Image.fromarray(rgb).save(buf, format="PNG")  # optimize=True: 2.5x the time for 0.7% smaller reports
     return buf.getvalue()
 
 
