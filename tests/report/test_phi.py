@@ -1,5 +1,7 @@
 """DICOM outputs carry what a viewer needs and nothing that identifies the patient (PS3.15 Annex E and beyond)."""
 
+import re
+
 import numpy as np
 import pydicom
 import pytest
@@ -141,7 +143,8 @@ def test_a_dicom_without_uid_is_named_by_its_pixels_never_its_file_name(tmp_path
         assert names and not [n for n in names if "Doe" in n or "MRN" in n], names
         for p in out.rglob("*"):
             if p.is_file() and p.suffix in (".html", ".json", ".csv") and p.name != "results.csv":  # the map
-                assert "Doe" not in p.read_text(errors="replace"), p
+                text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", p.read_text(errors="replace"))
+                assert "Doe" not in text, p  # (an image's base64 may spell anything)
 
 
 def test_a_failed_single_image_localize_leaves_nothing(tmp_path, capsys, monkeypatch):
