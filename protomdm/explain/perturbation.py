@@ -101,9 +101,10 @@ class Perturbation:
         their gradients, a tenth of an MDM pass of the demo model). Where only the mask needs a gradient, that is
         one product and one sum over the channels (autograd's addcmul also scales ``x - b`` by its ``value``)."""
         m = masks[:, None] if masks.dim() == 3 else masks
-        if baseline.requires_grad or difference.requires_grad:
-            return torch.addcmul(baseline, m, difference)
-        return _MaskBlend.apply(m, baseline, difference)
+        mask_only = not (baseline.requires_grad or difference.requires_grad)
+        if mask_only and m.requires_grad and m.dim() == 4 and m.shape[1] == 1 and len(m) == len(difference):
+            return _MaskBlend.apply(m, baseline, difference)
+        return torch.addcmul(baseline, m, difference)
 
 
 class _MaskBlend(torch.autograd.Function):

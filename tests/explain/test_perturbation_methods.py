@@ -106,6 +106,26 @@ def test_perturbation_applies_masks_with_each_baseline():
         Perturbation("noise")
 
 
+def test_blend_is_apply_and_its_gradient_to_the_mask_is_autograds():
+    """MDM's blend (``b + m * (x - b)``, differentiated to the mask by hand) equals ``m * x + (1 - m) * b`` and its
+    gradient, for a gathered batch, for one image's rows as views, and with broadcast masks (autograd's path)."""
+    g = torch.Generator().manual_seed(0)
+    x, b = torch.rand(3, 2, 6, 6, generator=g), torch.rand(3, 2, 6, 6, generator=g)
+    w = torch.rand(5, 2, 6, 6, generator=g)  # weights of a linear "model" of the masked images
+    img = torch.tensor([0, 2, 2, 1, 0])
+    for xs, bs in ((x[img], b[img]), (x[:1].expand(5, -1, -1, -1), b[:1].expand(5, -1, -1, -1))):
+        m1 = torch.rand(5, 6, 6, generator=g).requires_grad_()
+        m2 = m1.detach().clone().requires_grad_()
+        fast = Perturbation.blend(m1, bs, xs - bs)
+        plain = m2[:, None] * xs + (1 - m2[:, None]) * bs
+        assert torch.allclose(fast, plain, atol=1e-6)
+        (g1,), (g2,) = torch.autograd.grad((fast * w).sum(), m1), torch.autograd.grad((plain * w).sum(), m2)
+        assert g1.shape == m1.shape and torch.allclose(g1, g2, atol=1e-5)
+    m = torch.rand(1, 5, 1, 6, 6, generator=g, requires_grad=True)  # RISE's broadcast shapes
+    (gm,) = torch.autograd.grad(Perturbation.apply(x[:, None], m, b[:, None]).sum(), m)
+    assert torch.allclose(gm, (x - b)[:, None].sum((0, 2), keepdim=True).expand_as(m), atol=1e-5)
+
+
 def test_settings_reach_the_methods_by_name_and_bad_ones_are_refused():
     assert create_localizer("rise", masks=10).config.masks == 10
     assert create_localizer("extremal", areas=[0.2]).config.areas == (0.2,)
