@@ -42,8 +42,9 @@ def main() -> None:
         seconds: dict[tuple[bool, bool], list[float]] = {s: [] for s in SETTINGS}
         for _ in range(args.rounds):
             for fold, cl in SETTINGS:
-                seconds[fold, cl].append(bare_pass_seconds(sel, x, batch, repeats=5 if size <= 64 else 2, min_seconds=0,
-                                                           mdm=MDMConfig(fold_batchnorm=fold, channels_last=cl)))
+                cfg = MDMConfig(fold_batchnorm=fold, channels_last=cl)
+                seconds[fold, cl].append(bare_pass_seconds(sel, x, batch, repeats=5 if size <= 64 else 2,
+                                                           min_seconds=0, mdm=cfg))
         base = statistics.median(seconds[False, False])
         print(f"| {arch}/{backbone} at {size} px | {batch} | {base * 1000:.2f} | "
               + " | ".join(f"{base / statistics.median(seconds[s]):.2f}x" for s in SETTINGS[1:]) + " |", flush=True)
