@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Schedules the default was measured against (issue 21), on the schedule study's models and activations.
+"""Schedules the default was measured against (issue 21), on the schedule study's models and activations: variants
+of one Adam step per pass (``between_passes: scaled``, the engine's only way before the linear steps between passes).
 
 Against the full schedule's cached heatmaps (run scripts/schedule_study.py first), each variant prints the p90 Dice
 agreement (mean, min, per activation) and the mean Adam steps per mask:
@@ -11,7 +12,7 @@ agreement (mean, min, per activation) and the mean Adam steps per mask:
   the reverse, each step standing for 2000 / that number of the schedule's;
 - ``settle``: a 600-step run whose masks leave the batch once their cells moved by less than ``eps`` over the last
   ``lag`` Adam steps (simulated from snapshots every 25 steps, as the engine's active set would stop them);
-- ``trajectory``: the full schedule and the default (400 steps of 5) side by side, every 250 schedule steps: the
+- ``trajectory``: the full schedule and the old default (400 scaled steps of 5) side by side, every 250 schedule steps: the
   share of the image the heatmap keeps, its p90 Dice against the full schedule's final one, the largest mask sum on
   the planted object and off it, and the loss (mean over the masks): where the two part, and which optimum is lower.
 
@@ -41,7 +42,7 @@ class VaryingScale(MDMLocalizer):
     schedule's time); optionally keeps a snapshot of the packed masks and moments every 25 steps."""
 
     def __init__(self, scales: list[float], keep: dict | None = None) -> None:
-        super().__init__(MDMConfig(adam_steps=len(scales)))
+        super().__init__(MDMConfig(adam_steps=len(scales), between_passes="scaled"))
         self.scales, self.elapsed, self.keep = scales, np.concatenate([[0.0], np.cumsum(scales)]), keep
 
     def _adam_update(self, p, g, m, v, active, t) -> None:
@@ -61,7 +62,7 @@ class PerSize(MDMLocalizer):
     fewer and longer ones than a fine mask, or the reverse), then stops."""
 
     def __init__(self, steps: list[int]) -> None:
-        super().__init__(MDMConfig(adam_steps=max(steps)))
+        super().__init__(MDMConfig(adam_steps=max(steps), between_passes="scaled"))
         self.n = torch.tensor(steps, dtype=torch.float32)
         self.k = (2000 / self.n)[None, :, None, None]  # (1, N, 1, 1) schedule steps per Adam step
 
@@ -172,7 +173,7 @@ def main() -> None:
                 show(f"settle: lag {lag}, eps {eps}", ups(final), float(steps.float().mean()))
     if "trajectory" in todo:
         ups = MaskUpsampler(MDMConfig().sizes, tuple(x.shape[-2:]), "bilinear", torch.device("cpu"))
-        for name, k in (("full schedule", 1.0), ("default (400 x 5)", 5.0)):
+        for name, k in (("full schedule", 1.0), ("old default (400 x 5)", 5.0)):
             snaps = {}
             VaryingScale([k] * round(2000 / k), keep=snaps).fit_masks(x, sel, pairs)
             for t in sorted(snaps):

@@ -10,11 +10,13 @@ class BoxOracle(nn.Module):
     """A frozen classifier whose logits read only the pixels inside ``box`` (x0, y0, x1, y1; exclusive ends).
 
     Logit k is the mean over the box of ReLU(conv_k(x)): a fixed 3x3 conv, so changing any pixel outside the box
-    (more than one pixel away) cannot change it.
+    (more than one pixel away) cannot change it. ``linear``: without the ReLU, so the logits are linear in the image.
     """
 
-    def __init__(self, box: tuple[int, int, int, int], size: int = 64, num_classes: int = 2) -> None:
+    def __init__(self, box: tuple[int, int, int, int], size: int = 64, num_classes: int = 2, linear: bool = False
+                 ) -> None:
         super().__init__()
+        self.linear = linear
         g = torch.Generator().manual_seed(0)
         self.conv = nn.Conv2d(3, num_classes, 3, padding=1)
         with torch.no_grad():
@@ -29,7 +31,8 @@ class BoxOracle(nn.Module):
             p.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (torch.relu(self.conv(x)) * self.region).sum((2, 3)) / self.region.sum()
+        y = self.conv(x)
+        return ((y if self.linear else torch.relu(y)) * self.region).sum((2, 3)) / self.region.sum()
 
 
 class SoftMaxBoxOracle(BoxOracle):

@@ -13,7 +13,8 @@ def add_parser(sub, methods: list[str]) -> None:
                        description="Runs, in one process on the same images and model, one image at a time as "
                        "`localize` does: the paper's schedule (each mask alone, 2000 steps; timed over --ref-steps "
                        "and projected), the same schedule batched (run in full: the reference for agreement) and ours "
-                       "(400 Adam steps covering the 2000-step schedule). Prints seconds per image, speed-up, peak memory and agreement "
+                       "(300 passes covering the 2000-step schedule). Prints seconds per image, speed-up, peak memory "
+                       "and agreement "
                        "(Dice of the p90 masks, Pearson r of the heatmaps, the final loss over the full schedule's), "
                        "on synthetic images or your own (--input). The default is the demo's trained "
                        "ProtoPNet (protomdm-demo/model/best.pt when `protomdm demo` left one, else trained first).")
@@ -51,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
             f"{mdm.precision} (prec: the one used). The paper's schedule (each mask alone, {mdm.steps} steps) was "
             f"timed over {args.ref_steps} steps and projected; the batched full schedule (fp32) is the reference for "
             "agreement; ours: "
-            f"{mdm.steps_taken} Adam steps of {mdm.step_scale:.3g} schedule steps each"
+            f"{mdm.steps_taken} passes, each followed by {mdm.step_scale:.3g} schedule steps "
+            f"({'the gradient linearised at the pass' if mdm.between_passes == 'linear' else 'one scaled Adam step'})"
             f"{f', adaptive stop (tol {mdm.tol})' if mdm.tol else ''}. "
             "passes: forward + backward passes of one masked image per localization; overhead: seconds over as many "
             "bare passes of the model")

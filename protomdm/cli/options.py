@@ -23,18 +23,22 @@ def add_mdm_options(p: argparse.ArgumentParser) -> None:
                    "YAML file (the fields of its settings, e.g. masks: 2000 for rise); METHOD= names the method when "
                    "it is not --method (evaluate: rise=rise.yaml); repeatable")
     g = p.add_argument_group("MDM settings (defaults: configs/mdm.yaml; the paper's masks, optimiser and 2000-step "
-                             "schedule, in 400 Adam steps)")
+                             "schedule in 300 passes)")
     g.add_argument("--mdm-config", metavar="YAML", help="read MDM settings from a YAML file; flags below override it "
                    "(the same as --method-config mdm=YAML)")
     g.add_argument("--steps", type=int, help="schedule length per mask (default 2000, the paper's)")
-    g.add_argument("--adam-steps", type=int, metavar="N", help="Adam steps per mask, each standing for --steps / N "
-                   "of the schedule's (default 400; 0: one per schedule step)")
-    g.add_argument("--extrapolate-after", type=int, metavar="N", help="take at most N Adam steps, then extrapolate "
+    g.add_argument("--adam-steps", "--passes", dest="adam_steps", type=int, metavar="N", help="model passes per "
+                   "mask, each followed by --steps / N of the schedule's Adam steps (default 300; 0: one pass "
+                   "per schedule step); --passes is the same")
+    g.add_argument("--between-passes", choices=("linear", "scaled"), help="linear (default): every Adam step of the "
+                   "schedule, the gradient between passes from the activation linearised at the last pass; scaled: "
+                   "one Adam step per pass, of --steps / N schedule steps (lr x that, Adam's decay rates ^ that)")
+    g.add_argument("--extrapolate-after", type=int, metavar="N", help="take at most N passes, then extrapolate "
                    "each mask's trajectory linearly to the schedule's end (default: no cap)")
     g.add_argument("--tol", type=float, help="stop an image's masks once their projected p90 mask changes by at most "
                    "this (1 - Dice) over two checks (default: no adaptive stop)")
-    g.add_argument("--full-schedule", action="store_true", help="take every step of --steps, as the paper does (no "
-                   "adaptive stop, no extrapolation): slow, the reference")
+    g.add_argument("--full-schedule", action="store_true", help="run the model at every step of --steps, as the "
+                   "paper does (no adaptive stop, no extrapolation): slow, the reference")
     g.add_argument("--lambda", dest="lambda_l1", type=float, help="weight of the L1 mask-area term (default 3)")
     g.add_argument("--loss", choices=("normalised", "paper"), help="normalised (default: the reconstruction term "
                    "divided by the effect of masking everything, weighted against --lambda) or paper (Algorithm 1 as "
@@ -42,8 +46,8 @@ def add_mdm_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lambda1", type=float, help="--loss paper: weight of the squared change (default 1e-3; the "
                    "paper: 1e-2 CUB, 1e-3 NIH)")
     g.add_argument("--lambda2", type=float, help="--loss paper: weight of mean|d| (default 1)")
-    g.add_argument("--time-scale", type=float, metavar="K", help="each Adam step stands for K of the schedule's "
-                   "(lr x K, Adam's decay rates ^ K): --steps / K steps taken (default --steps / --adam-steps)")
+    g.add_argument("--time-scale", type=float, metavar="K", help="each pass stands for K of the schedule's steps: "
+                   "--steps / K passes (default --steps / --adam-steps)")
     g.add_argument("--gamma", type=float, help="heatmap = sum of masks, zero where the sum < gamma (default 5)")
     g.add_argument("--lr", type=float, help="Adam learning rate (default 3e-3)")
     g.add_argument("--baseline", choices=("zero", "blur", "mean"), help="what masked-out pixels become (default zero)")
@@ -114,7 +118,7 @@ def mdm_config(args: argparse.Namespace, base=None):
     cfg = load_mdm_config(args.mdm_config) if args.mdm_config else (base or MDMConfig())
     overrides = {k: getattr(args, k) for k in ("steps", "loss", "lambda_l1", "lambda1", "lambda2", "time_scale", "gamma",
                                                 "lr", "baseline", "batch_masks", "precision", "channels_last",
-                                                "fold_batchnorm")
+                                                "fold_batchnorm", "between_passes")
                  if getattr(args, k) is not None}
     if args.tol is not None:
         overrides["tol"] = args.tol if args.tol > 0 else None

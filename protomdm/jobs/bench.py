@@ -2,7 +2,7 @@
 model, one process.
 
 What is counted does not depend on the machine: model passes (a forward and a backward pass to the input of one
-masked image) per localization, against the paper's 27 masks x 2000 steps = 54,000, and Adam steps. What is timed is
+masked image) per localization, against the paper's 27 masks x 2000 steps = 54,000, and passes per mask. What is timed is
 set against the model itself: the *overhead ratio* is a search's seconds over the seconds that the same number of
 bare forward and backward passes of the same model take, in batches of the size the search starts with, so 1.0
 means every step is as fast as the model allows.
@@ -44,7 +44,7 @@ class BenchRow:
     schedule: str
     seconds: float  # per localization
     passes: float  # model passes (forward + backward of one masked image) per localization
-    steps: float  # Adam steps per mask, mean
+    steps: float  # passes per mask, mean
     overhead: float  # seconds / (passes x a bare pass's seconds at the search's batch size)
     peak_memory_mb: float
     dice_p90: float = 1.0  # agreement with the paper's full schedule: mean ...

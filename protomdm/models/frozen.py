@@ -1,4 +1,4 @@
-"""The frozen network a search runs thousands of times (MDM: 10,800-54,000 passes per localisation).
+"""The frozen network a search runs thousands of times (MDM: 8,100-54,000 passes per localisation).
 
 - Its parameters need no gradient, so autograd neither computes nor keeps what only their gradients need.
 - BatchNorm folded into the convolution before it: in eval mode ``BN(conv(x))`` is one convolution with rescaled
