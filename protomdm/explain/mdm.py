@@ -85,10 +85,10 @@ class MDMConfig:
     activation linearised at the last pass (:meth:`MDMLocalizer._linear_steps`; exact for an activation linear in
     the image); with ``scaled``, the engine before, one Adam step per pass stands for all of them (the learning rate
     times that, the moment decay rates raised to that power). On the schedule study (scripts/schedule_study.py: a
-    trained ProtoPNet, XProtoNet and plain CNN, two held-out sets at 64 px) 300 linear passes agree with the full
-    schedule at p90 Dice >= 0.96 mean and >= 0.91 minimum on every row, where 300 scaled steps reached 0.74 on one
-    ProtoPNet activation (a worse optimum: README, "Faster, same result"); at 224 px, on objects of 0.3% of the
-    image: README, "At 224 px". ``protomdm bench --input`` checks a model on one's own images, and every search
+    trained ProtoPNet, XProtoNet and plain CNN, two held-out sets at 64 px, and the ProtoPNet at 224 px, on objects
+    of 0.3% of the image) 300 linear passes agree with the full schedule at p90 Dice >= 0.96 mean and >= 0.91
+    minimum on every row, where 400 scaled steps reached 0.80 and 0.84 on ProtoPNet activations (worse optima:
+    README, "Faster, same result"). ``protomdm bench --input`` checks a model on one's own images, and every search
     reports its final loss (:class:`MaskFit`). Optionally (``tol``) every ``patience`` passes (from ``min_steps``
     on) each task's masks are projected to the schedule's end by continuing every element's last Adam update, and
     once that projection's top-``stop_percentile`` mask has changed by at most ``tol`` (1 - Dice) over two checks in a
@@ -701,7 +701,7 @@ class MDMLocalizer(Localizer):
         """
         while True:
             try:
-                grad, losses = torch.empty_like(masks), masks.new_empty(len(act))
+                grad, losses = torch.empty_like(masks), torch.empty(len(act), dtype=masks.dtype, device=device)
                 for chunk in torch.arange(len(act), device=device).split(batch):
                     m = masks[chunk][:, None].requires_grad_()
                     rec = self._reconstruction(m, act[chunk] // n_masks, diff, base, targets, rec_w, task_img,
