@@ -574,7 +574,7 @@ class MDMLocalizer(Localizer):
                 if act.numel() == 0:
                     break
                 t1 = time.perf_counter()
-                g_masks, rec, batch = grads(precision, batch, act)  # (n, H, W), (n,) for the entries still training
+                g_masks, rec_pass, batch = grads(precision, batch, act)  # (n, H, W), (n,): the entries training
                 model_seconds += time.perf_counter() - t1
                 with torch.no_grad():
                     g = torch.zeros_like(p).flatten(0, 1)
@@ -582,7 +582,7 @@ class MDMLocalizer(Localizer):
                     steps += active
                     if cfg.between_passes == "linear":
                         r = torch.zeros(n_tasks * n_masks, device=device)
-                        r[act] = rec
+                        r[act] = rec_pass
                         self._linear_steps(p, g.view_as(p), r.view(n_tasks, n_masks), l1_grad, exp_avg, exp_sq,
                                            active, step)
                     else:
