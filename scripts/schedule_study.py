@@ -53,7 +53,6 @@ OLD = {"time_scale": 1.0, "tol": 0.005, "extrapolate_after": 1000}  # the defaul
 SCALED = {"between_passes": "scaled"}  # one Adam step of steps / adam_steps schedule steps per pass (the old engine)
 CANDIDATES = {  # name: MDMConfig overrides
     "default": {},
-    "300 passes": {"adam_steps": 300},
     "200 passes": {"adam_steps": 200},
     "150 passes": {"adam_steps": 150},
     "100 passes": {"adam_steps": 100},

@@ -12,9 +12,10 @@ agreement (mean, min, per activation) and the mean Adam steps per mask:
   the reverse, each step standing for 2000 / that number of the schedule's;
 - ``settle``: a 600-step run whose masks leave the batch once their cells moved by less than ``eps`` over the last
   ``lag`` Adam steps (simulated from snapshots every 25 steps, as the engine's active set would stop them);
-- ``trajectory``: the full schedule and the old default (400 scaled steps of 5) side by side, every 250 schedule steps: the
-  share of the image the heatmap keeps, its p90 Dice against the full schedule's final one, the largest mask sum on
-  the planted object and off it, and the loss (mean over the masks): where the two part, and which optimum is lower.
+- ``trajectory``: the full schedule and the old default (400 scaled steps of 5) side by side, every 250 schedule
+  steps: the share of the image the heatmap keeps, its p90 Dice against the full schedule's final one, the largest
+  mask sum on the planted object and off it, and the loss (mean over the masks): where the two part, and which
+  optimum is lower.
 
     python scripts/schedule_variants.py --model protopnet --size 224 --at-model-size    # the README's set B
     python scripts/schedule_variants.py --size 224 --max-activations 1 --only trajectory   # the 224-px miss

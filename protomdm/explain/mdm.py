@@ -691,8 +691,8 @@ class MDMLocalizer(Localizer):
         out = out[torch.arange(len(task), device=device), task_out[task]].float()
         return ((out - targets[task]) ** 2).reshape(len(task), -1).sum(1) * rec_w[task]
 
-    def _masked_grads(self, masks, act, diff, base, targets, rec_w, task_img, task_out, selector, n_masks, batch, device,
-                      precision):
+    def _masked_grads(self, masks, act, diff, base, targets, rec_w, task_img, task_out, selector, n_masks, batch,
+                      device, precision):
         """d(sum of weighted reconstruction losses)/d(mask) ``(n, H, W)`` for the active entries ``act`` and their
         upsampled masks ``masks (n, H, W)``, and those losses ``(n,)``, in chunks of ``batch`` masked images, the
         passes in ``precision``.

@@ -2,10 +2,10 @@
 model, one process.
 
 What is counted does not depend on the machine: model passes (a forward and a backward pass to the input of one
-masked image) per localization, against the paper's 27 masks x 2000 steps = 54,000, and passes per mask. What is timed is
-set against the model itself: the *overhead ratio* is a search's seconds over the seconds that the same number of
-bare forward and backward passes of the same model take, in batches of the size the search starts with, so 1.0
-means every step is as fast as the model allows.
+masked image) per localization, against the paper's 27 masks x 2000 steps = 54,000, and passes per mask. What is
+timed is set against the model itself: the *overhead ratio* is a search's seconds over the seconds that the same
+number of bare forward and backward passes of the same model take, in batches of the size the search starts with,
+so 1.0 means every step is as fast as the model allows.
 """
 
 from __future__ import annotations
