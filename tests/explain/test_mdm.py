@@ -395,3 +395,62 @@ def test_default_p90_mask_lies_inside_a_small_evidence_box():
     assert loc.ok and mask.sum() > 0
     assert (mask & rim).sum() >= 0.9 * mask.sum(), loc.box(90)
     assert (mask & box_mask(small, (64, 64))).sum() >= 0.5 * box_mask(small, (64, 64)).sum()
+
+
+def test_adam_step_is_torch_adam_with_zero_and_vanishing_gradients():
+    """The batched engine's Adam (its denominator kept off zero, for speed) is ``torch.optim.Adam`` and the clamp,
+    with gradients that are zero (a packed mask's unused cells), vanishing (their squares subnormal) or ordinary,
+    on every entry or only on those kept."""
+    from protomdm.explain.mdm import ADAM_BETAS, adam_step
+
+    gen = torch.Generator().manual_seed(0)
+    scale = torch.tensor([0.0, 1e-20, 1e-9, 1e-3])[:, None]  # per row: zero, vanishing, small, ordinary
+    keep = torch.rand(4, 6, generator=gen) > 0.3
+    for kept in (None, keep):
+        p, m, v = torch.full((4, 6), 0.5), torch.zeros(4, 6), torch.zeros(4, 6)
+        ref = torch.full((4, 6), 0.5, requires_grad=True)
+        opt = torch.optim.Adam([ref], lr=3e-3, betas=ADAM_BETAS, eps=1e-8)
+        for t in range(1, 301):
+            g = torch.randn(4, 6, generator=gen) * scale
+            adam_step(p, g, m, v, t, ADAM_BETAS, 3e-3, kept)
+            ref.grad = g if kept is None else g * keep
+            opt.step()
+            with torch.no_grad():
+                ref.clamp_(0, 1)
+        expected = ref.detach() if kept is None else torch.where(keep, ref.detach(), 0.5)
+        torch.testing.assert_close(p, expected, atol=1e-6, rtol=0)
+        moved = torch.ones_like(keep) if kept is None else keep
+        assert (p[2:][moved[2:]] != 0.5).all() and (p[0] == 0.5).all()  # the ordinary gradients moved their cells
+
+
+def test_flush_subnormal_by_hand():
+    from protomdm.explain.mdm import flush_subnormal
+
+    x = torch.tensor([1e-40, -1e-40, 2e-38, -2e-38, 0.0, -0.5, 1.0])
+    flush_subnormal(x)
+    assert x.tolist() == pytest.approx([0.0, 0.0, 2e-38, -2e-38, 0.0, -0.5, 1.0], rel=1e-6, abs=0)
+
+
+def test_search_keeps_no_subnormal_moments(monkeypatch):
+    """A mask that the area term empties has no gradient left (the activation is gone, |d| at 0 has none), so its
+    first moment decays into the subnormal floats, 25x slower to compute with on x86 CPUs, and stays there; every
+    pass starts with those set to zero."""
+    import protomdm.explain.mdm as mdm
+
+    seen = []
+    step = mdm.adam_step
+
+    def spy(p, g, m, v, t, *args):
+        if t % 50 == 1:  # a pass's first step (50 schedule steps per pass)
+            seen.append(int(((m != 0) & (m.abs() < mdm.TINY)).sum()))
+        step(p, g, m, v, t, *args)
+
+    monkeypatch.setattr(mdm, "adam_step", spy)
+    settings = {"sizes": (4, 6), "lambda_l1": 50.0, "adam_steps": 40, "gamma": 0.0}
+    sel, x = LogitSelector(BoxOracle(BOX), 0), oracle_image()
+    fit = MDMLocalizer(**settings).fit_masks(x, sel)
+    assert float(fit.masks.max()) == 0.0 and len(seen) == 40 and max(seen) == 0
+    seen.clear()
+    monkeypatch.setattr(mdm, "flush_subnormal", lambda *tensors: None)  # the same search without the flush
+    MDMLocalizer(**settings).fit_masks(x, sel)
+    assert max(seen) > 0
