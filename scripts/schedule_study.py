@@ -56,6 +56,7 @@ CANDIDATES = {  # name: MDMConfig overrides
     "200 passes": {"adam_steps": 200},
     "150 passes": {"adam_steps": 150},
     "100 passes": {"adam_steps": 100},
+    "600 passes": {"adam_steps": 600},
     "400 scaled steps (old default)": {"adam_steps": 400, **SCALED},
     "300 scaled steps": {"adam_steps": 300, **SCALED},
     "adaptive stop (older default)": OLD,
