@@ -383,6 +383,12 @@ def adam_step(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor
     p.copy_(torch.where(keep, p - step * m / v.clamp_min(TINY).sqrt_().add_(ADAM_EPS * c2), p).clamp_(0, 1))
 
 
+def _kept(active: torch.Tensor) -> torch.Tensor | None:
+    """The entries ``active (T, N)`` as :func:`adam_step`'s ``keep`` on packed masks ``(T, N, A, A)``: None where
+    every entry trains, for the in-place update."""
+    return None if bool(active.all()) else active[..., None, None]
+
+
 def flush_subnormal(*tensors: torch.Tensor) -> None:
     """Set the subnormal entries of float32 ``tensors`` (nonzero, below 1e-38 in magnitude) to zero, in place.
 
@@ -658,7 +664,7 @@ class MDMLocalizer(Localizer):
         task's 27 masks, against 16 ms for their pass, and 2-3 ms for 5 tasks' 135 masks, against 73 ms."""
         start, end = self.config.schedule_at(t - 1), self.config.schedule_at(t)
         rate = torch.where(rec > 0, 0.5 / rec.clamp_min(TINY), 0.0)[..., None, None]
-        keep = None if bool(active.all()) else active[..., None, None]
+        keep = _kept(active)
         betas, lr, intercept = self._adam_betas(), self.config.lr * self._adam_scale(), None
         for tau in range(start + 1, end + 1):
             grad = l1_grad * torch.sign(p)  # the area term's
@@ -673,20 +679,23 @@ class MDMLocalizer(Localizer):
         """:func:`adam_step` at step ``t`` of the entries ``(T, N)`` still ``active`` (all of them at step ``t``: an
         entry that stopped never resumes), with the learning rate and decay rates of one step of ``_adam_scale()``
         schedule steps."""
-        adam_step(p, g, m, v, t, self._adam_betas(), self.config.lr * self._adam_scale(),
-                  None if bool(active.all()) else active[..., None, None])
+        adam_step(p, g, m, v, t, self._adam_betas(), self.config.lr * self._adam_scale(), _kept(active))
 
     def _projected(self, p, m, v, steps) -> torch.Tensor:
         """Packed masks with every entry that took fewer Adam steps than the schedule's ``horizon`` continued there:
         each element's last Adam update ``lr * m_hat / (sqrt(v_hat) + eps)`` repeated linearly, then clamped to
         [0, 1]. Elements still travelling at a steady rate reach where the full schedule would take them; elements
         at rest (``m_hat`` near 0) stay put. ``p`` itself is left as it is."""
-        cfg = self.config
-        if not bool((steps < cfg.horizon).any()):
+        horizon = self.config.horizon
+        if not bool((steps < horizon).any()):
             return p
-        if cfg.between_passes == "linear":  # Adam steps are the schedule's
-            return self._extrapolate(p.clone(), m, v, cfg.schedule_at(steps)[..., None, None], cfg.steps)
-        return self._extrapolate(p.clone(), m, v, steps[..., None, None], cfg.horizon)
+        return self._extrapolate(p.clone(), m, v, self._adam_steps_at(steps)[..., None, None],
+                                 self._adam_steps_at(horizon))
+
+    def _adam_steps_at(self, passes):
+        """Adam steps taken after ``passes`` passes (an int or a tensor of them): the schedule's with
+        ``between_passes: linear``, one per pass with ``scaled``."""
+        return self.config.schedule_at(passes) if self.config.between_passes == "linear" else passes
 
     def _extrapolate(self, p, m, v, t, horizon):
         """Continue each element's last Adam step from Adam step ``t`` (per entry) to ``horizon`` linearly, in
