@@ -17,6 +17,7 @@ a model and size in one batched search.
     python scripts/schedule_study.py --out runs/schedule_study                  # all models, sizes 48 and 64
     python scripts/schedule_study.py --out runs/schedule_study --models cnn --sizes 64 --images 2
     python scripts/schedule_study.py --sizes 224 --at-model-size --images 4 --max-activations 4   # the README's set B
+    python scripts/schedule_study.py --models xprotonet --trained-at 224 --sizes 224 --images 4 --max-activations 4
 
 Each row also scores the heatmaps against the planted objects (p90 Dice and pointing game), the reference's too: a
 schedule can disagree with the full one and still find the evidence as well. The last two columns are the final MDM
@@ -85,14 +86,14 @@ class TinyCNN(nn.Module):
         return self.head(self.features(x).mean((2, 3)))
 
 
-def train_cnn(path: Path) -> TinyCNN:
-    cfg = demo_config()
+def train_cnn(path: Path, cfg) -> TinyCNN:
+    """The plain CNN on the synthetic data at ``cfg``'s input size, trained to ``path`` or read from there."""
     torch.manual_seed(0)
     model = TinyCNN(cfg.model.num_classes)
     if path.exists():
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()
-    data = SyntheticLesions(cfg.model.class_names, n=600, size=64, seed=0)
+    data = SyntheticLesions(cfg.model.class_names, n=600, size=cfg.model.img_size[0], seed=0)
     xs = model_input(torch.stack([data[i][0] for i in range(len(data))]), cfg.model)
     ys = torch.tensor([int(data[i][1]) for i in range(len(data))])
     opt = torch.optim.Adam(model.parameters(), 3e-3)
@@ -106,13 +107,14 @@ def train_cnn(path: Path) -> TinyCNN:
     return model.eval()
 
 
-def trained_model(kind: str, cfg, out: Path) -> nn.Module:
-    """The study's ``kind`` of model (protopnet | xprotonet | cnn) trained under ``out``, or reused from there."""
+def trained_model(kind: str, cfg, out: Path, name: str) -> nn.Module:
+    """The study's ``kind`` of model (protopnet | xprotonet | cnn) trained under ``out / name``, or reused from
+    there."""
     if kind == "cnn":
-        return train_cnn(out / "cnn.pt")
-    if not (out / kind / "best.pt").exists():
-        train(dataclasses.replace(cfg, device="cpu"), out / kind, progress=False)
-    return load_model(out / kind / "best.pt")
+        return train_cnn(out / f"{name}.pt", cfg)
+    if not (out / name / "best.pt").exists():
+        train(dataclasses.replace(cfg, device="cpu"), out / name, progress=False)
+    return load_model(out / name / "best.pt")
 
 
 def tasks(kind: str, model, cfg, size: int, n: int, at_model_size: bool = False):
@@ -120,7 +122,8 @@ def tasks(kind: str, model, cfg, size: int, n: int, at_model_size: bool = False)
     the input's size. ``at_model_size``: the images are generated at ``size`` with objects in proportion, then
     resized to the model's input size (the study's "set B" at 224), instead of run at ``size``."""
     multilabel = kind == "xprotonet"
-    trained = SyntheticLesions(cfg.model.class_names, size=cfg.model.img_size[0])  # the objects' size in training
+    trained = SyntheticLesions(cfg.model.class_names, size=cfg.model.img_size[0],  # the objects' size in training
+                               object_size=cfg.data.object_size)
     data = SyntheticLesions(cfg.model.class_names, n=n, size=size, channels=cfg.model.in_channels,
                             multilabel=multilabel, seed=cfg.data.seed + 1,
                             object_size=None if at_model_size else trained.object_size)
@@ -155,6 +158,9 @@ def main() -> None:
     ap.add_argument("--only", help="comma-separated candidate names to run (default all)")
     ap.add_argument("--at-model-size", action="store_true", help="generate the images at each size with objects in "
                     "proportion and resize them to the models' 64 px (the README's set B: --sizes 224)")
+    ap.add_argument("--trained-at", type=int, default=64, help="the input side the models are trained at (default "
+                    "64, the demo's; another is trained on the spot, objects in proportion, under --out as "
+                    "<model>_<side>px, e.g. XProtoNet at 224: --trained-at 224 --sizes 224)")
     ap.add_argument("--out", default="runs/schedule_study")
     args = ap.parse_args()
     out = Path(args.out)
@@ -164,9 +170,12 @@ def main() -> None:
     print(f"{'model':<10} {'size':>4} {'n':>3} {'schedule':<28} {'passes':>6} {'s/activation':>12} "
           f"{'Dice p90 mean':>13} {'min':>6} {'Pearson r':>9} {'vs truth: Dice p90':>18} {'pointing':>8} {'loss':>9} "
           f"{'loss/full':>9}", flush=True)
+    side = args.trained_at
     for kind in args.models.split(","):
         cfg = configs[kind]
-        model = trained_model(kind, cfg, out)
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, img_size=(side, side)))
+        trained_as = "" if side == 64 else f"_{side}px"  # the models trained at 64 px keep their names
+        model = trained_model(kind, cfg, out, kind + trained_as)
         for size in (int(v) for v in args.sizes.split(",")):
             x, sel, pairs, truths = tasks(kind, model, cfg, size, args.images, args.at_model_size)
             pairs = pairs[:args.max_activations]
@@ -184,7 +193,8 @@ def main() -> None:
                 return f"{np.mean(gt):>18.3f} {np.mean(hits):>8.2f}"
 
             # the first activations' heatmaps, in order (set B keeps the name it was cached under first)
-            cache = out / (f"reference_{kind}_{size}.npz" if args.at_model_size else f"reference_{kind}_{size}px.npz")
+            cache = out / (f"reference_{kind}_{size}{trained_as}.npz" if args.at_model_size
+                           else f"reference_{kind}_{size}px{trained_as}.npz")
             ref, ref_s, ref_loss = [], 0.0, []
             if cache.exists():  # the activations cached so far; the rest are computed and added
                 saved = np.load(cache)

@@ -104,9 +104,12 @@ class SyntheticLesions(Dataset):
             raise ConfigError("synthetic classes must be a non-empty list without repeats")
         if channels not in (1, 3) or size < 24 or n < 1:
             raise ConfigError("synthetic data needs channels 1 or 3, size >= 24 and n >= 1")
+        self.object_size = object_size or (max(8, size // 6), max(12, size // 4))
+        if not 4 <= self.object_size[0] <= self.object_size[1] <= size // 2:
+            raise ConfigError(f"synthetic object sizes must be 4 <= min <= max <= half the image side ({size // 2}), "
+                              f"got {tuple(self.object_size)}")
         self.classes, self.n, self.size, self.channels = tuple(classes), n, size, channels
         self.multilabel, self.seed, self.distractors, self.p_present = multilabel, seed, distractors, p_present
-        self.object_size = object_size or (max(8, size // 6), max(12, size // 4))
 
     def __len__(self) -> int:
         return self.n
@@ -163,14 +166,15 @@ class SyntheticLesions(Dataset):
         return torch.from_numpy(s.image), target, torch.from_numpy(s.masks.astype(np.uint8))
 
 
-def synthetic_samples(config: ModelConfig, n: int, seed: int, multilabel: bool,
-                      shard: Shard = (0, 1)) -> Iterator[EvalSample]:
-    """Planted-lesion images of the model's classes (its class names must be synthetic shapes)."""
+def synthetic_samples(config: ModelConfig, n: int, seed: int, multilabel: bool, shard: Shard = (0, 1),
+                      object_size: tuple[int, int] | None = None) -> Iterator[EvalSample]:
+    """Planted-lesion images of the model's classes (its class names must be synthetic shapes); ``object_size``:
+    as :class:`SyntheticLesions`'s."""
     if not set(config.class_names) <= set(SHAPES):
         raise UserError(f"the synthetic dataset needs a model trained on synthetic shapes ({', '.join(SHAPES)}); "
                         f"this one's classes are {', '.join(config.class_names)}")
     data = SyntheticLesions(config.class_names, n=n, size=config.img_size[0], channels=config.in_channels,
-                            multilabel=multilabel, seed=seed)
+                            multilabel=multilabel, seed=seed, object_size=object_size)
     for i in range(shard[0], n, shard[1]):
         s = data.sample(i)
         yield EvalSample(f"synthetic-{seed}-{i:05d}", pixels_to_tensor(s.image.transpose(1, 2, 0), config.img_size),
@@ -180,18 +184,24 @@ def synthetic_samples(config: ModelConfig, n: int, seed: int, multilabel: bool,
 
 @dataclass
 class SyntheticOptions:
-    """The ``synthetic`` dataset's options: images in the train and test sets, single- or multi-label, and the
-    most unlabelled distractor objects per image. It needs no ``root``."""
+    """The ``synthetic`` dataset's options: images in the train and test sets, single- or multi-label, the most
+    unlabelled distractor objects per image and the objects' (min, max) side in pixels (default: in proportion to
+    the image, a sixth to a quarter of its side; fixed sizes keep small findings small on large images). It needs
+    no ``root``."""
 
     num_train: int = 600
     num_test: int = 300
     multilabel: bool = False
     distractors: int = 2
+    object_size: tuple[int, int] | None = None
     needs_root: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         require(self.num_train >= 1 and self.num_test >= 1, "data.num_train and data.num_test must be >= 1")
         require(self.distractors >= 0, f"data.distractors must be >= 0, got {self.distractors}")
+        require(self.object_size is None or (len(self.object_size) == 2 and 4 <= self.object_size[0]
+                                             <= self.object_size[1]),
+                f"data.object_size must be [min, max] with 4 <= min <= max, got {self.object_size}")
 
 
 @register_dataset("synthetic", options=SyntheticOptions)
@@ -201,12 +211,13 @@ class SyntheticSource(DatasetSource):
     def training(self, model: ModelConfig) -> tuple[Dataset, Dataset, bool]:
         d = self.data
         common = dict(classes=model.class_names, size=model.img_size[0], channels=model.in_channels,
-                      multilabel=d.multilabel, distractors=d.distractors)
+                      multilabel=d.multilabel, distractors=d.distractors, object_size=d.object_size)
         return (SyntheticLesions(n=d.num_train, seed=d.seed, **common),
                 SyntheticLesions(n=d.num_test, seed=d.seed + 1, **common), d.multilabel)
 
     def evaluation(self, model: ModelConfig, options: EvalOptions, shard: Shard = (0, 1)) -> Iterator[EvalSample]:
-        return synthetic_samples(model, options.limit or 50, options.seed, options.multilabel, shard)
+        return synthetic_samples(model, options.limit or 50, options.seed, options.multilabel, shard,
+                                 self.data.object_size)
 
 
 def write_table(folder: str | Path, n: int, classes: tuple[str, ...] = ("disk", "square", "cross"), size: int = 64,

@@ -7,11 +7,12 @@ import pytest
 import yaml
 
 from protomdm.cli import main
-from protomdm.config import from_dict, to_dict
+from protomdm.config import ModelConfig, from_dict, to_dict
 from protomdm.data import DatasetSource, dataset_source, list_datasets, register_dataset
 from protomdm.data.config import _OPTIONS, DataConfig, NoOptions, options_class
 from protomdm.data.manifests import Check
 from protomdm.data.sources import _DATASETS
+from protomdm.data.synthetic import SyntheticLesions
 from protomdm.errors import ConfigError
 
 
@@ -89,3 +90,23 @@ def test_the_synthetic_options_keep_their_meaning():
     assert options_class("nih") is NoOptions
     with pytest.raises(ConfigError, match="data.root is required for dataset nih"):
         DataConfig(dataset="nih")
+
+
+def test_synthetic_objects_keep_a_fixed_size_on_larger_images_when_asked():
+    cfg = DataConfig.from_mapping({"object_size": [10, 16], "multilabel": True})
+    assert cfg.object_size == (10, 16) and DataConfig.from_mapping(cfg.to_mapping()) == cfg
+    model = ModelConfig(class_names=("disk", "square", "cross"), img_size=(128, 128))
+    train, test, _ = dataset_source(cfg).training(model)
+    for data in (train, test):
+        for i in range(6):
+            for m in data.sample(i).masks:
+                if m.any():  # the footprint's bounding box lies within the object's square
+                    rows, cols = m.any(1).nonzero()[0], m.any(0).nonzero()[0]
+                    assert max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 <= 16
+    default = SyntheticLesions(size=128)
+    assert default.object_size == (21, 32)  # in proportion to the image
+    for bad in ([3, 8], [12, 10], [10]):
+        with pytest.raises(ConfigError, match="data.object_size"):
+            DataConfig.from_mapping({"object_size": bad})
+    with pytest.raises(ConfigError, match="half the image side"):
+        SyntheticLesions(size=32, object_size=(10, 20))
