@@ -73,12 +73,12 @@ CANDIDATES = {  # name: MDMConfig overrides
 }
 
 
-class TinyCNN(nn.Module):
-    """A plain classifier: the tiny backbone, global average pooling and a linear layer."""
+class PlainCNN(nn.Module):
+    """A plain classifier: a backbone (default the tiny one), global average pooling and a linear layer."""
 
-    def __init__(self, classes: int) -> None:
+    def __init__(self, classes: int, backbone: str = "tiny") -> None:
         super().__init__()
-        self.features, ch = build_backbone("tiny", False, 3)
+        self.features, ch = build_backbone(backbone, False, 3)
         self.head = nn.Linear(ch, classes)
         self.num_classes = classes
 
@@ -86,10 +86,11 @@ class TinyCNN(nn.Module):
         return self.head(self.features(x).mean((2, 3)))
 
 
-def train_cnn(path: Path, cfg) -> TinyCNN:
-    """The plain CNN on the synthetic data at ``cfg``'s input size, trained to ``path`` or read from there."""
+def train_cnn(path: Path, cfg) -> PlainCNN:
+    """The plain CNN on the synthetic data at ``cfg``'s input size and backbone, trained to ``path`` or read from
+    there."""
     torch.manual_seed(0)
-    model = TinyCNN(cfg.model.num_classes)
+    model = PlainCNN(cfg.model.num_classes, cfg.model.backbone)
     if path.exists():
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()
@@ -161,6 +162,8 @@ def main() -> None:
     ap.add_argument("--trained-at", type=int, default=64, help="the input side the models are trained at (default "
                     "64, the demo's; another is trained on the spot, objects in proportion, under --out as "
                     "<model>_<side>px, e.g. XProtoNet at 224: --trained-at 224 --sizes 224)")
+    ap.add_argument("--backbone", default="tiny", help="the models' backbone (default tiny; another, e.g. resnet18, "
+                    "is trained on the spot from random weights under --out as <model>_<backbone>[_<side>px])")
     ap.add_argument("--out", default="runs/schedule_study")
     args = ap.parse_args()
     out = Path(args.out)
@@ -170,11 +173,12 @@ def main() -> None:
     print(f"{'model':<10} {'size':>4} {'n':>3} {'schedule':<28} {'passes':>6} {'s/activation':>12} "
           f"{'Dice p90 mean':>13} {'min':>6} {'Pearson r':>9} {'vs truth: Dice p90':>18} {'pointing':>8} {'loss':>9} "
           f"{'loss/full':>9}", flush=True)
-    side = args.trained_at
+    side, backbone = args.trained_at, args.backbone
+    # the tiny models trained at 64 px keep their names
+    trained_as = ("" if backbone == "tiny" else f"_{backbone}") + ("" if side == 64 else f"_{side}px")
     for kind in args.models.split(","):
         cfg = configs[kind]
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, img_size=(side, side)))
-        trained_as = "" if side == 64 else f"_{side}px"  # the models trained at 64 px keep their names
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, img_size=(side, side), backbone=backbone))
         model = trained_model(kind, cfg, out, kind + trained_as)
         for size in (int(v) for v in args.sizes.split(",")):
             x, sel, pairs, truths = tasks(kind, model, cfg, size, args.images, args.at_model_size)
