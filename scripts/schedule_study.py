@@ -2,7 +2,8 @@
 """Which MDM schedule reproduces the paper's full 2000-step result, on every kind of model? (issue 12)
 
 Trains (or reuses, under --out) three small models on the built-in synthetic data: the demo's ProtoPNet, the
-synthetic XProtoNet (multi-label) and a plain CNN classifier. For each model and each input size (the models are
+synthetic XProtoNet (multi-label) and a plain CNN classifier, at 64 px on the tiny backbone (``--trained-at`` and
+``--backbone``: another side, another backbone). For each model and each input size (the models are
 fully convolutional, so they run at that size on larger images of the same generator, whose objects keep the size
 they had in training: at 224 px the image holds more background, and the masks' cells are 3.5 times as many
 pixels), it explains, per test image, one
@@ -158,7 +159,7 @@ def main() -> None:
     ap.add_argument("--models", default="protopnet,xprotonet,cnn")
     ap.add_argument("--only", help="comma-separated candidate names to run (default all)")
     ap.add_argument("--at-model-size", action="store_true", help="generate the images at each size with objects in "
-                    "proportion and resize them to the models' 64 px (the README's set B: --sizes 224)")
+                    "proportion and resize them to the models' input side (the README's set B: --sizes 224)")
     ap.add_argument("--trained-at", type=int, default=64, help="the input side the models are trained at (default "
                     "64, the demo's; another is trained on the spot, objects in proportion, under --out as "
                     "<model>_<side>px, e.g. XProtoNet at 224: --trained-at 224 --sizes 224)")
@@ -177,8 +178,8 @@ def main() -> None:
     # the tiny models trained at 64 px keep their names
     trained_as = ("" if backbone == "tiny" else f"_{backbone}") + ("" if side == 64 else f"_{side}px")
     for kind in args.models.split(","):
-        cfg = configs[kind]
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, img_size=(side, side), backbone=backbone))
+        cfg = dataclasses.replace(configs[kind], model=dataclasses.replace(configs[kind].model, img_size=(side, side),
+                                                                           backbone=backbone))
         model = trained_model(kind, cfg, out, kind + trained_as)
         for size in (int(v) for v in args.sizes.split(",")):
             x, sel, pairs, truths = tasks(kind, model, cfg, size, args.images, args.at_model_size)
