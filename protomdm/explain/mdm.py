@@ -230,7 +230,9 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 def _is_oom(e: BaseException) -> bool:
-    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e))
+    """An accelerator's out-of-memory error, or the CPU allocator's (a RuntimeError, "can't allocate memory")."""
+    return isinstance(e, torch.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and any(s in str(e) for s in ("out of memory", "can't allocate memory")))
 
 
 def masks_to_heatmap(masks: np.ndarray | torch.Tensor, gamma: float) -> np.ndarray:

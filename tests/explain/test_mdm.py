@@ -101,28 +101,34 @@ def test_localize_many_equals_separate_runs():
             assert many[b][k].settings["selector"]["indices"] == [j]
 
 
-class _OOMAbove:
-    """Wraps a selector and raises the CUDA out-of-memory error for batches larger than ``limit``."""
+CUDA_OOM = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+CPU_OOM = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                       "tried to allocate 40000000000 bytes. Error code 12 (Cannot allocate memory)")  # torch's own
 
-    def __init__(self, selector, limit):
-        self.inner, self.limit, self.batches = selector, limit, []
+
+class _OOMAbove:
+    """Wraps a selector and raises an out-of-memory error (default CUDA's) for batches larger than ``limit``."""
+
+    def __init__(self, selector, limit, error=CUDA_OOM):
+        self.inner, self.limit, self.batches, self.error = selector, limit, [], error
         self.model, self.indices, self.num_targets = selector.model, selector.indices, selector.num_targets
 
     def targets(self, x):
         self.batches.append(x.shape[0])
         if x.shape[0] > self.limit:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+            raise self.error
         return self.inner.targets(x)
 
     def single(self, k):
         return self.inner.single(k)
 
 
-def test_out_of_memory_halves_the_batch_and_goes_on():
+@pytest.mark.parametrize("error", [CUDA_OOM, CPU_OOM], ids=["cuda", "cpu"])
+def test_out_of_memory_halves_the_batch_and_goes_on(error):
     model = BoxOracle(BOX)
     x = oracle_image()
     ref = MDMLocalizer(sizes=(4, 6, 8, 10), steps=10, gamma=1).fit_masks(x, LogitSelector(model, 0))
-    flaky = _OOMAbove(LogitSelector(model, 0), limit=2)
+    flaky = _OOMAbove(LogitSelector(model, 0), limit=2, error=error)
     fit = MDMLocalizer(sizes=(4, 6, 8, 10), steps=10, gamma=1).fit_masks(x, flaky)
     assert fit.batch_masks == 2
     assert max(flaky.batches[1:]) <= 4  # the unmasked pass (the image and its baseline), then 4 -> 2
@@ -132,8 +138,7 @@ def test_out_of_memory_halves_the_batch_and_goes_on():
 def test_out_of_memory_at_batch_one_is_a_clear_error():
     flaky = _OOMAbove(LogitSelector(BoxOracle(BOX), 0), limit=2)  # the first pass: the image and its baseline
     calls = flaky.targets
-    flaky.targets = lambda x: calls(x) if not flaky.batches else (_ for _ in ()).throw(
-        torch.OutOfMemoryError("CUDA out of memory"))
+    flaky.targets = lambda x: calls(x) if not flaky.batches else (_ for _ in ()).throw(CUDA_OOM)
     with pytest.raises(UserError, match="out of memory even with one"):
         MDMLocalizer(sizes=(4, 6), steps=2, gamma=1).fit_masks(oracle_image(), flaky)
 
