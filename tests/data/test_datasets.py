@@ -3,6 +3,7 @@
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import yaml
 
@@ -11,7 +12,7 @@ from protomdm.config import ModelConfig, from_dict, to_dict
 from protomdm.data import DatasetSource, dataset_source, list_datasets, register_dataset
 from protomdm.data.config import _OPTIONS, DataConfig, NoOptions, options_class
 from protomdm.data.manifests import Check
-from protomdm.data.sources import _DATASETS
+from protomdm.data.sources import _DATASETS, EvalOptions
 from protomdm.data.synthetic import SyntheticLesions
 from protomdm.errors import ConfigError
 
@@ -103,6 +104,9 @@ def test_synthetic_objects_keep_a_fixed_size_on_larger_images_when_asked():
                 if m.any():  # the footprint's bounding box lies within the object's square
                     rows, cols = m.any(1).nonzero()[0], m.any(0).nonzero()[0]
                     assert max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 <= 16
+    evaluated = [f.truth for s in dataset_source(cfg).evaluation(model, EvalOptions(limit=6, multilabel=True))
+                 for f in s.findings]
+    assert evaluated and all(1 <= max(np.ptp(np.nonzero(t.any(a))[0]) + 1 for a in (0, 1)) <= 16 for t in evaluated)
     default = SyntheticLesions(size=128)
     assert default.object_size == (21, 32)  # in proportion to the image
     for bad in ([3, 8], [12, 10], [10]):
