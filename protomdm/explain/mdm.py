@@ -87,13 +87,13 @@ class MDMConfig:
     the image); with ``scaled``, the engine before, one Adam step per pass stands for all of them (the learning rate
     times that, the moment decay rates raised to that power). On the schedule study (scripts/schedule_study.py: a
     trained ProtoPNet, XProtoNet and plain CNN, two held-out sets at 64 px, and at 224 px, on objects of 0.3% of the
-    image) 300 linear passes agree with the full schedule at p90 Dice >= 0.96 mean and >= 0.91 minimum on every row
-    but one, where 400 scaled steps reached 0.80 and 0.84 on ProtoPNet activations (worse optima); the one is
-    XProtoNet at 224 px, which misses the objects there and whose full schedule started at 0.501 agrees with itself
-    at 0.50 (README, "Faster, same result"). ``protomdm bench --input`` checks a model on one's own images, and every
-    search reports its final loss (:class:`MaskFit`). Optionally (``tol``) every ``patience`` passes (from
-    ``min_steps`` on) each task's masks are projected to the schedule's end by continuing every element's last Adam
-    update, and once that projection's top-``stop_percentile`` mask has changed by at most ``tol`` (1 - Dice) over two
+    image; XProtoNet also trained at 224 px) 300 linear passes agree with the full schedule at p90 Dice >= 0.96 mean
+    and >= 0.91 minimum on every row but one, where 400 scaled steps reached 0.80 and 0.84 on ProtoPNet activations
+    (worse optima); the one is the 64-px XProtoNet run at 224 px, which misses the objects there and whose full
+    schedule started at 0.501 agrees with itself at 0.50 (README, "Faster, same result"). ``protomdm bench
+    --input`` checks a model on one's own images, and every search reports its final loss (:class:`MaskFit`).
+    Optionally (``tol``) every ``patience`` passes (from ``min_steps`` on) each task's masks are projected to the
+    schedule's end by continuing every element's last Adam update, and once that projection's top-``stop_percentile`` mask has changed by at most ``tol`` (1 - Dice) over two
     checks in a row the task stops with its projection as result; ``extrapolate_after`` caps the passes the same way.
     ``time_scale: 1`` with ``tol: null`` and ``extrapolate_after: null`` is the paper's schedule, the model run at
     every step (``--full-schedule``).
