@@ -93,8 +93,9 @@ class MDMConfig:
     schedule started at 0.501 agrees with itself at 0.50 (README, "Faster, same result"). ``protomdm bench
     --input`` checks a model on one's own images, and every search reports its final loss (:class:`MaskFit`).
     Optionally (``tol``) every ``patience`` passes (from ``min_steps`` on) each task's masks are projected to the
-    schedule's end by continuing every element's last Adam update, and once that projection's top-``stop_percentile`` mask has changed by at most ``tol`` (1 - Dice) over two
-    checks in a row the task stops with its projection as result; ``extrapolate_after`` caps the passes the same way.
+    schedule's end by continuing every element's last Adam update, and once that projection's
+    top-``stop_percentile`` mask has changed by at most ``tol`` (1 - Dice) over two checks in a row the task stops
+    with its projection as result; ``extrapolate_after`` caps the passes the same way.
     ``time_scale: 1`` with ``tol: null`` and ``extrapolate_after: null`` is the paper's schedule, the model run at
     every step (``--full-schedule``).
 
