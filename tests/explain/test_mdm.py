@@ -296,6 +296,9 @@ def test_packed_upsampling_is_f_interpolate(mode):
     grad = torch.randn(2 * 3, 20, 28, generator=g)
     cells = ups.to_cells(grad, torch.arange(6) % 3).view(2, 3, 8, 8)
     torch.testing.assert_close((out.flatten(0, 1) * grad).sum(), (p * cells).sum(), rtol=1e-5, atol=1e-4)
+    # every task's masks in order (which=None: no gather) give the same cells; a subset gives its rows
+    torch.testing.assert_close(ups.to_cells(grad).view(2, 3, 8, 8), cells)
+    torch.testing.assert_close(ups.to_cells(grad[[1, 5]], torch.tensor([1, 2])), cells.flatten(0, 1)[[1, 5]])
 
 
 def test_paper_loss_batched_equals_one_mask_at_a_time():

@@ -108,12 +108,16 @@ def test_perturbation_applies_masks_with_each_baseline():
 
 def test_blend_is_apply_and_its_gradient_to_the_mask_is_autograds():
     """MDM's blend (``b + m * (x - b)``, differentiated to the mask by hand) equals ``m * x + (1 - m) * b`` and its
-    gradient, for a gathered batch, for one image's rows as views, and with broadcast masks (autograd's path)."""
+    gradient, for a gathered batch, for one image's rows as views, channels-last, one channel, and with broadcast
+    masks (autograd's path)."""
     g = torch.Generator().manual_seed(0)
-    x, b = torch.rand(3, 2, 6, 6, generator=g), torch.rand(3, 2, 6, 6, generator=g)
-    w = torch.rand(5, 2, 6, 6, generator=g)  # weights of a linear "model" of the masked images
+    x, b = torch.rand(3, 3, 6, 6, generator=g), torch.rand(3, 3, 6, 6, generator=g)
+    w = torch.rand(5, 3, 6, 6, generator=g)  # weights of a linear "model" of the masked images
     img = torch.tensor([0, 2, 2, 1, 0])
-    for xs, bs in ((x[img], b[img]), (x[:1].expand(5, -1, -1, -1), b[:1].expand(5, -1, -1, -1))):
+    last = [t.contiguous(memory_format=torch.channels_last) for t in (x, b)]
+    for xs, bs in ((x[img], b[img]), (x[:1].expand(5, -1, -1, -1), b[:1].expand(5, -1, -1, -1)),
+                   (last[0][:1].expand(5, -1, -1, -1), last[1][:1].expand(5, -1, -1, -1)), (x[img, :1], b[img, :1])):
+        w = w[:, :xs.shape[1]]
         m1 = torch.rand(5, 6, 6, generator=g).requires_grad_()
         m2 = m1.detach().clone().requires_grad_()
         fast = Perturbation.blend(m1, bs, xs - bs)
