@@ -88,6 +88,30 @@ def test_batched_equals_one_mask_at_a_time():
     assert float(batched.area[0, 1]) > 0 and float(batched.reconstruction[0, 1]) > 0
 
 
+class _OneLogitConstant(torch.nn.Module):
+    """A :class:`BoxOracle`'s first logit beside a constant one, which masking cannot change."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.oracle, self.num_classes = BoxOracle(BOX), 2
+
+    def forward(self, x):
+        return torch.stack([self.oracle(x)[:, 0], torch.full((len(x),), 0.7)], 1)
+
+
+def test_a_task_training_beside_an_untrained_one_is_its_own_search():
+    """A search where only some tasks train (here the constant logit's task is never trained) passes and updates
+    just those tasks' masks, gathered and scattered by index; they end as the same task's search alone, where every
+    mask trains and nothing is gathered."""
+    model = _OneLogitConstant()
+    loc = MDMLocalizer(sizes=(4, 6, 8), steps=40, gamma=0.0)
+    both = loc.fit_masks(oracle_image(), LogitSelector(model, [1, 0]))
+    alone = loc.fit_masks(oracle_image(), LogitSelector(model, 0))
+    assert both.independent.tolist() == [True, False] and int(both.steps[0].sum()) == 0
+    torch.testing.assert_close(both.masks[1], alone.masks[0], atol=1e-5, rtol=0)
+    assert (alone.masks - 0.5).abs().max() > 0.05  # the masks moved
+
+
 def test_localize_many_equals_separate_runs():
     model = tiny_model("protopnet", seed=1, img_size=(32, 32))
     xs = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
