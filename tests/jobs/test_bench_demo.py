@@ -44,6 +44,25 @@ def test_bench_command_says_what_it_measured(capsys, tmp_path):
     assert record["rows"][2]["passes"] == 81 and record["paper_passes"] == 54000
 
 
+def test_overhead_is_against_the_bare_pass_timed_before_and_after_the_searches(monkeypatch):
+    """The machine's speed drifts over a bench: each bare pass is timed before the searches and after them, and the
+    overhead ratio is against their mean."""
+    import protomdm.jobs.bench as bench
+
+    calls: list[tuple[int, str]] = []
+
+    def fake(selector, x, batch, precision="fp32", **kwargs):
+        calls.append((batch, precision))
+        return 1e-3 if calls.count((batch, precision)) == 1 else 3e-3  # a slower machine the second time
+
+    monkeypatch.setattr(bench, "bare_pass_seconds", fake)
+    rows, _ = run_bench(img_size=32, images=1, ref_steps=2, mdm=MDMConfig(steps=4, tol=None), progress=False,
+                        device="cpu")
+    assert calls == [(1, "fp32"), (27, "fp32")] * 2
+    for r in rows:
+        assert r.overhead == pytest.approx(r.seconds / (r.passes * 2e-3), rel=1e-6)
+
+
 def test_bench_runs_on_ones_own_images(capsys, tmp_path):
     from PIL import Image
 
