@@ -192,10 +192,13 @@ def run_bench(architecture: str = "protopnet", backbone: str = "tiny", img_size:
     def row(name: str, locs, seconds: float, mem: float, batch: int, note: str = "", ref=None,
             steps: int | None = None) -> BenchRow:
         """``steps``: the schedule's steps per mask that ``seconds`` stand for, where ``locs`` took fewer."""
-        passes = float(np.mean([lo.settings["passes"] for lo in locs])) if steps is None else float(n_masks * steps)
+        if steps is None:
+            passes = float(np.mean([lo.settings["passes"] for lo in locs]))
+            per_mask = float(np.mean([lo.settings.get("mean_steps", lo.steps) for lo in locs]))
+        else:
+            passes, per_mask = float(n_masks * steps), float(steps)
         precision = locs[0].settings.get("precision_used", "fp32")
-        r = BenchRow(name, seconds, passes, float(np.mean([lo.settings.get("mean_steps", lo.steps) for lo in locs]))
-                     if steps is None else float(steps), seconds / (passes * bare(batch, precision)), mem, note=note,
+        r = BenchRow(name, seconds, passes, per_mask, seconds / (passes * bare(batch, precision)), mem, note=note,
                      precision=precision)
         if ref is not None:
             agree = [float(dice(a.binary(90), b.binary(90))) for a, b in zip(ref, locs)]
