@@ -178,8 +178,8 @@ def main() -> None:
     # the tiny models trained at 64 px keep their names
     trained_as = ("" if backbone == "tiny" else f"_{backbone}") + ("" if side == 64 else f"_{side}px")
     for kind in args.models.split(","):
-        cfg = dataclasses.replace(configs[kind], model=dataclasses.replace(configs[kind].model, img_size=(side, side),
-                                                                           backbone=backbone))
+        base = configs[kind]
+        cfg = dataclasses.replace(base, model=dataclasses.replace(base.model, img_size=(side, side), backbone=backbone))
         model = trained_model(kind, cfg, out, kind + trained_as)
         for size in (int(v) for v in args.sizes.split(",")):
             x, sel, pairs, truths = tasks(kind, model, cfg, size, args.images, args.at_model_size)
