@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import shutil
 import time
+from collections.abc import Sized
 from pathlib import Path
+from typing import cast
 
 from torch.utils.data import DataLoader
 
@@ -59,11 +61,12 @@ def main() -> None:
     for _ in range(args.epochs):
         rows.append(("cache: later epoch", epoch_seconds(cached, args.workers)))
     size = sum(p.stat().st_size for p in cache.glob("*"))
-    print(f"{len(plain)} training images of 1024 x 1024 at {args.size} px, {args.workers} worker(s):")
+    n_train, n_cached = len(cast(Sized, plain)), len(cast(Sized, cached)) + len(cast(Sized, cached_test))
+    print(f"{n_train} training images of 1024 x 1024 at {args.size} px, {args.workers} worker(s):")
     print("| epoch | seconds | images/s |\n|---|---|---|")
     for name, s in rows:
-        print(f"| {name} | {s:.2f} | {len(plain) / s:.0f} |")
-    print(f"cache on disk: {size / 1e6:.1f} MB for {len(cached) + len(cached_test)} images "
+        print(f"| {name} | {s:.2f} | {n_train / s:.0f} |")
+    print(f"cache on disk: {size / 1e6:.1f} MB for {n_cached} images "
           f"({args.size * args.size} bytes per grey image)")
 
 

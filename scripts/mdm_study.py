@@ -17,18 +17,20 @@ the upsampling search (the networks' own) where there is one, and writes the lon
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 from schedule_study import trained_model
 
 from protomdm import LogitSelector, MDMConfig, UpsampleLocalizer
+from protomdm.config import from_dict
 from protomdm.data.images import model_input
 from protomdm.data.synthetic import SyntheticLesions
+from protomdm.errors import UserError
 from protomdm.evaluation.faithfulness import deletion_insertion
 from protomdm.evaluation.metrics import curve_auc
 from protomdm.evaluation.tuning import MDMGrid, Target, default_targets, grid_scores, heatmap_metrics, setting_means
@@ -97,13 +99,13 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    over = {}
-    for kv in filter(None, args.mdm.split(",")):
-        k, v = kv.split("=")
-        over[k] = None if v in ("none", "null") else type(getattr(MDMConfig(), k) or 0.0)(v)
-    base = dataclasses.replace(MDMConfig(), **over)
+    try:  # values read as YAML scalars (null, false, 10), checked as a config file's are
+        base = from_dict(MDMConfig, {k: yaml.safe_load(v) for k, _, v in
+                                     (kv.partition("=") for kv in args.mdm.split(",") if kv)}, where="--mdm")
+    except UserError as e:
+        ap.error(str(e))
     grid = MDMGrid(lambdas=tuple(float(v) for v in args.lambdas.split(",") if v),
-                   paper=tuple(tuple(float(x) for x in p.split(":")) for p in args.paper.split(",") if p),
+                   paper=tuple((float(a), float(b)) for a, b in (p.split(":") for p in args.paper.split(",") if p)),
                    gammas=tuple(float(v) for v in args.gammas.split(",")))
     frames = []
     for kind in args.models.split(","):

@@ -32,6 +32,7 @@ import argparse
 import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,7 +54,7 @@ PLAIN = {"fold_batchnorm": False, "channels_last": False}  # the network as it i
 REFERENCE = {**FULL, **PLAIN}  # what the cached references were computed with (before folding and channels-last)
 OLD = {"time_scale": 1.0, "tol": 0.005, "extrapolate_after": 1000}  # the default before the 400-step schedule
 SCALED = {"between_passes": "scaled"}  # one Adam step of steps / adam_steps schedule steps per pass (the old engine)
-CANDIDATES = {  # name: MDMConfig overrides
+CANDIDATES: dict[str, dict[str, Any]] = {  # name: MDMConfig overrides
     "default": {},
     "200 passes": {"adam_steps": 200},
     "150 passes": {"adam_steps": 150},
@@ -109,9 +110,10 @@ def train_cnn(path: Path, cfg) -> PlainCNN:
     return model.eval()
 
 
-def trained_model(kind: str, cfg, out: Path, name: str) -> nn.Module:
-    """The study's ``kind`` of model (protopnet | xprotonet | cnn) trained under ``out / name``, or reused from
-    there."""
+def trained_model(kind: str, cfg, out: Path, name: str | None = None) -> nn.Module:
+    """The study's ``kind`` of model (protopnet | xprotonet | cnn) trained under ``out / name`` (default: ``kind``,
+    as scripts/mdm_study.py and scripts/schedule_variants.py keep them), or reused from there."""
+    name = name or kind
     if kind == "cnn":
         return train_cnn(out / f"{name}.pt", cfg)
     if not (out / name / "best.pt").exists():

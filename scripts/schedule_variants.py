@@ -165,13 +165,13 @@ def main() -> None:
         for lag in (25, 50, 100):
             for eps in (0.005, 0.02, 0.05):
                 final = snaps[last][0].clone()
-                steps = torch.full(final.shape[:2], last)
+                stopped = torch.full(final.shape[:2], last)  # the step at which each mask settled
                 done = torch.zeros(final.shape[:2], dtype=torch.bool)
                 for t in sorted(snaps):
                     if t - lag in snaps and t >= 100:
                         new = ((snaps[t][0] - snaps[t - lag][0]).abs().amax((2, 3)) < eps) & ~done
-                        final[new], steps[new], done = snaps[t][0][new], t, done | new
-                show(f"settle: lag {lag}, eps {eps}", ups(final), float(steps.float().mean()))
+                        final[new], stopped[new], done = snaps[t][0][new], t, done | new
+                show(f"settle: lag {lag}, eps {eps}", ups(final), float(stopped.float().mean()))
     if "trajectory" in todo:
         ups = MaskUpsampler(MDMConfig().sizes, tuple(x.shape[-2:]), "bilinear", torch.device("cpu"))
         for name, k in (("full schedule", 1.0), ("old default (400 x 5)", 5.0)):
