@@ -33,6 +33,7 @@ import dataclasses
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch
@@ -45,7 +46,7 @@ from protomdm.data.synthetic import SyntheticLesions
 from protomdm.evaluation.metrics import dice, pointing_game, top_percentile_mask
 from protomdm.jobs.demo import demo_config
 from protomdm.models.backbones import build_backbone
-from protomdm.training import train
+from protomdm.training import train, trainer
 from protomdm.training.config import load_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,12 +113,29 @@ def train_cnn(path: Path, cfg) -> PlainCNN:
 
 def trained_model(kind: str, cfg, out: Path, name: str | None = None) -> nn.Module:
     """The study's ``kind`` of model (protopnet | xprotonet | cnn) trained under ``out / name`` (default: ``kind``,
-    as scripts/mdm_study.py and scripts/schedule_variants.py keep them), or reused from there."""
+    as scripts/mdm_study.py and scripts/schedule_variants.py keep them), or reused from there.
+
+    A prototype network on a backbone other than the tiny one, on 3-channel images, starts from the backbone of the
+    study's plain CNN of the same backbone and side (``out / cnn<suffix>.pt``, trained first if absent), as the
+    paper's start from ImageNet's: from random weights a ProtoPNet on a ResNet-18 stayed near chance for 4 epochs."""
     name = name or kind
     if kind == "cnn":
         return train_cnn(out / f"{name}.pt", cfg)
     if not (out / name / "best.pt").exists():
-        train(dataclasses.replace(cfg, device="cpu"), out / name, progress=False)
+        cfg = dataclasses.replace(cfg, device="cpu")
+        if cfg.model.backbone == "tiny" or cfg.model.in_channels != 3:
+            train(cfg, out / name, progress=False)
+        else:
+            features = train_cnn(out / f"cnn{name[len(kind):]}.pt", cfg).features.state_dict()
+            build = trainer.create_model
+
+            def from_cnn(model_cfg):  # the model the trainer builds, its backbone the CNN's
+                model = build(model_cfg)
+                model.get_submodule("features").load_state_dict(features)
+                return model
+
+            with mock.patch.object(trainer, "create_model", from_cnn):
+                train(cfg, out / name, progress=True)
     return load_model(out / name / "best.pt")
 
 
@@ -166,7 +184,8 @@ def main() -> None:
                     "64, the demo's; another is trained on the spot, objects in proportion, under --out as "
                     "<model>_<side>px, e.g. XProtoNet at 224: --trained-at 224 --sizes 224)")
     ap.add_argument("--backbone", default="tiny", help="the models' backbone (default tiny; another, e.g. resnet18, "
-                    "is trained on the spot from random weights under --out as <model>_<backbone>[_<side>px])")
+                    "is trained on the spot under --out as <model>_<backbone>[_<side>px], a CNN from random weights, "
+                    "a ProtoPNet from that CNN's backbone)")
     ap.add_argument("--out", default="runs/schedule_study")
     args = ap.parse_args()
     out = Path(args.out)
