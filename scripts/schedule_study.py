@@ -111,14 +111,21 @@ def train_cnn(path: Path, cfg) -> PlainCNN:
     return model.eval()
 
 
-def trained_model(kind: str, cfg, out: Path, name: str | None = None) -> nn.Module:
-    """The study's ``kind`` of model (protopnet | xprotonet | cnn) trained under ``out / name`` (default: ``kind``,
-    as scripts/mdm_study.py and scripts/schedule_variants.py keep them), or reused from there.
+def trained_as(cfg) -> str:
+    """The suffix of the names of models trained with ``cfg``: its backbone and side, where they are not the demo's
+    (the tiny models trained at 64 px keep their names)."""
+    backbone, side = cfg.model.backbone, cfg.model.img_size[0]
+    return ("" if backbone == "tiny" else f"_{backbone}") + ("" if side == 64 else f"_{side}px")
+
+
+def trained_model(kind: str, cfg, out: Path) -> nn.Module:
+    """The study's ``kind`` of model (protopnet | xprotonet | cnn) trained with ``cfg`` under ``out`` (as
+    ``kind`` + :func:`trained_as`), or reused from there.
 
     A prototype network on a backbone other than the tiny one, on 3-channel images, starts from the backbone of the
-    study's plain CNN of the same backbone and side (``out / cnn<suffix>.pt``, trained first if absent), as the
-    paper's start from ImageNet's: from random weights a ProtoPNet on a ResNet-18 stayed near chance for 4 epochs."""
-    name = name or kind
+    study's plain CNN of the same backbone and side (trained first if absent), as the paper's start from ImageNet's:
+    from random weights a ProtoPNet on a ResNet-18 stayed near chance for 4 epochs."""
+    name = kind + trained_as(cfg)
     if kind == "cnn":
         return train_cnn(out / f"{name}.pt", cfg)
     if not (out / name / "best.pt").exists():
@@ -126,7 +133,7 @@ def trained_model(kind: str, cfg, out: Path, name: str | None = None) -> nn.Modu
         if cfg.model.backbone == "tiny" or cfg.model.in_channels != 3:
             train(cfg, out / name, progress=False)
         else:
-            features = train_cnn(out / f"cnn{name[len(kind):]}.pt", cfg).features.state_dict()
+            features = train_cnn(out / f"cnn{trained_as(cfg)}.pt", cfg).features.state_dict()
             build = trainer.create_model
 
             def from_cnn(model_cfg):  # the model the trainer builds, its backbone the CNN's
@@ -196,12 +203,10 @@ def main() -> None:
           f"{'Dice p90 mean':>13} {'min':>6} {'Pearson r':>9} {'vs truth: Dice p90':>18} {'pointing':>8} {'loss':>9} "
           f"{'loss/full':>9}", flush=True)
     side, backbone = args.trained_at, args.backbone
-    # the tiny models trained at 64 px keep their names
-    trained_as = ("" if backbone == "tiny" else f"_{backbone}") + ("" if side == 64 else f"_{side}px")
     for kind in args.models.split(","):
         base = configs[kind]
         cfg = dataclasses.replace(base, model=dataclasses.replace(base.model, img_size=(side, side), backbone=backbone))
-        model = trained_model(kind, cfg, out, kind + trained_as)
+        model, suffix = trained_model(kind, cfg, out), trained_as(cfg)
         for size in (int(v) for v in args.sizes.split(",")):
             x, sel, pairs, truths = tasks(kind, model, cfg, size, args.images, args.at_model_size)
             pairs = pairs[:args.max_activations]
@@ -219,8 +224,8 @@ def main() -> None:
                 return f"{np.mean(gt):>18.3f} {np.mean(hits):>8.2f}"
 
             # the first activations' heatmaps, in order (set B keeps the name it was cached under first)
-            cache = out / (f"reference_{kind}_{size}{trained_as}.npz" if args.at_model_size
-                           else f"reference_{kind}_{size}px{trained_as}.npz")
+            cache = out / (f"reference_{kind}_{size}{suffix}.npz" if args.at_model_size
+                           else f"reference_{kind}_{size}px{suffix}.npz")
             ref, ref_s, ref_loss = [], 0.0, []
             if cache.exists():  # the activations cached so far; the rest are computed and added
                 saved = np.load(cache)
