@@ -30,7 +30,7 @@ from ..errors import UserError
 from ..evaluation.metrics import dice
 from ..explain import MDMLocalizer, PrototypeSelector
 from ..explain.localization import eval_mode
-from ..explain.mdm import MDMConfig, autocast
+from ..explain.mdm import MDMConfig, autocast, images_per_search
 from ..explain.selectors import Selector, choose_prototype
 from ..models import PrototypeModel, architecture_class, build_model, load_model
 from ..models.frozen import frozen
@@ -176,8 +176,9 @@ def run_bench(architecture: str = "protopnet", backbone: str = "tiny", img_size:
             time_bare(batch, precision)
         return float(np.mean(per_pass[batch, precision]))
 
-    for batch in (1, n_masks):  # the batches of the paper's schedule and of ours, before the searches
-        time_bare(batch, "fp32" if cfg.precision == "auto" else cfg.precision)
+    time_bare(1, "fp32")  # before the searches: the references' batches (fp32) and the precisions ours may use
+    for precision in dict.fromkeys(("fp32", "bf16") if cfg.precision == "auto" else ("fp32", cfg.precision)):
+        time_bare(n_masks, precision)
 
     def timed(fn, n: int) -> tuple[list, float, float]:
         """Results of ``fn()``, seconds per localization over ``n`` localizations, peak memory (MB)."""
@@ -230,7 +231,9 @@ def run_bench(architecture: str = "protopnet", backbone: str = "tiny", img_size:
     rows = [paper, row("paper schedule, batched", ref, t_full, mem_full, n_masks),
             row("ours", ours, t_ours, mem_ours, n_masks, ref=ref),
             row(f"ours, {per_search} images/search", many, t_many, mem_many, n_masks, ref=ref)]
-    return rows, f"{what}, on {dev}, {images} {'image(s) from --input' if inputs else 'synthetic image(s)'}"
+    default = images_per_search(None, dev, model, n_masks)  # what folder runs would share a search with
+    return rows, (f"{what}, on {dev} ({default} images per search by default), {images} "
+                  f"{'image(s) from --input' if inputs else 'synthetic image(s)'}")
 
 
 def format_table(rows: list[BenchRow], note: str) -> str:

@@ -44,9 +44,10 @@ def test_bench_command_says_what_it_measured(capsys, tmp_path):
     assert record["rows"][2]["passes"] == 81 and record["paper_passes"] == 54000
 
 
-def test_overhead_is_against_the_bare_pass_timed_before_and_after_the_searches(monkeypatch):
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "auto"])
+def test_overhead_is_against_the_bare_pass_timed_before_and_after_the_searches(monkeypatch, precision):
     """The machine's speed drifts over a bench: each bare pass is timed before the searches and after them, and the
-    overhead ratio is against their mean."""
+    overhead ratio is against their mean; the references' (fp32) and, where ours may take it, bf16's."""
     import protomdm.jobs.bench as bench
 
     calls: list[tuple[int, str]] = []
@@ -56,9 +57,9 @@ def test_overhead_is_against_the_bare_pass_timed_before_and_after_the_searches(m
         return 1e-3 if calls.count((batch, precision)) == 1 else 3e-3  # a slower machine the second time
 
     monkeypatch.setattr(bench, "bare_pass_seconds", fake)
-    rows, _ = run_bench(img_size=32, images=1, ref_steps=2, mdm=MDMConfig(steps=4, tol=None), progress=False,
-                        device="cpu")
-    assert calls == [(1, "fp32"), (27, "fp32")] * 2
+    rows, _ = run_bench(img_size=32, images=1, ref_steps=2, mdm=MDMConfig(steps=4, tol=None, precision=precision),
+                        progress=False, device="cpu")
+    assert calls == ([(1, "fp32"), (27, "fp32")] + [(27, "bf16")] * (precision != "fp32")) * 2
     for r in rows:
         assert r.overhead == pytest.approx(r.seconds / (r.passes * 2e-3), rel=1e-6)
 
