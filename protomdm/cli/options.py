@@ -18,6 +18,10 @@ def parse_classes(text: str) -> list[str]:
     return names
 
 
+IMAGES_PER_SEARCH = ("default 4 on the CPU; on a GPU as many as half its free memory holds, measured on the "
+                     "model, at most 64")
+
+
 def add_mdm_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method-config", metavar="[METHOD=]YAML", action="append", help="a method's settings from a "
                    "YAML file (the fields of its settings, e.g. masks: 2000 for rise); METHOD= names the method when "

@@ -134,8 +134,8 @@ class EvalSettings:
         ``truth``/``part_half_width``: CUB's ground truth (``segmentation`` or ``parts``).
         faithfulness: also score deletion/insertion (``deletion_steps`` steps) and Average Drop/Increase,
             masking with ``baseline``. ``stability_noise``: CUB's part stability noise.
-        batch_images: images sharing one localizer search (MDM trains their masks together); default 8 on a GPU
-            and 4 on the CPU (measured there: 1.24x faster than one at a time).
+        batch_images: images sharing one localizer search (MDM trains their masks together); default
+            :func:`~protomdm.explain.mdm.images_per_search`'s (4 on the CPU; on a GPU, from its free memory).
         maps: a folder of heatmaps made elsewhere (:class:`~protomdm.data.maps.MapFolder`), scored as method
             ``maps`` beside ``methods`` (only them, where ``methods`` is left empty).
         export: ``["chexlocalize"]``: also write each method's maps and masks in CheXlocalize's formats (the
@@ -366,7 +366,7 @@ def _evaluate_in(out: Path, cfg: EvalSettings, model: PrototypeModel, samples: I
     res = EvalResult(out)
     gen = torch.Generator().manual_seed(cfg.seed)
     device = model_device(model)
-    per_search = images_per_search(cfg.batch_images, device)
+    per_search = images_per_search(cfg.batch_images, device, model)
     matched_a_map = any(m == MAPS for _, _, m in done)
     bar = tqdm(total=cfg.limit, desc=f"evaluate {dataset}", unit="img", disable=not progress)
     for chunk in _chunks(samples, per_search):

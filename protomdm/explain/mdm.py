@@ -39,6 +39,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import BASELINES, check_finite, require
@@ -59,6 +60,8 @@ TINY = torch.finfo(torch.float32).tiny  # the smallest normal float32
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 log = logging.getLogger(__name__)
 FOLD_TOLERANCE = 1e-4  # the largest change of a folded convolution's output, relative to its largest value
+GPU_SHARE = 0.5  # of a GPU's free memory, the most that a search's passes are planned to take
+MAX_IMAGES_PER_SEARCH = 64
 AUTO_GAIN = 1.15  # precision auto: a lower precision is kept only when its passes are this much faster
 LOSSES = ("normalised", "paper")
 BETWEEN_PASSES = ("linear", "scaled")
@@ -198,12 +201,42 @@ def load_mdm_config(path: str | Path) -> MDMConfig:
     return method_settings("mdm", path)
 
 
-def images_per_search(requested: int | None, device: torch.device) -> int:
-    """How many images share one MDM search: ``requested``, else 8 on a GPU and 4 on the CPU (measured there: 1.24x
-    faster than one at a time)."""
+def images_per_search(requested: int | None, device: torch.device, model: nn.Module | None = None,
+                      masks: int = len(MDMConfig.sizes)) -> int:
+    """How many images (one target each) share one MDM search: ``requested``; else 4 on the CPU (measured there:
+    1.24x faster than one at a time); on a GPU as many as ``GPU_SHARE`` of its free memory holds, by one image's pass
+    of ``masks`` masked images measured on ``model`` (:func:`pass_bytes`; at most ``MAX_IMAGES_PER_SEARCH``), and 8
+    where that cannot be measured. A search that still runs out of memory halves its passes' batch and goes on."""
     if requested is not None and requested < 1:
         raise UserError(f"at least 1 image per search, got {requested}")
-    return requested or (8 if device.type == "cuda" else 4)
+    if requested or device.type != "cuda":
+        return requested or 4
+    need = pass_bytes(model, device, masks) if model is not None else None
+    if not need:
+        return 8
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, min(MAX_IMAGES_PER_SEARCH, int(GPU_SHARE * free / need)))
+
+
+def pass_bytes(model: nn.Module, device: torch.device, masks: int = len(MDMConfig.sizes)) -> int | None:
+    """Peak GPU memory (bytes) of one image's pass in a search: ``masks`` masked images ``(masks, C, H, W)`` of the
+    model's input size (``model.config``) forward and backward to the input, the model frozen and laid out as a
+    search runs it. None where it cannot be measured (no ``config``, not on a GPU, any error of the model's)."""
+    spec = getattr(model, "config", None)
+    if spec is None:
+        return None
+    try:
+        shape = (masks, spec.in_channels, *spec.img_size)
+        with eval_mode(model), frozen(model, False, MDMConfig().channels_last):
+            synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+            x = torch.zeros(shape, device=device).contiguous(memory_format=torch.channels_last).requires_grad_()
+            torch.autograd.grad(model(x).float().sum(), x)
+            return torch.cuda.max_memory_allocated(device) - before
+    except Exception as e:  # noqa: BLE001 - a best guess only: the default stands
+        log.info("could not measure a search pass's memory (%s: %s); 8 images per search", type(e).__name__, e)
+        return None
 
 
 def _dice(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -113,8 +113,8 @@ def localize_folder(job: LocalizeJob, input_dir: str | Path, out_dir: str | Path
     ``ok`` and whose folder exists are skipped and failed ones are retried; without it an existing ``results.csv`` is
     refused unless ``overwrite``.
 
-    ``batch_images`` images share one localizer search (default 8 on a GPU, 4 on the CPU); if that search fails,
-    each is localized alone, so that only the image at fault fails.
+    ``batch_images`` images share one localizer search (default: :func:`~protomdm.explain.mdm.images_per_search`);
+    if that search fails, each is localized alone, so that only the image at fault fails.
 
     Under torchrun (``dist``), rank ``r`` takes every ``world``-th input, appends its rows to
     ``results.rankR.csv``, and rank 0 merges them into ``results.csv`` once all ranks are done. A run that died
@@ -128,8 +128,8 @@ def localize_folder(job: LocalizeJob, input_dir: str | Path, out_dir: str | Path
     if out.resolve() == root.resolve() or root.resolve() in out.resolve().parents:
         raise UserError(f"`out` {out} lies inside `input` {root}; choose an output folder outside the inputs")
     with run_folder(out, [RESULTS], job.settings(), resume=resume, overwrite=overwrite, dist=dist):
-        return _localize_all(job, root, out, files, progress, dist, images_per_search(batch_images,
-                                                                                       model_device(job.model)))
+        per_search = images_per_search(batch_images, model_device(job.model), job.model)
+        return _localize_all(job, root, out, files, progress, dist, per_search)
 
 
 def _localize_all(job: LocalizeJob, root: Path, out: Path, files: list[Path], progress: bool, dist: DistEnv,

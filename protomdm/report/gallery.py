@@ -74,7 +74,7 @@ def localize_sources(model: PrototypeModel, entries: list[GalleryEntry], method:
     ``method``'s settings."""
     todo = [e for e in entries if e.pixels is not None]
     device = model_device(model)
-    chunk = images_per_search(None, device)
+    chunk = images_per_search(None, device, model)
     bar = tqdm(total=len(todo), desc=f"gallery ({method})", unit="prototype", disable=not progress)
     localizers = {"upsample": create_localizer("upsample"), method: create_localizer(method, config)}
     for start in range(0, len(todo), chunk):

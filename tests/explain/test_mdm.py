@@ -167,6 +167,41 @@ def test_out_of_memory_at_batch_one_is_a_clear_error():
         MDMLocalizer(sizes=(4, 6), steps=2, gamma=1).fit_masks(oracle_image(), flaky)
 
 
+def test_images_per_search_on_a_gpu_is_what_half_its_free_memory_holds(monkeypatch):
+    from protomdm.explain import mdm
+
+    cuda, model = torch.device("cuda"), tiny_model()
+    monkeypatch.setattr(mdm, "pass_bytes", lambda model, device, masks: masks * (100 << 20))  # 100 MiB a masked image
+    free = {"bytes": 80 << 30}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free["bytes"], 80 << 30))
+    assert mdm.images_per_search(None, cuda, model) == 15  # 40 GiB / 2.7 GiB
+    assert mdm.images_per_search(None, cuda, model, masks=10) == 40
+    free["bytes"] = 1 << 30
+    assert mdm.images_per_search(None, cuda, model) == 1  # not one image's worth: one (its passes halve their batch)
+    free["bytes"] = 1 << 40
+    assert mdm.images_per_search(None, cuda, model) == mdm.MAX_IMAGES_PER_SEARCH
+    assert mdm.images_per_search(3, cuda, model) == 3
+    assert mdm.images_per_search(None, torch.device("cpu"), model) == 4
+    monkeypatch.setattr(mdm, "pass_bytes", lambda model, device, masks: None)  # not measurable
+    assert mdm.images_per_search(None, cuda, model) == 8
+    with pytest.raises(UserError, match="at least 1 image"):
+        mdm.images_per_search(0, cuda, model)
+
+
+def test_pass_bytes_is_measured_on_a_gpu_and_none_where_it_cannot_be():
+    from protomdm.explain.mdm import pass_bytes
+
+    cuda = torch.device("cuda")
+    assert pass_bytes(BoxOracle(BOX), cuda) is None  # no input size to measure at
+    model = tiny_model()
+    if torch.cuda.is_available():
+        small, large = pass_bytes(model.to(cuda), cuda, 4), pass_bytes(model, cuda, 16)
+        assert small is not None and large is not None and 0 < small < large
+    else:
+        assert pass_bytes(model, cuda) is None  # no GPU: the default stands, nothing raised
+    assert all(p.requires_grad for p in model.parameters())  # the model as it was
+
+
 def test_the_default_schedule_reaches_the_papers_on_an_oracle():
     """300 passes against 2000 (the paper's), on an oracle whose evidence lies in a known box and whose masks need
     the whole schedule (cut short at 300 steps they are far from it)."""
