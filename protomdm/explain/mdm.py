@@ -650,10 +650,13 @@ class MDMLocalizer(Localizer):
             precision, batch = (self._resolve_precision(lambda prec, b: grads(prec, b, first), batch, device, key)
                                 if len(first) else ("fp32" if cfg.precision == "auto" else cfg.precision, batch))
             bar = tqdm(total=cfg.steps_taken, disable=not self.progress, desc="MDM", unit="step", leave=False)
+            act: torch.Tensor | None = None  # entries (t * N + i) still training: read where `active` changes only
             for step in range(1, cfg.steps_taken + 1):
-                act = active.flatten().nonzero().flatten()  # entries (t * N + i) still training
-                if act.numel() == 0:
-                    break
+                if act is None:  # (reading it waits for a GPU's queued work: not at every step)
+                    act, keep = active.flatten().nonzero().flatten(), _kept(active)
+                    bar.set_postfix(active=len(act))
+                    if len(act) == 0:
+                        break
                 t1 = time.perf_counter()
                 g_masks, rec_pass, batch = grads(precision, batch, act)  # (n, H, W), (n,): the entries training
                 model_seconds += time.perf_counter() - t1
@@ -663,9 +666,9 @@ class MDMLocalizer(Localizer):
                     steps += active
                     if cfg.between_passes == "linear":
                         self._linear_steps(p, g.view_as(p), _scattered(rec_pass, act, every).view(n_tasks, n_masks),
-                                           l1_grad, exp_avg, exp_sq, active, step)
+                                           l1_grad, exp_avg, exp_sq, keep, step)
                     else:
-                        self._adam_update(p, g.view_as(p) + l1_grad * torch.sign(p), exp_avg, exp_sq, active, step)
+                        self._adam_update(p, g.view_as(p) + l1_grad * torch.sign(p), exp_avg, exp_sq, keep, step)
                 if cfg.tol is not None and step % cfg.patience == 0 and step >= cfg.min_steps:
                     with torch.no_grad():  # where would each task's masks end if they stopped now?
                         top = self._top_masks(ups(self._projected(p, exp_avg, exp_sq, steps)))
@@ -673,9 +676,9 @@ class MDMLocalizer(Localizer):
                             change = 1 - _dice(top, prev_top)  # (T,)
                             calm = torch.where(change <= cfg.tol, calm + 1, torch.zeros_like(calm))
                             active &= (calm < 2)[:, None]  # the projection held over two checks in a row: stop
+                            act = None
                         prev_top = top
                 bar.update()
-                bar.set_postfix(active=int(active.sum()))
             bar.close()
             with torch.no_grad():  # the masks, and their loss terms (one fp32 forward pass of each masked image)
                 q = self._projected(p, exp_avg, exp_sq, steps)
@@ -698,9 +701,10 @@ class MDMLocalizer(Localizer):
         k = self._adam_scale()
         return ADAM_BETAS[0] ** k, ADAM_BETAS[1] ** k
 
-    def _linear_steps(self, p, g, rec, l1_grad, m, v, active, t) -> None:
-        """After pass ``t``: the schedule's Adam steps from ``schedule_at(t - 1)`` to ``schedule_at(t)``, the
-        reconstruction gradient of each from the activation linearised at the pass.
+    def _linear_steps(self, p, g, rec, l1_grad, m, v, keep, t) -> None:
+        """After pass ``t``: the schedule's Adam steps from ``schedule_at(t - 1)`` to ``schedule_at(t)`` of the
+        entries still training (``keep``: :func:`_kept`), the reconstruction gradient of each from the activation
+        linearised at the pass.
 
         With ``R`` a mask's reconstruction term at the pass (``rec (T, N)``), ``g`` its gradient on the cells
         ``(T, N, A, A)`` and ``D`` the cells' change since, the residual's norm ``sqrt(R)`` moves by
@@ -715,7 +719,6 @@ class MDMLocalizer(Localizer):
         for a bare pass of the 27 masked images."""
         start, end = self.config.schedule_at(t - 1), self.config.schedule_at(t)
         rate = torch.where(rec > 0, 0.5 / rec.clamp_min(TINY), 0.0)[..., None, None]
-        keep = _kept(active)
         betas, lr, intercept = self._adam_betas(), self.config.lr * self._adam_scale(), None
         for tau in range(start + 1, end + 1):
             grad = l1_grad * torch.sign(p)  # the area term's
@@ -726,11 +729,11 @@ class MDMLocalizer(Localizer):
                 grad.addcmul_(g, torch.addcmul(intercept, (g * p).sum((-2, -1), keepdim=True), rate))
             adam_step(p, grad, m, v, tau, betas, lr, keep)
 
-    def _adam_update(self, p, g, m, v, active, t) -> None:
-        """:func:`adam_step` at step ``t`` of the entries ``(T, N)`` still ``active`` (all of them at step ``t``: an
-        entry that stopped never resumes), with the learning rate and decay rates of one step of ``_adam_scale()``
-        schedule steps."""
-        adam_step(p, g, m, v, t, self._adam_betas(), self.config.lr * self._adam_scale(), _kept(active))
+    def _adam_update(self, p, g, m, v, keep, t) -> None:
+        """:func:`adam_step` at step ``t`` of the entries still training (``keep``: :func:`_kept`; all of them at
+        step ``t``: an entry that stopped never resumes), with the learning rate and decay rates of one step of
+        ``_adam_scale()`` schedule steps."""
+        adam_step(p, g, m, v, t, self._adam_betas(), self.config.lr * self._adam_scale(), keep)
 
     def _projected(self, p, m, v, steps) -> torch.Tensor:
         """Packed masks with every entry that took fewer Adam steps than the schedule's ``horizon`` continued there:

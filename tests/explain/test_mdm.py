@@ -202,6 +202,32 @@ def test_pass_bytes_is_measured_on_a_gpu_and_none_where_it_cannot_be():
     assert all(p.requires_grad for p in model.parameters())  # the model as it was
 
 
+def test_a_search_reads_nothing_back_from_the_device_at_each_step():
+    """Reading a value back (``bool``, ``int``, ``item``, ``nonzero``) waits for a GPU's queued work: a search reads at
+    its start, its end and where tasks stop, not at every step, so the host runs ahead of the device."""
+    import collections
+
+    from torch.overrides import TorchFunctionMode
+
+    class Reads(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.count = collections.Counter()
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            name = getattr(func, "__name__", "")
+            if name in ("__bool__", "__int__", "__float__", "__index__", "item", "tolist", "nonzero"):
+                self.count[name] += 1
+            return func(*args, **(kwargs or {}))
+
+    def reads(steps):
+        with Reads() as r:
+            MDMLocalizer(sizes=(4, 6), steps=steps, gamma=1).fit_masks(oracle_image(), LogitSelector(BoxOracle(BOX), 0))
+        return r.count
+
+    assert reads(20) == reads(60) and reads(20)["nonzero"] >= 1  # seen, and the same however long the schedule
+
+
 def test_the_default_schedule_reaches_the_papers_on_an_oracle():
     """300 passes against 2000 (the paper's), on an oracle whose evidence lies in a known box and whose masks need
     the whole schedule (cut short at 300 steps they are far from it)."""
