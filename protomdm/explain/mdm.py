@@ -376,7 +376,8 @@ class MaskFit:
         effect: ``(T,)`` ``||f(X) - f(B)||^2``, the reconstruction term's scale.
         independent: ``(T,)`` tasks whose activation masking does not change (not trained; status ``empty``).
         model_seconds: of ``seconds``, the time spent in the model's forward and backward passes (each mask's Adam
-            step is one pass of one masked image: ``steps.sum()`` passes in all).
+            step is one pass of one masked image: ``steps.sum()`` passes in all); on a GPU, the host's time queuing
+            them (a search does not wait for the device at each step).
         precision: the precision of the passes (``precision: auto`` resolved).
         reconstruction: ``(T, N)`` each final mask's weighted reconstruction term (fp32), as in the loss.
         area: ``(T, N)`` each final mask's weighted area term: the loss is their sum, lower is better (a search
