@@ -316,7 +316,7 @@ def tune(ckpt: str | Path, out_dir: str | Path, data: DataConfig | None = None, 
                    and s.findings]
         require(len(samples) >= 2, f"tuning needs at least 2 images with ground truth of the model's classes; "
                 f"the {data.dataset} dataset gave {len(samples)}")
-        per = images_per_search(batch_images, dev, model)
+        per = images_per_search(batch_images, dev, model, len(grid.all_sizes()) * len(grid.losses()))  # masks an image
         frames = []
         for start in tqdm(range(0, len(samples), per), desc="tuning", unit="search", disable=not progress):
             chunk = samples[start:start + per]
