@@ -181,9 +181,9 @@ def test_images_per_search_on_a_gpu_is_what_half_its_free_memory_holds(monkeypat
     free["bytes"] = 1 << 40
     assert mdm.images_per_search(None, cuda, model) == mdm.MAX_IMAGES_PER_SEARCH
     assert mdm.images_per_search(3, cuda, model) == 3
-    assert mdm.images_per_search(None, torch.device("cpu"), model) == 4
+    assert mdm.images_per_search(None, torch.device("cpu"), model) == mdm.CPU_IMAGES == 4
     monkeypatch.setattr(mdm, "pass_bytes", lambda model, device, masks: None)  # not measurable
-    assert mdm.images_per_search(None, cuda, model) == 8
+    assert mdm.images_per_search(None, cuda, model) == mdm.GPU_IMAGES == 8
     with pytest.raises(UserError, match="at least 1 image"):
         mdm.images_per_search(0, cuda, model)
 
