@@ -64,6 +64,7 @@ CPU_IMAGES = 4  # images per search on the CPU (measured: 1.24x faster than one 
 GPU_IMAGES = 8  # ... on a GPU whose memory a search's pass cannot be measured on
 GPU_SHARE = 0.5  # of a GPU's free memory, the most that a search's passes are planned to take
 MAX_IMAGES_PER_SEARCH = 64
+PROBE_IMAGES = 4  # masked images a GPU's pass is measured on
 AUTO_GAIN = 1.15  # precision auto: a lower precision is kept only when its passes are this much faster
 LOSSES = ("normalised", "paper")
 BETWEEN_PASSES = ("linear", "scaled")
@@ -221,21 +222,23 @@ def images_per_search(requested: int | None, device: torch.device, model: nn.Mod
 
 
 def pass_bytes(model: nn.Module, device: torch.device, masks: int = len(MDMConfig.sizes)) -> int | None:
-    """Peak GPU memory (bytes) of one image's pass in a search: ``masks`` masked images ``(masks, C, H, W)`` of the
-    model's input size (``model.config``) forward and backward to the input, the model frozen and laid out as a
-    search runs it. None where it cannot be measured (no ``config``, not on a GPU, any error of the model's)."""
+    """Peak GPU memory (bytes) of one image's pass in a search: ``masks`` masked images of the model's input size
+    (``model.config``) forward and backward to the input, the model frozen and laid out as a search runs it; measured
+    on at most ``PROBE_IMAGES`` of them ``(n, C, H, W)`` and scaled (a small GPU's memory may not hold them all).
+    None where it cannot be measured (no ``config``, not on a GPU, any error of the model's)."""
     spec = getattr(model, "config", None)
     if spec is None:
         return None
+    n = min(masks, PROBE_IMAGES)
     try:
-        shape = (masks, spec.in_channels, *spec.img_size)
+        shape = (n, spec.in_channels, *spec.img_size)
         with eval_mode(model), frozen(model, False, MDMConfig().channels_last):
             synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
             before = torch.cuda.memory_allocated(device)
             x = torch.zeros(shape, device=device).contiguous(memory_format=torch.channels_last).requires_grad_()
             torch.autograd.grad(model(x).float().sum(), x)
-            return torch.cuda.max_memory_allocated(device) - before
+            return (torch.cuda.max_memory_allocated(device) - before) * masks // n
     except Exception as e:  # noqa: BLE001 - a best guess only: the default stands
         log.info("could not measure a search pass's memory (%s: %s)", type(e).__name__, e)
         return None
