@@ -7,7 +7,7 @@ import argparse
 from ..config import BASELINES
 from ..data import list_datasets
 from ..evaluation.runner import EXPORTS, POLICIES, EvalSettings
-from .options import IMAGES_PER_SEARCH, add_job_options, data_config, method_configs
+from .options import add_job_options, data_config, images_per_search_help, method_configs
 
 
 def add_parser(sub, methods: list[str]) -> None:
@@ -35,7 +35,7 @@ def add_parser(sub, methods: list[str]) -> None:
     p.add_argument("--no-faithfulness", action="store_true", help="skip Average Drop/Increase and "
                    "deletion/insertion (faster)")
     p.add_argument("--batch-images", type=int, metavar="N", help="images localized in one search (MDM trains all "
-                   f"their masks together; {IMAGES_PER_SEARCH})")
+                   f"their masks together; {images_per_search_help()})")
     p.add_argument("--deletion-steps", type=int, help=f"deletion/insertion curve steps (default {d.deletion_steps})")
     p.add_argument("--faithfulness-baseline", choices=BASELINES, help="what removed pixels become in "
                    f"deletion/insertion (default {d.baseline}; zero = the normalisation mean)")

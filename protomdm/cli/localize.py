@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UserError
-from .options import IMAGES_PER_SEARCH, add_explained_options, add_job_options, job_settings, method_configs
+from .options import add_explained_options, add_job_options, images_per_search_help, job_settings, method_configs
 
 
 def add_parser(sub, methods: list[str]) -> None:
@@ -25,7 +25,7 @@ def add_parser(sub, methods: list[str]) -> None:
     p.add_argument("--code-dir", metavar="DIR", help="with --trust-pickle: the repository defining the pickled "
                    "classes, importable during the load only")
     p.add_argument("--batch-images", type=int, metavar="N", help="--input runs: images localized in one search "
-                   f"({IMAGES_PER_SEARCH})")
+                   f"({images_per_search_help()})")
     p.add_argument("--keep-phi", action="store_true", help="copy patient and study attributes (name, ID, dates, "
                    "accession number) into the DICOM outputs; by default they are left empty")
     p.add_argument("--report", action="store_true", help="write a case report instead: the predicted classes and, "

@@ -18,8 +18,12 @@ def parse_classes(text: str) -> list[str]:
     return names
 
 
-IMAGES_PER_SEARCH = ("default 4 on the CPU; on a GPU as many as half its free memory holds, measured on the "
-                     "model, at most 64")
+def images_per_search_help() -> str:
+    """``--batch-images``' default, in the words of :func:`~protomdm.explain.mdm.images_per_search`'s constants."""
+    from ..explain.mdm import CPU_IMAGES, GPU_SHARE, MAX_IMAGES_PER_SEARCH
+
+    return (f"default {CPU_IMAGES} on the CPU; on a GPU as many as {GPU_SHARE * 100:.0f}%% of its free memory "
+            f"holds, measured on the model, at most {MAX_IMAGES_PER_SEARCH}")  # %%: argparse's %
 
 
 def add_mdm_options(p: argparse.ArgumentParser) -> None:

@@ -7,7 +7,7 @@ import argparse
 from ..data import list_datasets
 from ..errors import UserError
 from ..evaluation.tuning import OBJECTIVES
-from .options import IMAGES_PER_SEARCH, add_job_options, data_config, mdm_config
+from .options import add_job_options, data_config, images_per_search_help, mdm_config
 
 
 def add_parser(sub, methods: list[str]) -> None:
@@ -40,7 +40,8 @@ def add_parser(sub, methods: list[str]) -> None:
     p.add_argument("--metric", default="dice", choices=OBJECTIVES, help="what is maximised (default dice)")
     p.add_argument("--percentile", type=float, default=90.0, help="of --metric dice or iou: the top-(100-p)%% mask "
                    "(default 90; the other metrics have none)")
-    p.add_argument("--batch-images", type=int, metavar="N", help=f"images in one search ({IMAGES_PER_SEARCH})")
+    p.add_argument("--batch-images", type=int, metavar="N",
+                   help=f"images in one search ({images_per_search_help()})")
     add_job_options(p)
     p.set_defaults(func=run)
 

@@ -109,3 +109,15 @@ def test_console_script_prints_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
     assert "checkpoint not found" in proc.stderr
+
+
+def test_every_command_prints_its_help():
+    """argparse formats each help with ``%``: a literal ``%`` in a help text is a traceback at ``--help``."""
+    from protomdm.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse's tree
+    assert {"localize", "evaluate", "tune", "bench", "demo"} <= set(commands)
+    for name, sub in commands.items():
+        text = sub.format_help()
+        assert text.startswith("usage: protomdm " + name), name
+    assert "50% of its free memory" in " ".join(commands["localize"].format_help().split())
