@@ -125,7 +125,8 @@ def trained_model(kind: str, cfg, out: Path) -> nn.Module:
     A prototype network on a backbone other than the tiny one, on 3-channel images, starts from the backbone of the
     study's plain CNN of the same backbone and side (trained first if absent), as the paper's start from ImageNet's:
     from random weights a ProtoPNet on a ResNet-18 stayed near chance for 4 epochs."""
-    name = kind + trained_as(cfg)
+    suffix = trained_as(cfg)
+    name = kind + suffix
     if kind == "cnn":
         return train_cnn(out / f"{name}.pt", cfg)
     if not (out / name / "best.pt").exists():
@@ -133,7 +134,7 @@ def trained_model(kind: str, cfg, out: Path) -> nn.Module:
         if cfg.model.backbone == "tiny" or cfg.model.in_channels != 3:
             train(cfg, out / name, progress=False)
         else:
-            features = train_cnn(out / f"cnn{trained_as(cfg)}.pt", cfg).features.state_dict()
+            features = train_cnn(out / f"cnn{suffix}.pt", cfg).features.state_dict()
             build = trainer.create_model
 
             def from_cnn(model_cfg):  # the model the trainer builds, its backbone the CNN's

@@ -232,7 +232,7 @@ def pass_bytes(model: nn.Module, device: torch.device, masks: int = len(MDMConfi
     n = min(masks, PROBE_IMAGES)
     try:
         shape = (n, spec.in_channels, *spec.img_size)
-        with eval_mode(model), frozen(model, False, MDMConfig().channels_last):
+        with eval_mode(model), frozen(model, False, MDMConfig.channels_last):
             synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
             before = torch.cuda.memory_allocated(device)
